@@ -1,0 +1,62 @@
+"""Generate the Python message and service stubs from protos/ (the one way to make them).
+
+    python protos/generate.py            # writes client/gradwire/v1/*_pb2*.py
+    python protos/generate.py --out DIR  # writes to DIR/gradwire/v1 (used by the drift test)
+
+Stubs are committed so the SDK installs without grpcio-tools; tests/test_protos.py
+fails when they differ from what this script produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "protos"
+DEFAULT_OUT = ROOT / "client"
+
+
+def proto_files() -> list[pathlib.Path]:
+    return sorted((PROTO_ROOT / "gradwire" / "v1").glob("*.proto"))
+
+
+def generate(out: pathlib.Path) -> list[pathlib.Path]:
+    """Run protoc (from grpcio-tools) over every .proto; return the files written."""
+    import google.rpc  # googleapis-common-protos ships google/rpc/*.proto
+    import grpc_tools
+    from grpc_tools import protoc
+
+    googleapis = pathlib.Path(google.rpc.__path__[0]).parent.parent
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    target = out / "gradwire" / "v1"
+    target.mkdir(parents=True, exist_ok=True)
+    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{googleapis}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *files,
+    ]
+    code = protoc.main(args)
+    if code != 0:
+        raise SystemExit(f"protoc failed with exit code {code}")
+    (target / "__init__.py").write_text('"""Generated protobuf messages and gRPC stubs for gradwire.v1 (see protos/generate.py)."""\n')
+    return sorted(target.glob("*_pb2*.py*")) + [target / "__init__.py"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    for path in generate(args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

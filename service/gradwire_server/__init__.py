@@ -1,0 +1,1 @@
+"""gradwire's server: the gRPC API process, the training worker and the stores they share."""

@@ -1,0 +1,60 @@
+"""Domain errors: the one place where what went wrong is named.
+
+Training, export, inference and storage code raise these; servicers never catch
+them. One interceptor (``interceptors.py``) maps each class to a gRPC status via
+``STATUS_CODES``. Anything else that escapes a handler is logged with its
+traceback and answered INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+
+class GradwireError(Exception):
+    """Base class of every error a client may see."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        self.message = f"{field}: {message}" if field else message
+        super().__init__(self.message)
+
+
+class InvalidArgument(GradwireError):
+    """The request is malformed; ``field`` names the offending field path."""
+
+
+class NotFound(GradwireError):
+    """A named resource does not exist."""
+
+
+class AlreadyExists(GradwireError):
+    """A resource with that name already exists."""
+
+
+class FailedPrecondition(GradwireError):
+    """The resource is not in a state that allows the operation."""
+
+
+class ResourceExhausted(GradwireError):
+    """A size, budget or queue limit would be exceeded."""
+
+
+class Cancelled(GradwireError):
+    """The operation was cancelled (used inside the worker)."""
+
+
+class Internal(GradwireError):
+    """A bug or an unexpected failure; the message is safe to show."""
+
+
+def field_path(*parts: str | int) -> str:
+    """Join path parts: field_path("network", "layers", 3, "dense", "units") ->
+    "network.layers[3].dense.units"."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif out:
+            out += f".{part}"
+        else:
+            out = part
+    return out
