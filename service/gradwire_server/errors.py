@@ -58,3 +58,25 @@ def field_path(*parts: str | int) -> str:
         else:
             out = part
     return out
+
+
+# google.rpc.Code numbers for each error class: the one table from which both the
+# gRPC status of an answer and the `error` of a failed job are chosen.
+CODES: dict[type[GradwireError], int] = {
+    Cancelled: 1,
+    InvalidArgument: 3,
+    NotFound: 5,
+    AlreadyExists: 6,
+    ResourceExhausted: 8,
+    FailedPrecondition: 9,
+    Internal: 13,
+}
+INTERNAL_CODE = 13
+
+
+def code_of(error: BaseException) -> int:
+    """google.rpc.Code number for an exception; INTERNAL for anything not ours."""
+    for cls in type(error).__mro__:
+        if cls in CODES:
+            return CODES[cls]
+    return INTERNAL_CODE

@@ -1,0 +1,247 @@
+"""Dataset storage: validate, write atomically, register, load.
+
+A dataset is two raw little-endian files under data_dir/datasets/{id}/
+(features.bin, float32, and labels.bin) plus a row in the store. Uploads stream
+into a scratch directory that is published by one rename once every byte is
+checked, so a crash never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+
+from gradwire.v1 import datasets_pb2, tensor_pb2
+
+from . import errors, files
+from .store import Store, new_id, timestamp
+
+LabelKind = datasets_pb2.LabelKind
+DataType = tensor_pb2.DataType
+
+NUMPY_DTYPES = {
+    DataType.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    DataType.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    DataType.DATA_TYPE_INT32: np.dtype("<i4"),
+    DataType.DATA_TYPE_INT64: np.dtype("<i8"),
+}
+CLASS_LABEL_DTYPES = (DataType.DATA_TYPE_INT64, DataType.DATA_TYPE_INT32)
+CHECK_BLOCK_BYTES = 16 * 1024**2
+FEATURES_FILE = "features.bin"
+LABELS_FILE = "labels.bin"
+
+
+class DatasetWriter:
+    """Receives one dataset (header, feature bytes, label bytes) and publishes it.
+
+    `field` is the path of the request part being written, for error messages
+    ("header" for uploads, "inline_dataset" for inline data).
+    """
+
+    def __init__(self, store: Store, data_dir: pathlib.Path, header: datasets_pb2.DatasetUploadHeader, *, max_bytes: int, field: str = "header") -> None:
+        self._store, self._data_dir, self._field = store, data_dir, field
+        self.header = header
+        self._check_header(max_bytes)
+        self._dir = files.scratch_dir(data_dir)
+        self._features = open(self._dir / FEATURES_FILE, "wb")
+        self._labels = open(self._dir / LABELS_FILE, "wb")
+        self._written = {FEATURES_FILE: 0, LABELS_FILE: 0}
+        self._hash = hashlib.sha256(header.SerializeToString(deterministic=True))
+        self._done = False
+
+    def _f(self, name: str) -> str:
+        return f"{self._field}.{name}"
+
+    def _check_header(self, max_bytes: int) -> None:
+        h = self.header
+        fshape, lshape = list(h.features_shape), list(h.labels_shape)
+        if len(fshape) < 2:
+            raise errors.InvalidArgument(f"must be [examples, features...] with at least 2 dimensions, got {fshape}", field=self._f("features_shape"))
+        if fshape[0] == 0:
+            raise errors.InvalidArgument(f"the dataset is empty: shape {fshape} has 0 examples", field=self._f("features_shape"))
+        if any(d < 1 for d in fshape):
+            raise errors.InvalidArgument(f"every dimension must be >= 1, got {fshape}", field=self._f("features_shape"))
+        if h.features_dtype != DataType.DATA_TYPE_FLOAT32:
+            raise errors.InvalidArgument(f"must be DATA_TYPE_FLOAT32, got {DataType.Name(h.features_dtype)}", field=self._f("features_dtype"))
+        if not lshape or lshape[0] != fshape[0]:
+            raise errors.InvalidArgument(
+                f"features and labels have different example counts: {fshape[0]} vs {lshape[0] if lshape else 'none'} (labels_shape {lshape})",
+                field=self._f("labels_shape"),
+            )
+        if h.label_kind == LabelKind.LABEL_KIND_UNSPECIFIED:
+            raise errors.InvalidArgument("must be LABEL_KIND_CLASSES or LABEL_KIND_REGRESSION, got LABEL_KIND_UNSPECIFIED", field=self._f("label_kind"))
+        if h.label_kind not in (LabelKind.LABEL_KIND_CLASSES, LabelKind.LABEL_KIND_REGRESSION):
+            raise errors.InvalidArgument(f"unknown label kind {h.label_kind}", field=self._f("label_kind"))
+        if h.label_kind == LabelKind.LABEL_KIND_CLASSES:
+            if h.labels_dtype not in CLASS_LABEL_DTYPES:
+                raise errors.InvalidArgument(f"class labels must be DATA_TYPE_INT64 or DATA_TYPE_INT32, got {DataType.Name(h.labels_dtype)}", field=self._f("labels_dtype"))
+            if len(lshape) != 1:
+                raise errors.InvalidArgument(f"class labels must be [examples], got {lshape}", field=self._f("labels_shape"))
+        else:
+            if h.labels_dtype != DataType.DATA_TYPE_FLOAT32:
+                raise errors.InvalidArgument(f"regression targets must be DATA_TYPE_FLOAT32, got {DataType.Name(h.labels_dtype)}", field=self._f("labels_dtype"))
+            if len(lshape) not in (1, 2) or any(d < 1 for d in lshape):
+                raise errors.InvalidArgument(f"regression targets must be [examples] or [examples, targets], got {lshape}", field=self._f("labels_shape"))
+            if h.class_names:
+                raise errors.InvalidArgument("regression datasets have no class names", field=self._f("class_names"))
+        names = list(h.class_names)
+        if any(not n for n in names):
+            raise errors.InvalidArgument(f"class names must be non-empty, got {names}", field=self._f("class_names"))
+        if len(set(names)) != len(names):
+            raise errors.InvalidArgument(f"class names must be unique, got {names}", field=self._f("class_names"))
+        self.expected = {
+            FEATURES_FILE: math.prod(fshape) * NUMPY_DTYPES[h.features_dtype].itemsize,
+            LABELS_FILE: math.prod(lshape) * NUMPY_DTYPES[h.labels_dtype].itemsize,
+        }
+        total = sum(self.expected.values())
+        if total > max_bytes:
+            raise errors.ResourceExhausted(f"dataset of {total} bytes exceeds the server's limit of {max_bytes} bytes (GRADWIRE_MAX_UPLOAD_BYTES)")
+
+    def _write(self, part: str, chunk: bytes, field: str) -> None:
+        if part == FEATURES_FILE and self._written[LABELS_FILE]:
+            raise errors.InvalidArgument("feature bytes must all come before label bytes", field=field)
+        if self._written[part] + len(chunk) > self.expected[part]:
+            raise errors.InvalidArgument(
+                f"more bytes than shape x dtype allows: expected {self.expected[part]}, got at least {self._written[part] + len(chunk)}",
+                field=field,
+            )
+        (self._features if part == FEATURES_FILE else self._labels).write(chunk)
+        self._hash.update(chunk)
+        self._written[part] += len(chunk)
+
+    def write_features(self, chunk: bytes, field: str = "features_chunk") -> None:
+        self._write(FEATURES_FILE, chunk, field)
+
+    def write_labels(self, chunk: bytes, field: str = "labels_chunk") -> None:
+        self._write(LABELS_FILE, chunk, field)
+
+    def finish(self) -> datasets_pb2.Dataset:
+        """Check sizes and contents, publish the files, register the dataset."""
+        for part, field in ((FEATURES_FILE, "features_chunk"), (LABELS_FILE, "labels_chunk")):
+            if self._written[part] != self.expected[part]:
+                raise errors.InvalidArgument(
+                    f"shape x dtype needs {self.expected[part]} bytes, got {self._written[part]}", field=field
+                )
+        self._features.close()
+        self._labels.close()
+        h = self.header
+        class_count, target_count = self._check_contents()
+        dataset_id = new_id()
+        dataset = datasets_pb2.Dataset(
+            name=f"datasets/{dataset_id}",
+            display_name=h.display_name,
+            feature_shape=list(h.features_shape)[1:],
+            example_count=h.features_shape[0],
+            label_kind=h.label_kind,
+            class_names=list(h.class_names),
+            class_count=class_count,
+            target_count=target_count,
+            sha256=self._hash.hexdigest(),
+            size_bytes=sum(self._written.values()),
+            create_time=timestamp(time.time()),
+        )
+        files.publish_dir(self._dir, files.inside(self._data_dir, "datasets", dataset_id))
+        self._done = True
+        self._store.insert_dataset(
+            dataset, features_dtype=h.features_dtype, labels_dtype=h.labels_dtype, labels_shape=json.dumps(list(h.labels_shape))
+        )
+        return dataset
+
+    def abort(self) -> None:
+        if not self._done:
+            self._features.close()
+            self._labels.close()
+            files.remove_tree(self._dir)
+
+    def _check_contents(self) -> tuple[int, int]:
+        h = self.header
+        feats = np.memmap(self._dir / FEATURES_FILE, dtype=NUMPY_DTYPES[h.features_dtype], mode="r")
+        block = CHECK_BLOCK_BYTES // feats.itemsize
+        for start in range(0, feats.size, block):
+            part = feats[start : start + block]
+            if not np.isfinite(part).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(part))[0])
+                row = bad // math.prod(h.features_shape[1:])
+                raise errors.InvalidArgument(f"features must be finite; example {row} holds {float(feats[bad])}", field=f"{self._field}.features")
+        del feats
+        labels = np.fromfile(self._dir / LABELS_FILE, dtype=NUMPY_DTYPES[h.labels_dtype])
+        if h.label_kind == LabelKind.LABEL_KIND_REGRESSION:
+            if not np.isfinite(labels).all():
+                bad = int(np.flatnonzero(~np.isfinite(labels))[0])
+                raise errors.InvalidArgument(f"regression targets must be finite; element {bad} is {float(labels[bad])}", field=f"{self._field}.labels")
+            return 0, (h.labels_shape[1] if len(h.labels_shape) == 2 else 1)
+        class_count = len(h.class_names) or int(labels.max()) + 1
+        bad = np.flatnonzero((labels < 0) | (labels >= class_count))
+        if bad.size:
+            i = int(bad[0])
+            allowed = f"{len(h.class_names)} class names" if h.class_names else "class indices must be >= 0"
+            raise errors.InvalidArgument(
+                f"label of example {i} is {int(labels[i])}, out of range [0, {class_count - 1}] ({allowed})", field=f"{self._field}.labels"
+            )
+        if class_count < 2:
+            raise errors.InvalidArgument(f"classification needs at least 2 classes, got {class_count}", field=f"{self._field}.labels")
+        return class_count, 0
+
+
+def save_arrays(
+    store: Store,
+    data_dir: pathlib.Path,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    label_kind: int,
+    class_names: list[str],
+    display_name: str,
+    max_bytes: int,
+    field: str,
+) -> datasets_pb2.Dataset:
+    """Store in-memory arrays (an inline dataset) through the same checks as an upload."""
+    dtypes = {v: k for k, v in NUMPY_DTYPES.items()}
+    header = datasets_pb2.DatasetUploadHeader(
+        display_name=display_name,
+        features_shape=features.shape,
+        features_dtype=dtypes.get(features.dtype.newbyteorder("<"), DataType.DATA_TYPE_UNSPECIFIED),
+        labels_shape=labels.shape,
+        labels_dtype=dtypes.get(labels.dtype.newbyteorder("<"), DataType.DATA_TYPE_UNSPECIFIED),
+        label_kind=label_kind,
+        class_names=class_names,
+    )
+    writer = DatasetWriter(store, data_dir, header, max_bytes=max_bytes, field=field)
+    try:
+        writer.write_features(np.ascontiguousarray(features).tobytes(), field=f"{field}.features")
+        writer.write_labels(np.ascontiguousarray(labels).tobytes(), field=f"{field}.labels")
+        return writer.finish()
+    finally:
+        writer.abort()
+
+
+def load_arrays(store: Store, data_dir: pathlib.Path, dataset_id: str) -> tuple[datasets_pb2.Dataset, np.ndarray, np.ndarray]:
+    """Read a stored dataset into memory: (metadata, features [n, ...] float32, labels)."""
+    dataset, fdt, ldt, lshape = store.dataset_storage(dataset_id)
+    root = files.inside(data_dir, "datasets", dataset_id)
+    features = np.fromfile(root / FEATURES_FILE, dtype=NUMPY_DTYPES[fdt]).reshape(dataset.example_count, *dataset.feature_shape)
+    labels = np.fromfile(root / LABELS_FILE, dtype=NUMPY_DTYPES[ldt]).reshape(json.loads(lshape))
+    if dataset.label_kind == LabelKind.LABEL_KIND_CLASSES:
+        labels = labels.astype(np.int64, copy=False)
+    return dataset, features.astype(np.float32, copy=False), labels
+
+
+def delete_files(data_dir: pathlib.Path, dataset_id: str) -> None:
+    files.remove_tree(files.inside(data_dir, "datasets", dataset_id))
+
+
+def remove_orphans(store: Store, data_dir: pathlib.Path) -> int:
+    """Delete dataset directories with no row (a crash between publish and insert)."""
+    root = data_dir / "datasets"
+    if not root.exists():
+        return 0
+    known = store.dataset_ids()
+    orphans = [d for d in root.iterdir() if d.name not in known]
+    for d in orphans:
+        files.remove_tree(d)
+    return len(orphans)

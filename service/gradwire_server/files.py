@@ -1,0 +1,91 @@
+"""Durable file writes: temp file + fsync + rename, so a reader never sees a partial file.
+
+Everything under the data directory is written through here; paths are resolved
+and checked to stay inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
+
+TMP_DIR = "tmp"
+
+
+def fsync_dir(path: pathlib.Path) -> None:
+    """Make a rename or unlink inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def inside(root: pathlib.Path, *parts: str) -> pathlib.Path:
+    """Join `parts` under `root` and refuse anything that would resolve outside it."""
+    root = root.resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"path {path} escapes {root}")
+    return path
+
+
+def scratch_dir(data_dir: pathlib.Path) -> pathlib.Path:
+    """A fresh directory under data_dir/tmp (same file system, so renames are atomic)."""
+    path = inside(data_dir, TMP_DIR, uuid.uuid4().hex)
+    path.mkdir(parents=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_writer(path: pathlib.Path) -> Iterator[BinaryIO]:
+    """Open a temp file beside `path`; on success fsync and rename it over `path`.
+
+    On any exception the temp file is removed and `path` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def publish_dir(src: pathlib.Path, dest: pathlib.Path) -> None:
+    """Atomically move a fully written directory `src` to `dest` (which must not exist)."""
+    for child in src.iterdir():
+        with open(child, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(src)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dest)
+    fsync_dir(dest.parent)
+
+
+def remove_tree(path: pathlib.Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_scratch(data_dir: pathlib.Path) -> int:
+    """Remove leftovers of writes interrupted by a crash; return how many."""
+    tmp = data_dir / TMP_DIR
+    count = 0
+    if tmp.exists():
+        for child in tmp.iterdir():
+            remove_tree(child) if child.is_dir() else child.unlink(missing_ok=True)
+            count += 1
+    for stale in data_dir.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+        count += 1
+    return count

@@ -1,0 +1,175 @@
+"""The RPC process: `create_server(settings)` builds it, `serve(settings)` runs it with its workers."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+
+from . import datasets, files, worker
+from .config import Settings
+from .inference import SessionCache
+from .interceptors import ErrorInterceptor
+from .servicers.context import ServerState
+from .servicers.datasets import DatasetServicer
+from .servicers.models import ModelServicer
+from .servicers.training import TrainingJobServicer
+from .store import Store
+
+log = logging.getLogger("gradwire.server")
+
+SERVICE_NAMES = (
+    datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+    training_pb2.DESCRIPTOR.services_by_name["TrainingJobService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+
+
+def prepare_data_dir(settings: Settings, store: Store) -> None:
+    """Start-up recovery: remove what interrupted writes left, requeue interrupted jobs."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    removed = files.clean_scratch(settings.data_dir) + datasets.remove_orphans(store, settings.data_dir)
+    models_dir = settings.data_dir / "models"
+    if models_dir.exists():
+        known = store.model_ids()
+        for d in models_dir.iterdir():
+            if d.name not in known:
+                files.remove_tree(d)
+                removed += 1
+    requeued = store.recover_interrupted()
+    if removed or requeued:
+        log.info("recovery: removed %d partial artifacts, requeued %d interrupted jobs", removed, len(requeued))
+
+
+class Running:
+    """A started server: the grpc.Server, its port, its state and health."""
+
+    def __init__(self, server: grpc.Server, port: int, state: ServerState, health_servicer: health.HealthServicer) -> None:
+        self.server, self.port, self.state, self.health = server, port, state, health_servicer
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None) -> None:
+        self.set_serving(False)
+        self.server.stop(grace).wait()
+        self.state.store.close()
+
+
+def create_server(settings: Settings) -> Running:
+    """Build and start the gRPC server (no workers); returns it with the bound port."""
+    store = Store(settings.database_path)
+    prepare_data_dir(settings, store)
+    state = ServerState(
+        settings=settings,
+        store=store,
+        sessions=SessionCache(settings.data_dir, max_sessions=settings.max_sessions, intra_op_threads=settings.inference_threads),
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(state), server)
+    training_pb2_grpc.add_TrainingJobServiceServicer_to_server(TrainingJobServicer(state), server)
+    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(state), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"could not listen on {settings.host}:{settings.port}")
+    server.start()
+    running = Running(server, port, state, health_servicer)
+    running.set_serving(True)
+    return running
+
+
+class WorkerPool:
+    """Training worker processes, restarted if one dies (its job is requeued or, after retries, failed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: dict[str, multiprocessing.Process] = {}
+        self._stopping = threading.Event()
+        self._store = Store(settings.database_path)
+        self._generation = 0
+        self._monitor = threading.Thread(target=self._watch, name="worker-monitor", daemon=True)
+
+    def _spawn(self, slot: int) -> None:
+        self._generation += 1
+        name = f"{socket.gethostname()}-{os.getpid()}-w{slot}.{self._generation}"
+        proc = self._ctx.Process(target=worker.main, args=(self.settings, name), name=name, daemon=False)
+        proc.start()
+        self._procs[name] = proc
+
+    def start(self) -> None:
+        for slot in range(self.settings.workers):
+            self._spawn(slot)
+        self._monitor.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            for name, proc in list(self._procs.items()):
+                if proc.is_alive() or self._stopping.is_set():
+                    continue
+                log.error("worker %s exited with code %s; restarting it", name, proc.exitcode)
+                del self._procs[name]
+                self._store.requeue_orphan(name, worker.MAX_ATTEMPTS)
+                self._spawn(int(name.rsplit("-w", 1)[1].split(".")[0]))
+
+    def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        for proc in self._procs.values():
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker stops at the next step; its checkpoint stays
+        for proc in self._procs.values():
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._store.close()
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    running = create_server(settings)
+    pool = WorkerPool(settings)
+    pool.start()
+    log.info("gradwire listening on %s:%d, data in %s, %d worker(s)", settings.host, running.port, settings.data_dir.resolve(), settings.workers)
+    print(f"gradwire listening on port {running.port}", flush=True)
+
+    done = threading.Event()
+
+    def shutdown(signum, _frame) -> None:
+        log.info("received %s; shutting down (grace %.1fs)", signal.Signals(signum).name, settings.grace_period_s)
+        done.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    done.wait()
+    running.set_serving(False)
+    pool.stop(timeout=settings.grace_period_s)
+    running.stop(settings.grace_period_s)
+    log.info("stopped")
+
+

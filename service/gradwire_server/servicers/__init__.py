@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf in -> domain call -> protobuf out. Thin by design."""

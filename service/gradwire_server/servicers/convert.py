@@ -1,0 +1,74 @@
+"""Tensor messages <-> numpy arrays: the one place the wire encoding of numbers is handled."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradwire.v1 import tensor_pb2
+
+from .. import errors
+from ..datasets import NUMPY_DTYPES
+
+DataType = tensor_pb2.DataType
+FLOAT_TYPES = (DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_FLOAT64)
+INT_TYPES = (DataType.DATA_TYPE_INT32, DataType.DATA_TYPE_INT64)
+NUMPY_TO_DTYPE = {v: k for k, v in NUMPY_DTYPES.items()}
+
+
+def tensor_to_numpy(t: tensor_pb2.Tensor, field: str) -> np.ndarray:
+    """Decode a Tensor (raw bytes without copying, or typed numbers), checking shape x dtype."""
+    shape = list(t.shape)
+    if any(d < 0 for d in shape):
+        raise errors.InvalidArgument(f"dimensions must be >= 0, got {shape}", field=f"{field}.shape")
+    count = math.prod(shape)
+    carriers = [name for name in ("raw_data", "float_values", "int_values") if len(getattr(t, name))]
+    if len(carriers) > 1:
+        raise errors.InvalidArgument(f"set only one of raw_data, float_values, int_values; got {', '.join(carriers)}", field=field)
+    if t.dtype not in NUMPY_DTYPES and t.dtype != DataType.DATA_TYPE_UNSPECIFIED:
+        raise errors.InvalidArgument(f"unknown data type {t.dtype}", field=f"{field}.dtype")
+    if carriers == ["raw_data"] or (not carriers and t.dtype != DataType.DATA_TYPE_UNSPECIFIED):
+        if t.dtype == DataType.DATA_TYPE_UNSPECIFIED:
+            raise errors.InvalidArgument("required with raw_data, got DATA_TYPE_UNSPECIFIED", field=f"{field}.dtype")
+        dtype = NUMPY_DTYPES[t.dtype]
+        if len(t.raw_data) != count * dtype.itemsize:
+            raise errors.InvalidArgument(
+                f"shape {shape} x {DataType.Name(t.dtype)} needs {count * dtype.itemsize} bytes, got {len(t.raw_data)}",
+                field=f"{field}.raw_data",
+            )
+        return np.frombuffer(t.raw_data, dtype=dtype).reshape(shape)
+    if not carriers:
+        if count != 0:
+            raise errors.InvalidArgument(f"shape {shape} needs {count} values, got none", field=field)
+        return np.zeros(shape, dtype=np.float32)
+    values = getattr(t, carriers[0])
+    if not shape:
+        raise errors.InvalidArgument(f"required with {carriers[0]} ({len(values)} values given)", field=f"{field}.shape")
+    if len(values) != count:
+        raise errors.InvalidArgument(f"shape {shape} needs {count} values, got {len(values)}", field=f"{field}.{carriers[0]}")
+    if carriers == ["float_values"]:
+        if t.dtype in INT_TYPES:
+            raise errors.InvalidArgument(f"{DataType.Name(t.dtype)} tensors carry int_values, not float_values", field=f"{field}.dtype")
+        dtype = NUMPY_DTYPES[t.dtype] if t.dtype else NUMPY_DTYPES[DataType.DATA_TYPE_FLOAT32]
+    else:
+        dtype = NUMPY_DTYPES[t.dtype] if t.dtype else NUMPY_DTYPES[DataType.DATA_TYPE_INT64]
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def numpy_to_tensor(array: np.ndarray, *, raw: bool) -> tensor_pb2.Tensor:
+    """Encode an array as raw bytes (raw=True, what the SDK reads) or typed numbers (grpcurl JSON)."""
+    array = np.ascontiguousarray(array)
+    dtype = NUMPY_TO_DTYPE[array.dtype.newbyteorder("<")]
+    t = tensor_pb2.Tensor(shape=array.shape, dtype=dtype)
+    if raw:
+        t.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    elif dtype in FLOAT_TYPES:
+        t.float_values.extend(array.ravel().tolist())
+    else:
+        t.int_values.extend(array.ravel().tolist())
+    return t
+
+
+def is_raw(t: tensor_pb2.Tensor) -> bool:
+    return bool(t.raw_data) or not (t.float_values or t.int_values)

@@ -1,0 +1,120 @@
+"""TrainingJobService: create (validated, queued at once), get, list, cancel, watch."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from gradwire.v1 import datasets_pb2, training_pb2, training_pb2_grpc
+
+from .. import datasets, errors, spec
+from ..store import TERMINAL_STATES, new_id, resource_id
+from .context import ServerState
+from .convert import tensor_to_numpy
+
+LabelKind = datasets_pb2.LabelKind
+
+
+class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.s = state
+
+    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str) -> datasets_pb2.Dataset:
+        field = "inline_dataset"
+        if not inline.HasField("features"):
+            raise errors.InvalidArgument("required", field=f"{field}.features")
+        if not inline.HasField("labels"):
+            raise errors.InvalidArgument("required", field=f"{field}.labels")
+        features = tensor_to_numpy(inline.features, f"{field}.features")
+        labels = tensor_to_numpy(inline.labels, f"{field}.labels")
+        if features.ndim and features.shape[0] > self.s.settings.max_inline_examples:
+            raise errors.ResourceExhausted(
+                f"{features.shape[0]} inline examples exceed the limit of {self.s.settings.max_inline_examples}; upload the dataset instead"
+            )
+        if features.dtype.kind in "iu":
+            features = features.astype(np.float32)
+        features = features.astype(np.float32, copy=False)
+        if inline.label_kind == LabelKind.LABEL_KIND_CLASSES and labels.dtype.kind == "f":
+            if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+                raise errors.InvalidArgument("class labels must be whole numbers", field=f"{field}.labels")
+            labels = labels.astype(np.int64)
+        elif inline.label_kind == LabelKind.LABEL_KIND_REGRESSION:
+            labels = labels.astype(np.float32)
+        return datasets.save_arrays(
+            self.s.store,
+            self.s.settings.data_dir,
+            features,
+            labels,
+            label_kind=inline.label_kind,
+            class_names=list(inline.class_names),
+            display_name=inline.display_name or display_name,
+            max_bytes=self.s.settings.max_upload_bytes,
+            field=field,
+        )
+
+    def CreateTrainingJob(self, request: training_pb2.CreateTrainingJobRequest, context) -> training_pb2.TrainingJob:
+        source = request.WhichOneof("data")
+        if source is None:
+            raise errors.InvalidArgument("set `dataset` (an uploaded dataset's name) or `inline_dataset`", field="dataset")
+        if not request.HasField("network"):
+            raise errors.InvalidArgument("required", field="network")
+        if not request.HasField("training"):
+            raise errors.InvalidArgument("required", field="training")
+        inline = source == "inline_dataset"
+        if inline:
+            dataset = self._store_inline(request.inline_dataset, request.display_name)
+        else:
+            dataset = self.s.store.get_dataset(resource_id(request.dataset, "datasets", field="dataset"))
+        try:
+            summary = spec.validate_job(
+                request.network,
+                request.training,
+                feature_shape=tuple(dataset.feature_shape),
+                label_kind=dataset.label_kind,
+                output_size=dataset.class_count or dataset.target_count,
+                example_count=dataset.example_count,
+            )
+            seed = request.training.seed if request.training.HasField("seed") else secrets.randbits(63)
+            job = training_pb2.TrainingJob(
+                name=f"trainingJobs/{new_id()}",
+                display_name=request.display_name,
+                dataset=dataset.name,
+                network=request.network,
+                training=request.training,
+                seed=seed,
+                parameter_count=summary.parameter_count,
+            )
+            return self.s.store.insert_job(job)
+        except BaseException:
+            if inline:  # nothing is left half-made: the inline dataset goes with the refused job
+                dataset_id = dataset.name.split("/", 1)[1]
+                self.s.store.delete_dataset(dataset_id)
+                datasets.delete_files(self.s.settings.data_dir, dataset_id)
+            raise
+
+    def GetTrainingJob(self, request: training_pb2.GetTrainingJobRequest, context) -> training_pb2.TrainingJob:
+        return self.s.store.get_job(resource_id(request.name, "trainingJobs"))
+
+    def ListTrainingJobs(self, request: training_pb2.ListTrainingJobsRequest, context) -> training_pb2.ListTrainingJobsResponse:
+        jobs, token = self.s.store.list_jobs(request.page_size, request.page_token)
+        return training_pb2.ListTrainingJobsResponse(training_jobs=jobs, next_page_token=token)
+
+    def CancelTrainingJob(self, request: training_pb2.CancelTrainingJobRequest, context) -> training_pb2.TrainingJob:
+        return self.s.store.request_cancel(resource_id(request.name, "trainingJobs"))
+
+    def WatchTrainingJob(self, request: training_pb2.WatchTrainingJobRequest, context) -> Iterator[training_pb2.TrainingJobEvent]:
+        job_id = resource_id(request.name, "trainingJobs")
+        self.s.store.job_state(job_id)  # NOT_FOUND before the stream starts
+        last = 0
+        while context.is_active():
+            events = self.s.store.events_after(job_id, last)
+            for event in events:
+                yield event
+                last = event.sequence
+                if event.state in TERMINAL_STATES:
+                    return
+            if not events:
+                time.sleep(self.s.settings.poll_interval_s)

@@ -1,0 +1,409 @@
+"""The metadata store: SQLite in WAL mode under the data directory.
+
+Holds datasets, training jobs with their event history, and models. The RPC
+process and every worker process open their own `Store` on the same file; the
+worker takes jobs from here (never from an in-memory queue), so more workers can
+share one store. Rows hold serialized protos for the immutable parts and plain
+columns for what changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
+from gradwire.v1 import datasets_pb2, models_pb2, training_pb2
+
+from . import errors
+
+State = training_pb2.TrainingJob.State
+TERMINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+ACTIVE_STATES = frozenset({State.QUEUED, State.RUNNING, State.CANCELLING})
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    proto BLOB NOT NULL,
+    features_dtype INTEGER NOT NULL,
+    labels_dtype INTEGER NOT NULL,
+    labels_shape TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    spec BLOB NOT NULL,
+    dataset_id TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    start_time REAL,
+    end_time REAL,
+    error BLOB,
+    model TEXT NOT NULL DEFAULT '',
+    device TEXT NOT NULL DEFAULT '',
+    worker TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_time REAL NOT NULL,
+    state INTEGER NOT NULL,
+    epoch BLOB,
+    message TEXT NOT NULL,
+    error BLOB,
+    model TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS models (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    proto BLOB NOT NULL
+);
+"""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def resource_id(name: str, collection: str, field: str = "name") -> str:
+    """`datasets/abc` -> `abc`, refusing anything that is not a well-formed name."""
+    prefix = collection + "/"
+    rid = name[len(prefix):] if name.startswith(prefix) else ""
+    if not rid or len(rid) > 64 or not all(c.isalnum() or c in "-_" for c in rid):
+        raise errors.InvalidArgument(f"expected '{collection}/{{id}}', got {name!r}", field=field)
+    return rid
+
+
+class Store:
+    """Thread-safe access to the SQLite file (one connection per Store, guarded by a lock)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken immediately so concurrent writers queue up."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def integrity_check(self) -> str:
+        return self._query("PRAGMA integrity_check")[0][0]
+
+    # ---- paging ---------------------------------------------------------
+
+    @staticmethod
+    def _page(page_size: int, page_token: str) -> tuple[int, int]:
+        if page_size < 0:
+            raise errors.InvalidArgument(f"must be >= 0, got {page_size}", field="page_size")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if not page_token:
+            return size, 2**62
+        if not page_token.isdigit():
+            raise errors.InvalidArgument(f"not a token from a previous response: {page_token!r}", field="page_token")
+        return size, int(page_token)
+
+    def _list(self, table: str, column: str, page_size: int, page_token: str) -> tuple[list[tuple], str]:
+        size, before = self._page(page_size, page_token)
+        rows = self._query(f"SELECT seq, {column} FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before, size + 1))
+        token = str(rows[size - 1][0]) if len(rows) > size else ""
+        return rows[:size], token
+
+    # ---- datasets -------------------------------------------------------
+
+    def insert_dataset(self, dataset: datasets_pb2.Dataset, *, features_dtype: int, labels_dtype: int, labels_shape: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO datasets (id, proto, features_dtype, labels_dtype, labels_shape) VALUES (?, ?, ?, ?, ?)",
+                (dataset.name.split("/", 1)[1], dataset.SerializeToString(), features_dtype, labels_dtype, labels_shape),
+            )
+
+    def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
+        rows = self._query("SELECT proto FROM datasets WHERE id = ?", (dataset_id,))
+        if not rows:
+            raise errors.NotFound(f"dataset 'datasets/{dataset_id}' not found")
+        return datasets_pb2.Dataset.FromString(rows[0][0])
+
+    def dataset_storage(self, dataset_id: str) -> tuple[datasets_pb2.Dataset, int, int, str]:
+        rows = self._query("SELECT proto, features_dtype, labels_dtype, labels_shape FROM datasets WHERE id = ?", (dataset_id,))
+        if not rows:
+            raise errors.NotFound(f"dataset 'datasets/{dataset_id}' not found")
+        proto, fdt, ldt, lshape = rows[0]
+        return datasets_pb2.Dataset.FromString(proto), fdt, ldt, lshape
+
+    def list_datasets(self, page_size: int, page_token: str) -> tuple[list[datasets_pb2.Dataset], str]:
+        rows, token = self._list("datasets", "proto", page_size, page_token)
+        return [datasets_pb2.Dataset.FromString(r[1]) for r in rows], token
+
+    def dataset_ids(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT id FROM datasets")}
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)).fetchall():
+                raise errors.NotFound(f"dataset 'datasets/{dataset_id}' not found")
+            active = db.execute(
+                f"SELECT id FROM jobs WHERE dataset_id = ? AND state IN ({','.join('?' * len(ACTIVE_STATES))})",
+                (dataset_id, *ACTIVE_STATES),
+            ).fetchall()
+            if active:
+                raise errors.FailedPrecondition(
+                    f"dataset 'datasets/{dataset_id}' is used by unfinished job 'trainingJobs/{active[0][0]}'"
+                )
+            db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+
+    # ---- training jobs --------------------------------------------------
+
+    def insert_job(self, job: training_pb2.TrainingJob) -> training_pb2.TrainingJob:
+        """Store a new job in QUEUED with its first event; return it as stored."""
+        job_id = job.name.split("/", 1)[1]
+        now = time.time()
+        spec = training_pb2.TrainingJob()
+        spec.CopyFrom(job)
+        for field in ("state", "create_time", "start_time", "end_time", "history", "error", "model", "device"):
+            spec.ClearField(field)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (id, spec, dataset_id, state, create_time) VALUES (?, ?, ?, ?, ?)",
+                (job_id, spec.SerializeToString(), job.dataset.split("/", 1)[1], State.QUEUED, now),
+            )
+            self._event(db, job_id, State.QUEUED, "queued", now=now)
+        return self.get_job(job_id)
+
+    def _event(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        state: int,
+        message: str,
+        *,
+        epoch: training_pb2.EpochMetrics | None = None,
+        error: status_pb2.Status | None = None,
+        model: str = "",
+        now: float | None = None,
+    ) -> None:
+        (last,) = db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE job_id = ?", (job_id,)).fetchone()
+        db.execute(
+            "INSERT INTO events (job_id, sequence, event_time, state, epoch, message, error, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                last + 1,
+                now or time.time(),
+                state,
+                epoch.SerializeToString() if epoch is not None else None,
+                message,
+                error.SerializeToString() if error is not None else None,
+                model,
+            ),
+        )
+
+    def _job_from_row(self, row: tuple, with_history: bool) -> training_pb2.TrainingJob:
+        job_id, spec, state, create_time, start_time, end_time, error, model, device = row
+        job = training_pb2.TrainingJob.FromString(spec)
+        job.state = state
+        job.create_time.CopyFrom(timestamp(create_time))
+        if start_time is not None:
+            job.start_time.CopyFrom(timestamp(start_time))
+        if end_time is not None:
+            job.end_time.CopyFrom(timestamp(end_time))
+        if error is not None:
+            job.error.ParseFromString(error)
+        job.model = model
+        job.device = device
+        if with_history:
+            for (blob,) in self._query(
+                "SELECT epoch FROM events WHERE job_id = ? AND epoch IS NOT NULL ORDER BY sequence", (job_id,)
+            ):
+                job.history.add().ParseFromString(blob)
+        return job
+
+    _JOB_COLUMNS = "id, spec, state, create_time, start_time, end_time, error, model, device"
+
+    def get_job(self, job_id: str, *, with_history: bool = True) -> training_pb2.TrainingJob:
+        rows = self._query(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise errors.NotFound(f"training job 'trainingJobs/{job_id}' not found")
+        return self._job_from_row(rows[0], with_history)
+
+    def list_jobs(self, page_size: int, page_token: str) -> tuple[list[training_pb2.TrainingJob], str]:
+        size, before = self._page(page_size, page_token)
+        rows = self._query(
+            f"SELECT seq, {self._JOB_COLUMNS} FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before, size + 1)
+        )
+        token = str(rows[size - 1][0]) if len(rows) > size else ""
+        return [self._job_from_row(r[1:], with_history=False) for r in rows[:size]], token
+
+    def job_state(self, job_id: str) -> int:
+        rows = self._query("SELECT state FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise errors.NotFound(f"training job 'trainingJobs/{job_id}' not found")
+        return rows[0][0]
+
+    def events_after(self, job_id: str, sequence: int) -> list[training_pb2.TrainingJobEvent]:
+        rows = self._query(
+            "SELECT sequence, event_time, state, epoch, message, error, model FROM events "
+            "WHERE job_id = ? AND sequence > ? ORDER BY sequence",
+            (job_id, sequence),
+        )
+        out = []
+        for seq, when, state, epoch, message, error, model in rows:
+            event = training_pb2.TrainingJobEvent(sequence=seq, event_time=timestamp(when), state=state, message=message, model=model)
+            if epoch is not None:
+                event.epoch.ParseFromString(epoch)
+            if error is not None:
+                event.error.ParseFromString(error)
+            out.append(event)
+        return out
+
+    def claim_next_job(self, worker: str, device: str) -> training_pb2.TrainingJob | None:
+        """Atomically move the oldest QUEUED job to RUNNING for `worker`."""
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (State.QUEUED,)).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            db.execute(
+                "UPDATE jobs SET state = ?, start_time = COALESCE(start_time, ?), worker = ?, device = ?, attempts = attempts + 1 WHERE id = ?",
+                (State.RUNNING, now, worker, device, row[0]),
+            )
+            self._event(db, row[0], State.RUNNING, f"running on {device}", now=now)
+        return self.get_job(row[0])
+
+    def job_attempts(self, job_id: str) -> int:
+        return self._query("SELECT attempts FROM jobs WHERE id = ?", (job_id,))[0][0]
+
+    def record_epoch(self, job_id: str, epoch: training_pb2.EpochMetrics) -> None:
+        with self._tx() as db:
+            (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            self._event(db, job_id, state, f"epoch {epoch.epoch} done", epoch=epoch)
+
+    def finish_job(
+        self,
+        job_id: str,
+        state: int,
+        message: str,
+        *,
+        error: status_pb2.Status | None = None,
+        model: models_pb2.Model | None = None,
+    ) -> None:
+        """Move a job to a terminal state (registering its model, if any) in one transaction."""
+        assert state in TERMINAL_STATES, state
+        now = time.time()
+        with self._tx() as db:
+            if model is not None:
+                db.execute("INSERT INTO models (id, proto) VALUES (?, ?)", (model.name.split("/", 1)[1], model.SerializeToString()))
+            db.execute(
+                "UPDATE jobs SET state = ?, end_time = ?, error = ?, model = ?, worker = '' WHERE id = ?",
+                (state, now, error.SerializeToString() if error is not None else None, model.name if model else "", job_id),
+            )
+            self._event(db, job_id, state, message, error=error, model=model.name if model else "", now=now)
+
+    def request_cancel(self, job_id: str) -> training_pb2.TrainingJob:
+        """QUEUED -> CANCELLED at once; RUNNING -> CANCELLING (the worker finishes it)."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise errors.NotFound(f"training job 'trainingJobs/{job_id}' not found")
+            state = row[0]
+            if state in TERMINAL_STATES:
+                raise errors.FailedPrecondition(
+                    f"training job 'trainingJobs/{job_id}' already finished in state {State.Name(state)}; only QUEUED or RUNNING jobs can be cancelled"
+                )
+            now = time.time()
+            if state == State.QUEUED:
+                db.execute("UPDATE jobs SET state = ?, end_time = ? WHERE id = ?", (State.CANCELLED, now, job_id))
+                self._event(db, job_id, State.CANCELLED, "cancelled before it started", now=now)
+            elif state == State.RUNNING:
+                db.execute("UPDATE jobs SET state = ? WHERE id = ?", (State.CANCELLING, job_id))
+                self._event(db, job_id, State.CANCELLING, "cancel requested", now=now)
+        return self.get_job(job_id)
+
+    def recover_interrupted(self, message: str = "requeued after a restart") -> list[str]:
+        """At start-up, before any worker runs: requeue RUNNING jobs, finish CANCELLING ones."""
+        with self._tx() as db:
+            running = [r[0] for r in db.execute("SELECT id FROM jobs WHERE state = ?", (State.RUNNING,))]
+            for job_id in running:
+                db.execute("UPDATE jobs SET state = ?, worker = '' WHERE id = ?", (State.QUEUED, job_id))
+                self._event(db, job_id, State.QUEUED, message)
+            now = time.time()
+            for (job_id,) in db.execute("SELECT id FROM jobs WHERE state = ?", (State.CANCELLING,)).fetchall():
+                db.execute("UPDATE jobs SET state = ?, end_time = ?, worker = '' WHERE id = ?", (State.CANCELLED, now, job_id))
+                self._event(db, job_id, State.CANCELLED, "cancelled (the server restarted while stopping)", now=now)
+        return running
+
+    def requeue_orphan(self, worker: str, max_attempts: int) -> list[str]:
+        """A worker process died: requeue its running job, or fail it after `max_attempts` tries."""
+        rows = self._query("SELECT id, state, attempts FROM jobs WHERE worker = ? AND state IN (?, ?)", (worker, State.RUNNING, State.CANCELLING))
+        out = []
+        for job_id, state, attempts in rows:
+            if state == State.CANCELLING:
+                self.finish_job(job_id, State.CANCELLED, "cancelled")
+            elif attempts >= max_attempts:
+                err = status_pb2.Status(code=13, message=f"the worker process died {attempts} times while training this job")
+                self.finish_job(job_id, State.FAILED, err.message, error=err)
+            else:
+                with self._tx() as db:
+                    db.execute("UPDATE jobs SET state = ?, worker = '' WHERE id = ?", (State.QUEUED, job_id))
+                    self._event(db, job_id, State.QUEUED, "requeued: the worker process died")
+            out.append(job_id)
+        return out
+
+    # ---- models ---------------------------------------------------------
+
+    def get_model(self, model_id: str) -> models_pb2.Model:
+        rows = self._query("SELECT proto FROM models WHERE id = ?", (model_id,))
+        if not rows:
+            raise errors.NotFound(f"model 'models/{model_id}' not found")
+        return models_pb2.Model.FromString(rows[0][0])
+
+    def list_models(self, page_size: int, page_token: str) -> tuple[list[models_pb2.Model], str]:
+        rows, token = self._list("models", "proto", page_size, page_token)
+        return [models_pb2.Model.FromString(r[1]) for r in rows], token
+
+    def model_ids(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT id FROM models")}
+
+    def delete_model(self, model_id: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount == 0:
+                raise errors.NotFound(f"model 'models/{model_id}' not found")

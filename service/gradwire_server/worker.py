@@ -1,0 +1,194 @@
+"""The training worker: a separate process that takes queued jobs from the store and trains them.
+
+It never serves RPCs (training beside predictions would steal the GIL from them)
+and shares nothing with the RPC process but the data directory: jobs come from
+the store, epochs and results go back into it, where Watch streams find them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+
+from google.rpc import status_pb2
+
+from gradwire.v1 import datasets_pb2, models_pb2, network_pb2, training_pb2
+
+from . import datasets, errors, files
+from .config import Settings
+from .inference import model_path
+from .store import Store, new_id, timestamp
+
+log = logging.getLogger("gradwire.worker")
+State = training_pb2.TrainingJob.State
+MAX_ATTEMPTS = 3
+CANCEL_CHECK_INTERVAL_S = 0.25
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the server process dies (even by kill -9)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def pick_device(setting: str):
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"GRADWIRE_DEVICE={setting} but no CUDA device is available")
+    return device
+
+
+def epoch_proto(r) -> training_pb2.EpochMetrics:
+    """train.EpochResult -> EpochMetrics (None stays unset)."""
+    m = training_pb2.EpochMetrics(
+        epoch=r.epoch,
+        iterations=r.iterations,
+        train_loss=r.train_loss,
+        learning_rate=r.learning_rate,
+        samples_per_second=r.samples_per_second,
+        elapsed_seconds=r.elapsed_seconds,
+    )
+    for name in ("validation_loss", "validation_accuracy", "train_accuracy"):
+        value = getattr(r, name)
+        if value is not None:
+            setattr(m, name, value)
+    return m
+
+
+def spec_sha256(network: network_pb2.NetworkSpec, training: network_pb2.TrainingConfig) -> str:
+    h = hashlib.sha256(network.SerializeToString(deterministic=True))
+    h.update(training.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+class Worker:
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self.store = Store(settings.database_path)
+        self.stopping = threading.Event()
+        self._parent = os.getppid()
+
+    def parent_gone(self) -> bool:
+        return os.getppid() != self._parent
+
+    def run(self) -> None:
+        import torch
+
+        device = pick_device(self.settings.device)
+        log.info("worker %s ready on %s (torch %s)", self.name, device, torch.__version__)
+        while not self.stopping.is_set() and not self.parent_gone():
+            job = self.store.claim_next_job(self.name, str(device))
+            if job is None:
+                self.stopping.wait(self.settings.poll_interval_s)
+                continue
+            self.run_job(job, device)
+
+    def run_job(self, job: training_pb2.TrainingJob, device) -> None:
+        from .export import export_onnx
+        from .train import TrainingData, train
+
+        job_id = job.name.split("/", 1)[1]
+        log.info("job %s: training on %s", job.name, device)
+        checkpoint = files.inside(self.settings.data_dir, "checkpoints", job_id, "checkpoint.pt")
+        last_check = [0.0]
+
+        def should_stop() -> bool:
+            if self.stopping.is_set() or self.parent_gone():
+                return True
+            now = time.monotonic()
+            if now - last_check[0] >= CANCEL_CHECK_INTERVAL_S:
+                last_check[0] = now
+                return self.store.job_state(job_id) == State.CANCELLING
+            return False
+
+        try:
+            dataset, features, labels = datasets.load_arrays(self.store, self.settings.data_dir, job.dataset.split("/", 1)[1])
+            output_size = dataset.class_count or dataset.target_count
+            data = TrainingData(features=features, labels=labels, label_kind=dataset.label_kind, output_size=output_size)
+            result = train(
+                job.network,
+                job.training,
+                data,
+                seed=job.seed,
+                device=device,
+                on_epoch=lambda r: self.store.record_epoch(job_id, epoch_proto(r)),
+                should_stop=should_stop,
+                checkpoint_path=checkpoint,
+            )
+            model_id = new_id()
+            path = model_path(self.settings.data_dir, model_id)
+            exported = export_onnx(
+                result,
+                input_shape=list(dataset.feature_shape),
+                label_kind=dataset.label_kind,
+                class_names=list(dataset.class_names),
+                path=path,
+                metadata={"model": f"models/{model_id}", "training_job": job.name, "dataset": dataset.name},
+            )
+            model = models_pb2.Model(
+                name=f"models/{model_id}",
+                display_name=job.display_name,
+                training_job=job.name,
+                dataset=dataset.name,
+                input_shape=list(dataset.feature_shape),
+                label_kind=dataset.label_kind,
+                class_names=list(dataset.class_names),
+                output_size=output_size,
+                input_normalization=job.training.input_normalization
+                if job.training.HasField("input_normalization")
+                else network_pb2.INPUT_NORMALIZATION_NONE,
+                network=job.network,
+                parameter_count=result.parameter_count,
+                final_metrics=epoch_proto(result.final_metrics),
+                epochs_trained=result.epochs_trained,
+                parity_max_abs_diff=exported.parity_max_abs_diff,
+                spec_sha256=spec_sha256(job.network, job.training),
+                dataset_sha256=dataset.sha256,
+                onnx_sha256=exported.sha256,
+                onnx_size_bytes=exported.size_bytes,
+                opset_version=exported.opset_version,
+                create_time=timestamp(time.time()),
+            )
+            summary = f"trained {result.epochs_trained} epochs (best epoch {result.best_epoch}); ONNX parity {exported.parity_max_abs_diff:.2e}"
+            self.store.finish_job(job_id, State.SUCCEEDED, summary, model=model)
+            files.remove_tree(checkpoint.parent)
+            log.info("job %s: %s -> %s", job.name, summary, model.name)
+        except errors.Cancelled:
+            if self.stopping.is_set() or self.parent_gone():
+                log.info("job %s: interrupted by shutdown; it resumes from its checkpoint at the next start", job.name)
+                return
+            self.store.finish_job(job_id, State.CANCELLED, "cancelled")
+            files.remove_tree(checkpoint.parent)
+            log.info("job %s: cancelled", job.name)
+        except Exception as exc:  # a failure after acceptance is data: the job goes FAILED
+            if isinstance(exc, errors.GradwireError):
+                message = exc.message
+            else:
+                log.exception("job %s failed", job.name)
+                message = f"training failed: {type(exc).__name__}: {exc}"
+            status = status_pb2.Status(code=errors.code_of(exc), message=message)
+            self.store.finish_job(job_id, State.FAILED, message, error=status)
+            files.remove_tree(checkpoint.parent)
+
+
+def main(settings: Settings, name: str) -> None:
+    """Entry point of a worker process (started by the server with the spawn method)."""
+    _die_with_parent()
+    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    worker = Worker(settings, name)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
+    worker.run()
