@@ -1,0 +1,73 @@
+"""Small builders shared by the API tests (raw protobuf, no SDK)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.datasets import load_iris
+
+from gradwire.v1 import datasets_pb2, network_pb2, tensor_pb2, training_pb2
+
+State = training_pb2.TrainingJob.State
+
+
+def iris(n: int | None = None):
+    X, y = load_iris(return_X_y=True)
+    if n is not None:
+        idx = np.random.default_rng(0).permutation(len(y))[:n]
+        X, y = X[idx], y[idx]
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def values_tensor(a: np.ndarray) -> tensor_pb2.Tensor:
+    """As grpcurl users send it: shape plus plain numbers."""
+    if a.dtype.kind == "f":
+        return tensor_pb2.Tensor(shape=a.shape, float_values=a.ravel().tolist())
+    return tensor_pb2.Tensor(shape=a.shape, int_values=a.ravel().tolist())
+
+
+def raw_tensor(a: np.ndarray, dtype=tensor_pb2.DATA_TYPE_FLOAT32) -> tensor_pb2.Tensor:
+    return tensor_pb2.Tensor(shape=a.shape, dtype=dtype, raw_data=np.ascontiguousarray(a).tobytes())
+
+
+def inline(X: np.ndarray, y: np.ndarray, names=("setosa", "versicolor", "virginica")) -> datasets_pb2.InlineDataset:
+    return datasets_pb2.InlineDataset(
+        features=values_tensor(X), labels=values_tensor(y), label_kind=datasets_pb2.LABEL_KIND_CLASSES, class_names=list(names)
+    )
+
+
+def mlp(*widths: int) -> network_pb2.NetworkSpec:
+    layers = []
+    for i, w in enumerate(widths):
+        layers.append(network_pb2.Layer(dense=network_pb2.Dense(units=w)))
+        if i < len(widths) - 1:
+            layers.append(network_pb2.Layer(relu=network_pb2.ReLU()))
+    return network_pb2.NetworkSpec(layers=layers)
+
+
+def config(epochs: int = 3, batch_size: int = 16, lr: float = 0.01, **kw) -> network_pb2.TrainingConfig:
+    return network_pb2.TrainingConfig(
+        loss=network_pb2.Loss(cross_entropy=network_pb2.CrossEntropyLoss()),
+        optimizer=network_pb2.Optimizer(adam=network_pb2.Adam(learning_rate=lr)),
+        batching=network_pb2.Batching(mini_batch=network_pb2.MiniBatch(batch_size=batch_size)),
+        epochs=epochs,
+        seed=0,
+        **kw,
+    )
+
+
+def upload_requests(X: np.ndarray, y: np.ndarray, *, chunk: int = 1 << 20, label_kind=datasets_pb2.LABEL_KIND_CLASSES, names=()):
+    header = datasets_pb2.DatasetUploadHeader(
+        display_name="test",
+        features_shape=X.shape,
+        features_dtype=tensor_pb2.DATA_TYPE_FLOAT32,
+        labels_shape=y.shape,
+        labels_dtype=tensor_pb2.DATA_TYPE_INT64 if y.dtype.kind == "i" else tensor_pb2.DATA_TYPE_FLOAT32,
+        label_kind=label_kind,
+        class_names=list(names),
+    )
+    yield datasets_pb2.UploadDatasetRequest(header=header)
+    fb, lb = memoryview(np.ascontiguousarray(X)).cast("B"), memoryview(np.ascontiguousarray(y)).cast("B")
+    for i in range(0, len(fb), chunk):
+        yield datasets_pb2.UploadDatasetRequest(features_chunk=bytes(fb[i : i + chunk]))
+    for i in range(0, len(lb), chunk):
+        yield datasets_pb2.UploadDatasetRequest(labels_chunk=bytes(lb[i : i + chunk]))

@@ -1,0 +1,302 @@
+"""The gradwire.v1 API over a real channel: upload, train, watch, predict, export, and every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gradwire.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    network_pb2,
+    tensor_pb2,
+    training_pb2,
+    training_pb2_grpc,
+)
+from helpers import State, config, inline, iris, mlp, raw_tensor, upload_requests, values_tensor
+
+
+@pytest.fixture()
+def stubs(channel):
+    return (
+        datasets_pb2_grpc.DatasetServiceStub(channel),
+        training_pb2_grpc.TrainingJobServiceStub(channel),
+        models_pb2_grpc.ModelServiceStub(channel),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(target):
+    """An iris classifier trained from an inline dataset, as grpcurl users do."""
+    with grpc.insecure_channel(target) as ch:
+        jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
+        X, y = iris()
+        job = jobs.CreateTrainingJob(
+            training_pb2.CreateTrainingJobRequest(
+                display_name="iris", inline_dataset=inline(X, y), network=mlp(16, 3),
+                training=config(epochs=40, batch_size=16, lr=0.05, validation_split=0.2,
+                                input_normalization=network_pb2.INPUT_NORMALIZATION_STANDARDIZE),
+            ),
+            timeout=10,
+        )
+        events = list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=120))
+        return job, events, jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=10)
+
+
+def test_create_returns_queued_at_once(trained):
+    job, _, _ = trained
+    assert job.state == State.QUEUED
+    assert job.name.startswith("trainingJobs/") and job.dataset.startswith("datasets/")
+    assert job.seed == 0 and job.parameter_count == 4 * 16 + 16 + 16 * 3 + 3
+
+
+def test_watch_replays_then_follows_to_the_end(trained, stubs):
+    job, events, final = trained
+    assert final.state == State.SUCCEEDED, final.error
+    states = [e.state for e in events]
+    assert states[0] == State.QUEUED and states[-1] == State.SUCCEEDED and State.RUNNING in states
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    epochs = [e.epoch for e in events if e.HasField("epoch")]
+    assert [m.epoch for m in epochs] == list(range(1, len(final.history) + 1))
+    first = epochs[0]
+    assert first.iterations == int(np.ceil(120 / 16))  # 150 examples, 20% held out
+    assert first.HasField("validation_loss") and first.HasField("validation_accuracy")
+    assert first.learning_rate == pytest.approx(0.05) and first.samples_per_second > 0 and first.elapsed_seconds > 0
+    # a second watch of a finished job replays the same history and ends
+    replay = list(stubs[1].WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=10))
+    assert [e.sequence for e in replay] == [e.sequence for e in events]
+    assert events[-1].model == final.model
+
+
+def test_predict_with_numbers_and_raw_bytes(trained, stubs):
+    _, _, final = trained
+    models = stubs[2]
+    model = models.GetModel(models_pb2.GetModelRequest(name=final.model), timeout=10)
+    assert model.class_names == ["setosa", "versicolor", "virginica"] and list(model.input_shape) == [4]
+    assert 0 <= model.parity_max_abs_diff <= 1e-4
+    assert model.final_metrics.validation_accuracy >= 0.85
+    X, y = iris()
+    by_values = models.Predict(models_pb2.PredictRequest(name=model.name, features=values_tensor(X)), timeout=10)
+    assert list(by_values.probabilities.shape) == [150, 3] and len(by_values.probabilities.float_values) == 450
+    probs = np.array(by_values.probabilities.float_values).reshape(150, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (np.array(by_values.predicted_classes) == y).mean() >= 0.9
+    assert by_values.predicted_class_names[0] == model.class_names[by_values.predicted_classes[0]]
+    by_raw = models.Predict(models_pb2.PredictRequest(name=model.name, features=raw_tensor(X)), timeout=10)
+    raw = np.frombuffer(by_raw.probabilities.raw_data, dtype="<f4").reshape(150, 3)
+    np.testing.assert_allclose(raw, probs, atol=1e-7)
+
+
+def test_exported_onnx_runs_without_gradwire(trained, stubs, tmp_path):
+    _, _, final = trained
+    models = stubs[2]
+    model = models.GetModel(models_pb2.GetModelRequest(name=final.model), timeout=10)
+    data = b"".join(c.chunk_data for c in models.ExportModel(models_pb2.ExportModelRequest(name=model.name), timeout=10))
+    assert len(data) == model.onnx_size_bytes and hashlib.sha256(data).hexdigest() == model.onnx_sha256
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    X, _ = iris()
+    (probs,) = session.run(["probabilities"], {session.get_inputs()[0].name: X})
+    served = models.Predict(models_pb2.PredictRequest(name=model.name, features=raw_tensor(X)), timeout=10)
+    np.testing.assert_array_equal(probs, np.frombuffer(served.probabilities.raw_data, dtype="<f4").reshape(150, 3))
+
+
+def test_upload_in_many_chunks_then_get_list_delete(stubs):
+    datasets = stubs[0]
+    X, y = iris()
+    ds = datasets.UploadDataset(upload_requests(X, y, chunk=1000, names=["a", "b", "c"]), timeout=30)
+    assert ds.example_count == 150 and list(ds.feature_shape) == [4] and ds.class_count == 3
+    assert ds.label_kind == datasets_pb2.LABEL_KIND_CLASSES and len(ds.sha256) == 64
+    assert datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=ds.name), timeout=10) == ds
+    names = [d.name for d in datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets]
+    assert ds.name in names
+    page = datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1), timeout=10)
+    assert len(page.datasets) == 1 and page.next_page_token
+    datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=ds.name), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=ds.name), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_regression_dataset_trains_and_predicts_values(stubs):
+    _, jobs, models = stubs
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5], dtype=np.float32) + 0.3).astype(np.float32)
+    request = training_pb2.CreateTrainingJobRequest(
+        inline_dataset=datasets_pb2.InlineDataset(features=values_tensor(X), labels=values_tensor(y), label_kind=datasets_pb2.LABEL_KIND_REGRESSION),
+        network=mlp(1),
+        training=network_pb2.TrainingConfig(
+            loss=network_pb2.Loss(mse=network_pb2.MeanSquaredErrorLoss()),
+            optimizer=network_pb2.Optimizer(sgd=network_pb2.SGD(learning_rate=0.1)),
+            batching=network_pb2.Batching(full_batch=network_pb2.FullBatch()),
+            epochs=200, seed=1,
+        ),
+    )
+    job = jobs.CreateTrainingJob(request, timeout=10)
+    events = list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=120))
+    assert events[-1].state == State.SUCCEEDED, events[-1].error
+    assert all(e.epoch.iterations == 1 for e in events if e.HasField("epoch"))  # full batch: one step per epoch
+    out = models.Predict(models_pb2.PredictRequest(name=events[-1].model, features=values_tensor(X[:5])), timeout=10)
+    values = np.array(out.values.float_values).reshape(5, 1)
+    np.testing.assert_allclose(values[:, 0], y[:5], atol=0.05)
+    assert not out.predicted_classes
+
+
+def test_cancel_running_job_and_refuse_cancel_of_finished(stubs):
+    _, jobs, _ = stubs
+    X, y = iris()
+    request = training_pb2.CreateTrainingJobRequest(
+        inline_dataset=inline(X, y), network=mlp(32, 3),
+        training=network_pb2.TrainingConfig(
+            loss=network_pb2.Loss(cross_entropy=network_pb2.CrossEntropyLoss()),
+            optimizer=network_pb2.Optimizer(sgd=network_pb2.SGD(learning_rate=0.01)),
+            batching=network_pb2.Batching(online=network_pb2.Online()), epochs=10_000, seed=0,
+        ),
+    )
+    job = jobs.CreateTrainingJob(request, timeout=10)
+    for event in jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=60):
+        if event.HasField("epoch"):
+            break
+    cancelling = jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=job.name), timeout=10)
+    assert cancelling.state in (State.CANCELLING, State.CANCELLED)
+    events = list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=30))
+    assert events[-1].state == State.CANCELLED
+    with pytest.raises(grpc.RpcError) as err:
+        jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=job.name), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CANCELLED" in err.value.details()
+
+
+# ---- bad input: each answered with its field path and value; the server keeps serving ----
+
+def _create(jobs, **kw):
+    X, y = iris(30)
+    fields = {"inline_dataset": inline(X, y), "network": mlp(8, 3), "training": config()}
+    fields.update(kw)
+    return jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(**fields), timeout=10)
+
+
+def _conv_net(kernel: int) -> network_pb2.NetworkSpec:
+    return network_pb2.NetworkSpec(layers=[
+        network_pb2.Layer(conv2d=network_pb2.Conv2d(filters=4, kernel_size=kernel)),
+        network_pb2.Layer(flatten=network_pb2.Flatten()),
+        network_pb2.Layer(dense=network_pb2.Dense(units=3)),
+    ])
+
+
+def _inline_raw(X, y, **kw):
+    d = inline(X, y)
+    for k, v in kw.items():
+        getattr(d, k).CopyFrom(v) if hasattr(v, "DESCRIPTOR") else setattr(d, k, v)
+    return d
+
+
+X30, Y30 = iris(30)
+IMG = np.zeros((30, 1, 4, 4), dtype=np.float32)
+UNKNOWN_LAYER = network_pb2.NetworkSpec.FromString(b"\x0a\x03\xfa\x06\x00")  # a Layer with only an unknown field 111
+
+BAD_CREATES = {
+    "empty layer": (dict(network=network_pb2.NetworkSpec(layers=[network_pb2.Layer()])), "network.layers[0]", "not set"),
+    "unknown layer": (dict(network=UNKNOWN_LAYER), "network.layers[0]", "not set"),
+    "no layers": (dict(network=network_pb2.NetworkSpec()), "network.layers", ""),
+    "zero units": (dict(network=mlp(0, 3)), "network.layers[0].dense.units", "0"),
+    "negative units": (dict(network=mlp(-4, 3)), "network.layers[0].dense.units", "-4"),
+    "conv2d on 1-D": (dict(network=_conv_net(3)), "network.layers[0].conv2d", "(4,)"),
+    "kernel too large": (dict(inline_dataset=_inline_raw(IMG, Y30, features=values_tensor(IMG)), network=_conv_net(5)), "network.layers[0].conv2d.kernel_size", "5"),
+    "width mismatch": (dict(network=mlp(8, 5)), "network.layers[2]", "5"),
+    "label out of range": (dict(inline_dataset=inline(X30, np.where(Y30 == 2, 7, Y30))), "inline_dataset.labels", "7"),
+    "nan feature": (dict(inline_dataset=inline(np.where(np.arange(120).reshape(30, 4) == 9, np.nan, X30).astype(np.float32), Y30)), "inline_dataset.features", "nan"),
+    "inf feature": (dict(inline_dataset=inline(np.where(np.arange(120).reshape(30, 4) == 9, np.inf, X30).astype(np.float32), Y30)), "inline_dataset.features", "inf"),
+    "count mismatch": (dict(inline_dataset=inline(X30, Y30[:29])), "inline_dataset.labels_shape", "30 vs 29"),
+    "bytes mismatch": (dict(inline_dataset=_inline_raw(X30, Y30, features=tensor_pb2.Tensor(shape=[30, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT32, raw_data=b"\0" * 100))), "inline_dataset.features.raw_data", "100"),
+    "empty dataset": (dict(inline_dataset=inline(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))), "inline_dataset.features_shape", "0 examples"),
+    "batch too large": (dict(training=config(batch_size=31)), "training.batching.mini_batch.batch_size", "31"),
+    "unspecified label kind": (dict(inline_dataset=_inline_raw(X30, Y30, label_kind=datasets_pb2.LABEL_KIND_UNSPECIFIED)), "inline_dataset.label_kind", "LABEL_KIND_UNSPECIFIED"),
+    "unspecified normalization": (dict(training=config(input_normalization=network_pb2.INPUT_NORMALIZATION_UNSPECIFIED)), "training.input_normalization", "UNSPECIFIED"),
+    "unspecified dtype": (dict(inline_dataset=_inline_raw(X30, Y30, features=tensor_pb2.Tensor(shape=[30, 4], raw_data=X30.tobytes()))), "inline_dataset.features.dtype", "UNSPECIFIED"),
+    "no optimizer": (dict(training=network_pb2.TrainingConfig(loss=config().loss, batching=config().batching, epochs=1)), "training.optimizer", ""),
+    "loss does not fit labels": (dict(training=network_pb2.TrainingConfig(loss=network_pb2.Loss(mse=network_pb2.MeanSquaredErrorLoss()), optimizer=config().optimizer, batching=config().batching, epochs=1)), "training.loss", "mse"),
+    "missing dataset": (dict(inline_dataset=None, dataset="datasets/doesnotexist"), None, "doesnotexist"),
+    "malformed dataset name": (dict(inline_dataset=None, dataset="../../etc/passwd"), "dataset", "../../etc/passwd"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CREATES), ids=list(BAD_CREATES))
+def test_bad_create_is_refused_with_field_and_value(stubs, case):
+    datasets, jobs, _ = stubs
+    kwargs, field, value = BAD_CREATES[case]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if "dataset" in kwargs:
+        kwargs.pop("inline_dataset", None)
+    before_jobs = len(jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(page_size=1000), timeout=10).training_jobs)
+    before_data = len(datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets)
+    with pytest.raises(grpc.RpcError) as err:
+        X, y = iris(30)
+        fields = {"inline_dataset": inline(X, y), "network": mlp(8, 3), "training": config()}
+        if "dataset" in kwargs:
+            del fields["inline_dataset"]
+        fields.update(kwargs)
+        jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(**fields), timeout=10)
+    code = grpc.StatusCode.NOT_FOUND if case == "missing dataset" else grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.code() == code, err.value.details()
+    details = err.value.details()
+    if field:
+        assert details.startswith(field + ":") or details.startswith(field + "."), details
+    assert value.lower() in details.lower(), details
+    assert "Traceback" not in details
+    # nothing half-made: no job, no orphaned inline dataset
+    assert len(jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(page_size=1000), timeout=10).training_jobs) == before_jobs
+    assert len(datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1000), timeout=10).datasets) == before_data
+
+
+def test_bad_uploads(stubs):
+    datasets = stubs[0]
+    X, y = iris(20)
+
+    def fail(requests, code=grpc.StatusCode.INVALID_ARGUMENT):
+        with pytest.raises(grpc.RpcError) as err:
+            datasets.UploadDataset(iter(requests), timeout=10)
+        assert err.value.code() == code, err.value.details()
+        return err.value.details()
+
+    good = list(upload_requests(X, y))
+    assert "header" in fail(good[1:])
+    assert fail(good[:-1]).startswith("labels_chunk: shape x dtype needs 160 bytes, got 0")
+    extra = good + [datasets_pb2.UploadDatasetRequest(labels_chunk=b"\0" * 8)]
+    assert fail(extra).startswith("labels_chunk: more bytes")
+    bad_header = datasets_pb2.UploadDatasetRequest()
+    bad_header.CopyFrom(good[0])
+    bad_header.header.features_dtype = tensor_pb2.DATA_TYPE_INT64
+    assert "header.features_dtype" in fail([bad_header, *good[1:]])
+    assert list((datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), timeout=10).datasets)) is not None
+
+
+def test_bad_predicts(trained, stubs):
+    _, _, final = trained
+    models = stubs[2]
+    with pytest.raises(grpc.RpcError) as err:
+        models.Predict(models_pb2.PredictRequest(name="models/nosuchmodel", features=values_tensor(X30)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "models/nosuchmodel" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(IMG)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("features.shape:") and "[30, 1, 4, 4]" in err.value.details()
+
+
+def test_delete_model_then_predict_is_not_found(stubs):
+    _, jobs, models = stubs
+    X, y = iris(30)
+    job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(inline_dataset=inline(X, y), network=mlp(3), training=config(epochs=1)), timeout=10)
+    final = list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=60))[-1]
+    assert final.state == State.SUCCEEDED, final.error
+    models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(X)), timeout=10)
+    models.DeleteModel(models_pb2.DeleteModelRequest(name=final.model), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(X)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
