@@ -251,10 +251,14 @@ class Store:
         job.model = model
         job.device = device
         if with_history:
+            # A job resumed from a checkpoint re-runs the epochs after it: the latest record of an epoch wins.
+            by_epoch: dict[int, training_pb2.EpochMetrics] = {}
             for (blob,) in self._query(
                 "SELECT epoch FROM events WHERE job_id = ? AND epoch IS NOT NULL ORDER BY sequence", (job_id,)
             ):
-                job.history.add().ParseFromString(blob)
+                metrics = training_pb2.EpochMetrics.FromString(blob)
+                by_epoch[metrics.epoch] = metrics
+            job.history.extend(by_epoch[e] for e in sorted(by_epoch))
         return job
 
     _JOB_COLUMNS = "id, spec, state, create_time, start_time, end_time, error, model, device"

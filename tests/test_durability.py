@@ -1,0 +1,104 @@
+"""`gradwire serve` (the container's exact command) as a real process: kill -9 it and nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from helpers import State, config, iris, mlp, raw_tensor, upload_requests
+
+GRADWIRE = shutil.which("gradwire", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
+pytestmark = pytest.mark.skipif(GRADWIRE is None, reason="the gradwire command is not installed (pip install -e '.[test]')")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, data_dir: pathlib.Path, port: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
+        env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(data_dir),
+                   GRADWIRE_POLL_INTERVAL_S="0.05", GRADWIRE_GRACE_PERIOD_S="2")
+        self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")
+        self.proc = subprocess.Popen([GRADWIRE, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.target = f"127.0.0.1:{port}"
+        self.channel = grpc.insecure_channel(self.target)
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, pathlib.Path(self.log.name).read_text()
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.1)
+        self.datasets = datasets_pb2_grpc.DatasetServiceStub(self.channel)
+        self.jobs = training_pb2_grpc.TrainingJobServiceStub(self.channel)
+        self.models = models_pb2_grpc.ModelServiceStub(self.channel)
+
+    def stop(self, sig: int) -> int:
+        self.channel.close()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.log.close()
+        return code
+
+
+def watch_to_end(jobs, name: str) -> list:
+    return list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=name), timeout=300))
+
+
+def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
+    data_dir, port = tmp_path / "data", free_port()
+    X, y = iris()
+
+    first = ServeProcess(data_dir, port)
+    dataset = first.datasets.UploadDataset(upload_requests(X, y, chunk=512, names=["a", "b", "c"]), timeout=30)
+    done = first.jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(dataset=dataset.name, network=mlp(8, 3), training=config(epochs=5)), timeout=10)
+    assert watch_to_end(first.jobs, done.name)[-1].state == State.SUCCEEDED
+    done = first.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=done.name), timeout=10)
+    before = np.frombuffer(first.models.Predict(models_pb2.PredictRequest(name=done.model, features=raw_tensor(X)), timeout=10).probabilities.raw_data, "<f4")
+
+    long_job = first.jobs.CreateTrainingJob(
+        training_pb2.CreateTrainingJobRequest(dataset=dataset.name, network=mlp(64, 64, 3), training=config(epochs=12, batch_size=1)), timeout=10)
+    for event in first.jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=long_job.name), timeout=120):
+        if event.HasField("epoch") and event.epoch.epoch >= 2:
+            break
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    second = ServeProcess(data_dir, port)
+    try:
+        assert second.datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=dataset.name), timeout=10) == dataset
+        again = second.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=done.name), timeout=10)
+        assert again == done  # state, history, model: all there
+        after = np.frombuffer(second.models.Predict(models_pb2.PredictRequest(name=done.model, features=raw_tensor(X)), timeout=10).probabilities.raw_data, "<f4")
+        np.testing.assert_array_equal(after, before)
+
+        events = watch_to_end(second.jobs, long_job.name)
+        assert events[-1].state == State.SUCCEEDED, events[-1]
+        assert any("restart" in e.message for e in events)
+        resumed = second.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=long_job.name), timeout=10)
+        assert [m.epoch for m in resumed.history] == list(range(1, 13))
+        stuck = [j.name for j in second.jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=10).training_jobs
+                 if j.state in (State.QUEUED, State.RUNNING, State.CANCELLING)]
+        assert not stuck
+    finally:
+        code = second.stop(signal.SIGTERM)
+    assert code == 0  # SIGTERM is a clean shutdown
