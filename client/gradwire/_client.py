@@ -1,0 +1,522 @@
+"""``gw.Client``: one channel, three service stubs, numpy in and numpy out.
+
+    import numpy as np, gradwire as gw
+
+    X = np.random.rand(150, 4).astype(np.float32); y = np.arange(150) % 3
+    with gw.Client("localhost:50051", timeout=30.0) as client:
+        job = client.train([gw.Dense(16), gw.ReLU(), gw.Dense(3)], (X, y),
+                           optimizer=gw.SGD(0.1), epochs=20, batch_size=16)
+        model = job.wait()
+        print(client.predict(model, X[:2]).shape)      # (2, 3)
+
+Every call goes through ``_unary`` / ``_server_stream`` / ``_client_stream``,
+which apply the default deadline and the credentials' metadata, and turn any
+``grpc.RpcError`` into the matching ``gw.APIError`` subclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, TypeVar, Union
+
+import grpc
+import numpy as np
+
+from gradwire._errors import GradwireError, translate_rpc_errors
+from gradwire._layers import Layer, Sequential, network_proto
+from gradwire._resources import DEFAULT, Dataset, Model, Prediction, TrainingEvent, TrainingJob, _Resource
+from gradwire._tensors import DTYPES, as_wire_array, from_tensor, to_tensor
+from gradwire._training import (
+    BatchingName,
+    EarlyStopping,
+    LossName,
+    NormalizationName,
+    Optimizer,
+    training_config,
+)
+from gradwire.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    network_pb2,
+    tensor_pb2,
+    training_pb2,
+    training_pb2_grpc,
+)
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+LabelKindName = Literal["classes", "regression"]
+DatasetRef = Union[Dataset, str, tuple[Any, Any]]
+NetworkRef = Union[Sequential, Sequence[Layer], network_pb2.NetworkSpec]
+
+
+_LABEL_KINDS = {"classes": datasets_pb2.LABEL_KIND_CLASSES, "regression": datasets_pb2.LABEL_KIND_REGRESSION}
+_PAGE_SIZE = 200
+_MiB = 1 << 20
+
+
+class Client:
+    """A connection to a gradwire server.
+
+    Args:
+        target: ``host:port`` of the server.
+        timeout: default deadline in seconds of every unary call (``None``: no
+            deadline). Each method also takes ``timeout=`` for that call alone.
+            Streams (upload, watch, export) have no default deadline.
+        max_message_bytes: raise gRPC's 4 MiB send / receive limit (e.g. for a
+            large ``predict`` batch or inline dataset). Uploads stream in chunks
+            and never need it.
+        channel_options: extra ``grpc`` channel options, ``[(key, value), ...]``.
+        credentials: ``grpc.ChannelCredentials`` for TLS; plaintext without.
+        metadata: ``[(key, value), ...]`` sent with every call (e.g. an API key).
+
+    Use it as a context manager, or call ``close()``:
+
+    >>> import gradwire as gw
+    >>> with gw.Client("localhost:50051") as client:   # doctest: +SKIP
+    ...     print([d.name for d in client.list_datasets()])
+    """
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 30.0,
+        max_message_bytes: int | None = None,
+        channel_options: Sequence[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
+        options = list(channel_options or ())
+        if max_message_bytes is not None:
+            if max_message_bytes < 1:
+                raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+            options += [
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ]
+        self.target = target
+        self.timeout = timeout
+        self._metadata = tuple(metadata or ())
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
+        self._jobs = training_pb2_grpc.TrainingJobServiceStub(self._channel)
+        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self._input_shapes: dict[str, tuple[int, ...]] = {}  # models are immutable: cache per name
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<gradwire.Client target={self.target!r} timeout={self.timeout}>"
+
+    def wait_for_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the channel connects; raises UnavailableError after ``timeout`` s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            from gradwire._errors import UnavailableError
+
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE, f"no server at {self.target} within {timeout}s"
+            ) from None
+
+    # --- the one place calls are made ----------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is DEFAULT else timeout
+
+    def _unary(self, method: Callable[..., T], request: Any, timeout: float | None = DEFAULT) -> T:
+        with translate_rpc_errors():
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+
+    def _server_stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
+        with translate_rpc_errors():
+            call = method(request, timeout=timeout, metadata=self._metadata)
+            try:
+                yield from call
+            finally:
+                call.cancel()  # the caller stopped early: end the RPC (no-op once it has finished)
+
+    def _client_stream(self, method: Callable[..., T], requests: Iterator[Any], timeout: float | None) -> T:
+        with translate_rpc_errors():
+            return method(requests, timeout=timeout, metadata=self._metadata)
+
+    def _pages(self, method: Callable[..., Any], request_type: type, field: str) -> list[Any]:
+        items: list[Any] = []
+        token = ""
+        while True:
+            response = self._unary(method, request_type(page_size=_PAGE_SIZE, page_token=token))
+            items.extend(getattr(response, field))
+            token = response.next_page_token
+            if not token:
+                return items
+
+    # --- datasets ------------------------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        features: Any,
+        labels: Any,
+        *,
+        name: str = "",
+        class_names: Sequence[str] | None = None,
+        label_kind: LabelKindName | None = None,
+        chunk_bytes: int = _MiB,
+        timeout: float | None = None,
+    ) -> Dataset:
+        """Uploads a dataset in chunks (no 4 MiB ceiling) and returns it.
+
+        Args:
+            features: array ``[examples, ...]``, sent as float32.
+            labels: ``[examples]`` class indices, or ``[examples]`` /
+                ``[examples, targets]`` regression targets.
+            name: display name.
+            class_names: name of class i at index i (classification only).
+            label_kind: ``"classes"`` or ``"regression"``; ``None`` infers it from
+                the labels' dtype: integers are classes, floats regression targets.
+            chunk_bytes: bytes per streamed message.
+            timeout: deadline for the whole upload (default: none).
+
+        >>> data = client.upload_dataset(X, y, name="digits")   # doctest: +SKIP
+        >>> data.example_count, data.feature_shape              # doctest: +SKIP
+        (1797, (1, 8, 8))
+        """
+        chunk_bytes = int(chunk_bytes)
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+        feats, labs, kind = _prepare_dataset(features, labels, label_kind, class_names)
+        header = datasets_pb2.DatasetUploadHeader(
+            display_name=name,
+            features_shape=feats.shape,
+            features_dtype=tensor_pb2.DATA_TYPE_FLOAT32,
+            labels_shape=labs.shape,
+            labels_dtype=DTYPES[labs.dtype],
+            label_kind=_LABEL_KINDS[kind],
+            class_names=list(class_names or ()),
+        )
+        requests = _upload_requests(header, feats, labs, chunk_bytes)
+        return Dataset(self, self._client_stream(self._datasets.UploadDataset, requests, timeout))
+
+    def get_dataset(self, name: str | Dataset, *, timeout: float | None = DEFAULT) -> Dataset:
+        """The dataset ``datasets/{id}``."""
+        request = datasets_pb2.GetDatasetRequest(name=_name(name))
+        return Dataset(self, self._unary(self._datasets.GetDataset, request, timeout))
+
+    def list_datasets(self) -> list[Dataset]:
+        """All datasets, newest first (every page)."""
+        protos = self._pages(self._datasets.ListDatasets, datasets_pb2.ListDatasetsRequest, "datasets")
+        return [Dataset(self, p) for p in protos]
+
+    def delete_dataset(self, name: str | Dataset, *, timeout: float | None = DEFAULT) -> None:
+        """Deletes a dataset (refused with FailedPreconditionError while a job uses it)."""
+        self._unary(self._datasets.DeleteDataset, datasets_pb2.DeleteDatasetRequest(name=_name(name)), timeout)
+
+    # --- training ------------------------------------------------------------------------
+
+    def train(
+        self,
+        network: NetworkRef,
+        dataset: DatasetRef,
+        *,
+        optimizer: Optimizer,
+        loss: LossName = "cross_entropy",
+        epochs: int,
+        batch_size: int | None = None,
+        batching: BatchingName | None = None,
+        validation_split: float = 0.0,
+        early_stopping: EarlyStopping | None = None,
+        seed: int | None = None,
+        shuffle: bool = True,
+        l1_penalty: float = 0.0,
+        input_normalization: NormalizationName | None = None,
+        name: str = "",
+        timeout: float | None = DEFAULT,
+    ) -> TrainingJob:
+        """Queues a training job and returns it at once (state QUEUED); ``job.wait()`` follows it.
+
+        Args:
+            network: a ``gw.Sequential``, a list of layers, or a NetworkSpec.
+            dataset: a ``Dataset``, a ``"datasets/{id}"`` name, or a small
+                ``(features, labels)`` tuple sent inline.
+            optimizer: ``gw.SGD(...)``, ``gw.Adam(...)`` or ``gw.RMSprop(...)``.
+            loss: ``"cross_entropy"`` (class labels) or ``"mse"`` (regression).
+            epochs: passes over the training split.
+            batch_size: examples per step (mini-batch gradient descent).
+            batching: ``"full"`` (batch GD), ``"online"`` (one example per step) or
+                ``"mini_batch"`` (needs ``batch_size``). One of the two is required.
+            validation_split: fraction held out for validation, in [0, 1).
+            early_stopping: ``gw.EarlyStopping(patience=...)``.
+            seed: for weight init, the split, shuffling and dropout (None: drawn).
+            shuffle: reshuffle the training split every epoch.
+            l1_penalty: L1 coefficient (L2 is the optimizer's ``weight_decay``).
+            input_normalization: ``"none"``, ``"min_max"`` or ``"standardize"``,
+                fitted on the training split and baked into the exported graph.
+            name: display name.
+
+        >>> job = client.train([gw.Dense(3)], data, optimizer=gw.Adam(), epochs=10,
+        ...                    batching="full")                      # doctest: +SKIP
+        """
+        config = training_config(
+            optimizer=optimizer,
+            loss=loss,
+            epochs=epochs,
+            batch_size=batch_size,
+            batching=batching,
+            validation_split=validation_split,
+            early_stopping=early_stopping,
+            seed=seed,
+            shuffle=shuffle,
+            l1_penalty=l1_penalty,
+            input_normalization=input_normalization,
+        )
+        request = training_pb2.CreateTrainingJobRequest(
+            display_name=name, network=network_proto(network), training=config
+        )
+        if isinstance(dataset, Dataset):
+            request.dataset = dataset.name
+        elif isinstance(dataset, str):
+            request.dataset = dataset
+        elif isinstance(dataset, tuple) and len(dataset) == 2:
+            request.inline_dataset.CopyFrom(_inline_dataset(*dataset, display_name=name))
+        else:
+            raise TypeError(
+                f"dataset must be a gw.Dataset, a 'datasets/...' name or a (features, labels) tuple, "
+                f"got {type(dataset).__name__}"
+            )
+        return TrainingJob(self, self._unary(self._jobs.CreateTrainingJob, request, timeout))
+
+    def get_job(self, name: str | TrainingJob, *, timeout: float | None = DEFAULT) -> TrainingJob:
+        """The job ``trainingJobs/{id}``, with its per-epoch history."""
+        request = training_pb2.GetTrainingJobRequest(name=_name(name))
+        return TrainingJob(self, self._unary(self._jobs.GetTrainingJob, request, timeout))
+
+    def list_jobs(self) -> list[TrainingJob]:
+        """All jobs, newest first (without their history: ``job.refresh()`` fetches it)."""
+        protos = self._pages(self._jobs.ListTrainingJobs, training_pb2.ListTrainingJobsRequest, "training_jobs")
+        return [TrainingJob(self, p) for p in protos]
+
+    def cancel_job(self, name: str | TrainingJob, *, timeout: float | None = DEFAULT) -> TrainingJob:
+        """Cancels a queued or running job (FailedPreconditionError once it has finished)."""
+        request = training_pb2.CancelTrainingJobRequest(name=_name(name))
+        return TrainingJob(self, self._unary(self._jobs.CancelTrainingJob, request, timeout))
+
+    def watch_job(self, name: str | TrainingJob, *, timeout: float | None = None) -> Iterator[TrainingEvent]:
+        """The job's events: its history replayed, then live ones until it ends.
+
+        >>> for event in client.watch_job(job):                   # doctest: +SKIP
+        ...     print(event.sequence, event.state, event.epoch)
+        """
+        request = training_pb2.WatchTrainingJobRequest(name=_name(name))
+        for event in self._server_stream(self._jobs.WatchTrainingJob, request, timeout):
+            yield TrainingEvent.from_proto(event)
+
+    # --- models --------------------------------------------------------------------------
+
+    def get_model(self, name: str | Model, *, timeout: float | None = DEFAULT) -> Model:
+        """The model ``models/{id}``."""
+        proto = self._unary(self._models.GetModel, models_pb2.GetModelRequest(name=_name(name)), timeout)
+        self._input_shapes[proto.name] = tuple(proto.input_shape)
+        return Model(self, proto)
+
+    def list_models(self) -> list[Model]:
+        """All models, newest first (every page)."""
+        protos = self._pages(self._models.ListModels, models_pb2.ListModelsRequest, "models")
+        return [Model(self, p) for p in protos]
+
+    def delete_model(self, name: str | Model, *, timeout: float | None = DEFAULT) -> None:
+        """Deletes a model and its ONNX file."""
+        self._unary(self._models.DeleteModel, models_pb2.DeleteModelRequest(name=_name(name)), timeout)
+
+    def predict(self, model: str | Model, features: Any, *, timeout: float | None = DEFAULT) -> np.ndarray:
+        """Runs the model: softmax probabilities ``(n, classes)`` for a classifier,
+        predicted values ``(n, targets)`` for a regression model.
+
+        ``features`` is ``(n, *model.input_shape)``, sent as float32 (raw,
+        unnormalized: the model's normalization is baked in). A single example
+        of exactly ``model.input_shape`` is accepted too; its result then has no
+        batch axis either (``(classes,)``). The result is a read-only view of the
+        response (``.copy()`` it to modify in place).
+
+        >>> probs = client.predict(model, X[:5])    # doctest: +SKIP
+        >>> probs.shape, probs.sum(axis=1).round(3)  # doctest: +SKIP
+        ((5, 10), array([1., 1., 1., 1., 1.], dtype=float32))
+        """
+        prediction = self.predict_full(model, features, timeout=timeout)
+        result = prediction.probabilities if prediction.probabilities is not None else prediction.values
+        if result is None:
+            raise GradwireError("the server's PredictResponse carried neither probabilities nor values")
+        return result
+
+    def predict_full(self, model: str | Model, features: Any, *, timeout: float | None = DEFAULT) -> Prediction:
+        """Runs the model and returns everything: probabilities, class indices and
+        names (classifiers) or values (regression), as a ``gw.Prediction``.
+
+        >>> p = client.predict_full(model, X[:3])      # doctest: +SKIP
+        >>> p.classes, p.class_names                   # doctest: +SKIP
+        (array([0, 1, 2]), ['0', '1', '2'])
+        """
+        name = _name(model)
+        feats = as_wire_array(features, np.float32)
+        input_shape = model.input_shape if isinstance(model, Model) else self._input_shape(name)
+        single = feats.shape == input_shape
+        if single:
+            feats = feats[np.newaxis]  # (1, *input_shape)
+        request = models_pb2.PredictRequest(name=name, features=to_tensor(feats))
+        response = self._unary(self._models.Predict, request, timeout)
+        prediction = _prediction(response)
+        return _first(prediction) if single else prediction
+
+    def _input_shape(self, name: str) -> tuple[int, ...]:
+        if name not in self._input_shapes:
+            self.get_model(name)
+        return self._input_shapes[name]
+
+    def export_model(
+        self, model: str | Model, path: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> pathlib.Path:
+        """Streams the model's ONNX file to ``path`` and returns the path.
+
+        Written to a temporary file beside ``path``, fsynced, then renamed, so
+        ``path`` never holds a partial file. With a ``Model`` (not a bare name)
+        the bytes are checked against its ``onnx_sha256``.
+
+        >>> client.export_model(model, "digits.onnx")   # doctest: +SKIP
+        PosixPath('digits.onnx')
+        """
+        path = pathlib.Path(path)
+        expected = model.onnx_sha256 if isinstance(model, Model) else ""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        digest = hashlib.sha256()
+        request = models_pb2.ExportModelRequest(name=_name(model))
+        try:
+            with open(tmp, "wb") as f:
+                for response in self._server_stream(self._models.ExportModel, request, timeout):
+                    f.write(response.chunk_data)
+                    digest.update(response.chunk_data)
+                f.flush()
+                os.fsync(f.fileno())
+            if expected and digest.hexdigest() != expected:
+                raise GradwireError(
+                    f"{request.name}: downloaded ONNX has sha256 {digest.hexdigest()}, expected {expected}"
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _name(resource: str | _Resource[Any]) -> str:
+    if isinstance(resource, _Resource):
+        return resource.name
+    if isinstance(resource, str):
+        return resource
+    raise TypeError(f"expected a resource name or object, got {type(resource).__name__}")
+
+
+def _prepare_dataset(
+    features: Any, labels: Any, label_kind: LabelKindName | None, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, LabelKindName]:
+    """Features as C-contiguous '<f4'; labels as '<i8' (classes) or '<f4' (regression)."""
+    feats = as_wire_array(features, np.float32)
+    if feats.ndim < 2:
+        raise ValueError(
+            f"features must be [examples, ...] with at least 2 axes, got shape {feats.shape} "
+            "(one feature per example? reshape(-1, 1))"
+        )
+    labs = np.asarray(labels)
+    if label_kind is None:
+        if labs.dtype.kind in "biu":
+            label_kind = "classes"
+        elif labs.dtype.kind == "f":
+            label_kind = "regression"
+        else:
+            raise TypeError(f"labels must be integers (classes) or floats (regression), got dtype {labs.dtype}")
+    if label_kind == "classes":
+        if labs.dtype.kind == "f":
+            if not np.all(np.isfinite(labs)) or not np.array_equal(labs, np.round(labs)):
+                raise ValueError("label_kind='classes' needs whole-number labels (class indices)")
+        elif labs.dtype.kind not in "biu":
+            raise TypeError(f"class labels must be integers, got dtype {labs.dtype}")
+        if labs.ndim != 1:
+            raise ValueError(f"class labels must be [examples], got shape {labs.shape}")
+        labs = as_wire_array(labs, np.int64)
+    elif label_kind == "regression":
+        if class_names:
+            raise ValueError("class_names only apply to label_kind='classes'")
+        if labs.ndim not in (1, 2):
+            raise ValueError(f"regression targets must be [examples] or [examples, targets], got shape {labs.shape}")
+        labs = as_wire_array(labs, np.float32)
+    else:
+        raise ValueError(f"label_kind must be 'classes', 'regression' or None, got {label_kind!r}")
+    if labs.shape[0] != feats.shape[0]:
+        raise ValueError(f"features have {feats.shape[0]} examples but labels have {labs.shape[0]}")
+    return feats, labs, label_kind
+
+
+def _upload_requests(
+    header: datasets_pb2.DatasetUploadHeader, features: np.ndarray, labels: np.ndarray, chunk_bytes: int
+) -> Iterator[datasets_pb2.UploadDatasetRequest]:
+    """Header, then feature chunks, then label chunks: slices of a memoryview, one chunk in memory."""
+    yield datasets_pb2.UploadDatasetRequest(header=header)
+    for field, array in (("features_chunk", features), ("labels_chunk", labels)):
+        view = memoryview(array.reshape(-1).view(np.uint8))  # the array's own bytes, no copy
+        for start in range(0, len(view), chunk_bytes):
+            yield datasets_pb2.UploadDatasetRequest(**{field: bytes(view[start : start + chunk_bytes])})
+
+
+def _inline_dataset(features: Any, labels: Any, *, display_name: str = "") -> datasets_pb2.InlineDataset:
+    feats, labs, kind = _prepare_dataset(features, labels, None)
+    return datasets_pb2.InlineDataset(
+        features=to_tensor(feats),
+        labels=to_tensor(labs),
+        label_kind=_LABEL_KINDS[kind],
+        display_name=display_name,
+    )
+
+
+def _prediction(response: models_pb2.PredictResponse) -> Prediction:
+    if response.HasField("probabilities"):
+        return Prediction(
+            probabilities=from_tensor(response.probabilities),
+            classes=np.asarray(response.predicted_classes, dtype=np.int64),
+            class_names=list(response.predicted_class_names),
+            values=None,
+        )
+    values = from_tensor(response.values) if response.HasField("values") else None
+    return Prediction(probabilities=None, classes=None, class_names=[], values=values)
+
+
+def _first(p: Prediction) -> Prediction:
+    """The prediction of a batch of one, without the batch axis."""
+    return Prediction(
+        probabilities=None if p.probabilities is None else p.probabilities[0],
+        classes=None if p.classes is None else p.classes[0],
+        class_names=p.class_names[:1],
+        values=None if p.values is None else p.values[0],
+    )

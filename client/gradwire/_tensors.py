@@ -1,0 +1,91 @@
+"""numpy <-> ``gradwire.v1.Tensor``.
+
+The SDK always sends ``raw_data`` (little-endian, row-major bytes). Decoding also
+accepts ``float_values`` / ``int_values``, which is what grpcurl users send.
+
+    >>> import numpy as np
+    >>> t = to_tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    >>> list(t.shape), tensor_pb2.DataType.Name(t.dtype)
+    ([2, 3], 'DATA_TYPE_FLOAT32')
+    >>> from_tensor(t).tolist()
+    [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from gradwire.v1 import tensor_pb2
+
+__all__ = ["to_tensor", "from_tensor", "as_wire_array", "DTYPES"]
+
+# numpy dtype (little-endian) <-> wire dtype.
+DTYPES: dict[np.dtype, int] = {
+    np.dtype("<f4"): tensor_pb2.DATA_TYPE_FLOAT32,
+    np.dtype("<f8"): tensor_pb2.DATA_TYPE_FLOAT64,
+    np.dtype("<i4"): tensor_pb2.DATA_TYPE_INT32,
+    np.dtype("<i8"): tensor_pb2.DATA_TYPE_INT64,
+}
+_NUMPY_DTYPES: dict[int, np.dtype] = {wire: dt for dt, wire in DTYPES.items()}
+
+
+def as_wire_array(array: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarray:
+    """``array`` as a C-contiguous little-endian array of a wire dtype.
+
+    Copies only when it must (a cast, a byte swap or a non-contiguous view).
+    """
+    arr = np.asarray(array, dtype=dtype)
+    wire = np.dtype(arr.dtype).newbyteorder("<")
+    if wire not in DTYPES:
+        names = ", ".join(str(d) for d in ("float32", "float64", "int32", "int64"))
+        raise TypeError(f"tensors carry {names}; got dtype {arr.dtype} (pass dtype= to cast)")
+    return np.asarray(arr, dtype=wire, order="C")  # (ascontiguousarray would turn a scalar into 1-D)
+
+
+def to_tensor(array: ArrayLike, *, dtype: DTypeLike | None = None) -> tensor_pb2.Tensor:
+    """Encodes an array (any layout or byte order) as a raw-bytes Tensor.
+
+    ``dtype`` casts first (e.g. ``np.float32`` for features); without it the
+    array's own dtype must be float32, float64, int32 or int64.
+    """
+    arr = as_wire_array(array, dtype)
+    return tensor_pb2.Tensor(
+        shape=arr.shape, dtype=DTYPES[arr.dtype], raw_data=arr.tobytes(order="C")
+    )
+
+
+def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
+    """Decodes a Tensor into a numpy array.
+
+    A ``raw_data`` tensor decodes without a copy: the result is a read-only view
+    of the message's bytes (``.copy()`` it to modify in place).
+    """
+    shape = tuple(int(d) for d in tensor.shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"tensor shape must be non-negative, got {list(shape)}")
+    count = math.prod(shape)
+    if tensor.raw_data:
+        if tensor.dtype not in _NUMPY_DTYPES:
+            raise ValueError(f"raw_data needs a dtype, got {tensor_pb2.DataType.Name(tensor.dtype)}")
+        dt = _NUMPY_DTYPES[tensor.dtype]
+        if len(tensor.raw_data) != count * dt.itemsize:
+            raise ValueError(
+                f"raw_data has {len(tensor.raw_data)} bytes; shape {list(shape)} of {dt} needs "
+                f"{count * dt.itemsize}"
+            )
+        return np.frombuffer(tensor.raw_data, dtype=dt).reshape(shape)
+    if len(tensor.float_values):
+        values, default = tensor.float_values, tensor_pb2.DATA_TYPE_FLOAT32
+    elif len(tensor.int_values):
+        values, default = tensor.int_values, tensor_pb2.DATA_TYPE_INT64
+    else:  # an empty tensor: no element carried any data
+        values, default = (), tensor_pb2.DATA_TYPE_FLOAT32
+    wire = tensor.dtype or default
+    if wire not in _NUMPY_DTYPES:
+        raise ValueError(f"unknown tensor dtype {wire}")
+    if len(values) != count:
+        raise ValueError(f"tensor has {len(values)} values; shape {list(shape)} needs {count}")
+    return np.asarray(values, dtype=_NUMPY_DTYPES[wire].newbyteorder("=")).reshape(shape)

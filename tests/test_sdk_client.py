@@ -1,0 +1,80 @@
+"""The SDK against a real server (the session fixture in conftest.py): the quick start's path, small."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradwire as gw
+from helpers import iris
+
+
+@pytest.fixture(scope="module")
+def client(target):
+    with gw.Client(target, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def trained(client):
+    X, y = iris()
+    data = client.upload_dataset(X, y, name="iris", class_names=["setosa", "versicolor", "virginica"], chunk_bytes=512)
+    job = client.train(
+        gw.Sequential([gw.Dense(16), gw.ReLU(), gw.Dense(3)]), data,
+        optimizer=gw.Adam(learning_rate=1e-2), batch_size=16, epochs=3, validation_split=0.2, seed=0, name="sdk",
+    )
+    return X, y, data, job, job.wait(timeout=120)
+
+
+def test_upload_returns_the_dataset(client, trained):
+    X, _, data, _, _ = trained
+    assert data.name.startswith("datasets/") and data.example_count == len(X) and data.feature_shape == (4,)
+    assert data.label_kind == "classes" and data.class_count == 3
+    assert client.get_dataset(data.name).sha256 == data.sha256
+    assert data.name in {d.name for d in client.list_datasets()}
+
+
+def test_train_and_predict(client, trained):
+    X, _, data, job, model = trained
+    assert job.state == "SUCCEEDED" and [m.epoch for m in job.history] == [1, 2, 3]
+    assert model.class_names == ["setosa", "versicolor", "virginica"] and model.input_shape == (4,)
+    assert model.parity_max_abs_diff <= 1e-4 and model.final_metrics is not None
+    probs = client.predict(model, X[:5])
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    full = model.predict_full(X[:5])
+    np.testing.assert_array_equal(full.classes, probs.argmax(axis=1))
+    assert full.class_names == [model.class_names[i] for i in full.classes]
+    assert client.predict(model.name, X[0]).shape == (3,)  # one example without the batch axis
+
+
+def test_download_is_the_onnx_file(trained, tmp_path):
+    *_, model = trained
+    path = model.download(tmp_path / "iris.onnx")
+    assert path.stat().st_size == model.onnx_size_bytes and path.read_bytes()[:2] != b""
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_inline_dataset_and_full_batch(client):
+    X, y = iris(30)
+    model = client.train([gw.Dense(3)], (X, y), optimizer=gw.SGD(0.1), batching="full", epochs=2).wait(timeout=120)
+    assert client.predict(model, X).shape == (30, 3)
+
+
+def test_errors_are_typed(client, trained):
+    X, y, data, _, _ = trained
+    with pytest.raises(gw.InvalidArgumentError) as info:
+        client.train([gw.Dense(5)], data, optimizer=gw.SGD(0.1), epochs=1, batch_size=8)
+    assert info.value.field is not None and info.value.field.startswith("network.layers")
+    assert info.value.__cause__ is None
+    with pytest.raises(gw.NotFoundError):
+        client.get_model("models/does-not-exist")
+
+
+def test_cancel(client):
+    X, y = iris()
+    job = client.train([gw.Dense(3)], (X, y), optimizer=gw.SGD(0.01), batching="online", epochs=10_000)
+    job.cancel()
+    with pytest.raises(gw.TrainingCancelledError):
+        job.wait(timeout=60)
+    with pytest.raises(gw.FailedPreconditionError):
+        job.cancel()
