@@ -86,3 +86,9 @@ def test_bad_input_reads_well_in_grpcurl(target):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "NotFound" in out.stderr and "models/nope" in out.stderr
+    job = json.loads((ROOT / "examples" / "iris_job.json").read_text())
+    job["network"]["layers"][0]["dense"]["units"] = 0
+    cmd = [GRPCURL, "-plaintext", "-d", "@", target, "gradwire.v1.TrainingJobService/CreateTrainingJob"]
+    out = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "Code: InvalidArgument\n  Message: network.layers[0].dense.units: must be >= 1, got 0" in out.stderr, out.stderr
