@@ -1,0 +1,247 @@
+"""spec.py: every invalid job is refused with its field path and value, and the
+inferred shapes and parameter counts equal what torch builds (nets.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from google.protobuf import text_format
+
+from gradwire.v1 import datasets_pb2, network_pb2
+from gradwire_server import errors, nets, spec
+
+CLASSES = datasets_pb2.LABEL_KIND_CLASSES
+REGRESSION = datasets_pb2.LABEL_KIND_REGRESSION
+
+IMAGE_NET = """
+layers { conv2d { filters: 4 kernel_size: 3 } }
+layers { relu {} }
+layers { max_pool2d { kernel_size: 2 } }
+layers { flatten {} }
+layers { dense { units: 10 } }
+"""
+TRAINING = """
+loss { cross_entropy {} }
+optimizer { sgd { learning_rate: 0.1 } }
+batching { mini_batch { batch_size: 10 } }
+epochs: 2
+validation_split: 0.2
+"""
+IMAGE = dict(feature_shape=(1, 8, 8), label_kind=CLASSES, output_size=10, example_count=100)
+
+
+def net(text: str) -> network_pb2.NetworkSpec:
+    return text_format.Parse(text, network_pb2.NetworkSpec())
+
+
+def cfg(text: str) -> network_pb2.TrainingConfig:
+    return text_format.Parse(text, network_pb2.TrainingConfig())
+
+
+def validate(network: str = IMAGE_NET, training: str = TRAINING, **overrides) -> spec.NetworkSummary:
+    return spec.validate_job(net(network), cfg(training), **{**IMAGE, **overrides})
+
+
+def test_valid_job_summary():
+    summary = validate()
+    assert [s.output_shape for s in summary.layers] == [(4, 6, 6), (4, 6, 6), (4, 3, 3), (36,), (10,)]
+    assert summary.parameter_count == (4 * 9 + 4) + (36 * 10 + 10)
+
+
+# (id, network, training, dataset overrides, field, fragments of the message)
+INVALID = [
+    ("no-layers", "", TRAINING, {}, "network.layers", ["at least one layer"]),
+    ("kind-not-set", "layers { flatten {} } layers { dense { units: 10 } } layers {}", TRAINING, {},
+     "network.layers[2]", ["layer kind is not set"]),
+    ("dense-units-0", "layers { flatten {} } layers { dense { units: 0 } }", TRAINING, {},
+     "network.layers[1].dense.units", [">= 1", "got 0"]),
+    ("dense-needs-flatten", "layers { dense { units: 10 } }", TRAINING, {},
+     "network.layers[0].dense", ["(1, 8, 8)", "flatten"]),
+    ("conv-kernel-0", "layers { conv2d { filters: 4 kernel_size: 0 } }", TRAINING, {},
+     "network.layers[0].conv2d.kernel_size", ["got 0"]),
+    ("conv-filters-negative", "layers { conv2d { filters: -2 kernel_size: 3 } }", TRAINING, {},
+     "network.layers[0].conv2d.filters", ["got -2"]),
+    ("conv-stride-0", "layers { conv2d { filters: 2 kernel_size: 3 stride: 0 } }", TRAINING, {},
+     "network.layers[0].conv2d.stride", ["got 0"]),
+    ("conv-on-vector", "layers { conv2d { filters: 2 kernel_size: 3 } }", TRAINING, {"feature_shape": (64,)},
+     "network.layers[0].conv2d", ["conv2d needs (channels, height, width) input, got shape (64,)"]),
+    ("conv-kernel-too-big", "layers { conv2d { filters: 2 kernel_size: 9 padding_size: 0 } }", TRAINING, {},
+     "network.layers[0].conv2d.kernel_size", ["kernel 9", "8x8"]),
+    ("conv-kernel-too-big-padded", "layers { conv2d { filters: 2 kernel_size: 11 padding_size: 1 } }", TRAINING, {},
+     "network.layers[0].conv2d.kernel_size", ["kernel 11", "10x10"]),
+    ("conv-negative-padding", "layers { conv2d { filters: 2 kernel_size: 3 padding_size: -1 } }", TRAINING, {},
+     "network.layers[0].conv2d.padding_size", ["got -1"]),
+    ("conv-same-stride-2", "layers { conv2d { filters: 2 kernel_size: 3 stride: 2 padding_mode: PADDING_MODE_SAME } }",
+     TRAINING, {}, "network.layers[0].conv2d.stride", ["SAME", "got 2"]),
+    ("conv-padding-unspecified", "layers { conv2d { filters: 2 kernel_size: 3 padding_mode: PADDING_MODE_UNSPECIFIED } }",
+     TRAINING, {}, "network.layers[0].conv2d.padding_mode", ["PADDING_MODE_UNSPECIFIED"]),
+    ("maxpool-on-vector", "layers { flatten {} } layers { max_pool2d { kernel_size: 2 } }", TRAINING, {},
+     "network.layers[1].max_pool2d", ["got shape (64,)"]),
+    ("avgpool-too-big", "layers { avg_pool2d { kernel_size: 9 } }", TRAINING, {},
+     "network.layers[0].avg_pool2d.kernel_size", ["kernel 9", "8x8"]),
+    ("pool-stride-0", "layers { max_pool2d { kernel_size: 2 stride: 0 } }", TRAINING, {},
+     "network.layers[0].max_pool2d.stride", ["got 0"]),
+    ("dropout-1", "layers { flatten {} } layers { dropout { rate: 1 } } layers { dense { units: 10 } }", TRAINING, {},
+     "network.layers[1].dropout.rate", ["[0, 1)", "got 1"]),
+    ("dropout-negative", "layers { flatten {} } layers { dropout { rate: -0.5 } } layers { dense { units: 10 } }",
+     TRAINING, {}, "network.layers[1].dropout.rate", ["got -0.5"]),
+    ("batchnorm-momentum-0", "layers { batch_norm { momentum: 0 } }", TRAINING, {},
+     "network.layers[0].batch_norm.momentum", ["(0, 1]", "got 0"]),
+    ("batchnorm-epsilon-0", "layers { batch_norm { epsilon: 0 } }", TRAINING, {},
+     "network.layers[0].batch_norm.epsilon", ["got 0"]),
+    ("softmax-not-last", "layers { flatten {} } layers { softmax {} } layers { dense { units: 10 } }", TRAINING, {},
+     "network.layers[1]", ["last layer"]),
+    ("width-mismatch", "layers { flatten {} } layers { dense { units: 8 } } layers { relu {} }", TRAINING, {},
+     "network.layers[1]", ["final layer width 8 does not match the dataset's 10 classes"]),
+    ("output-not-vector", "layers { conv2d { filters: 10 kernel_size: 3 } } layers { relu {} }", TRAINING, {},
+     "network.layers[0]", ["(10, 6, 6)", "flatten"]),
+    ("regression-width", "layers { flatten {} } layers { dense { units: 3 } }",
+     TRAINING.replace("cross_entropy", "mse"), {"label_kind": REGRESSION, "output_size": 2},
+     "network.layers[1]", ["width 3", "2 regression targets"]),
+    ("ce-on-regression", "layers { flatten {} } layers { dense { units: 10 } }", TRAINING,
+     {"label_kind": REGRESSION}, "training.loss.cross_entropy", ["LABEL_KIND_CLASSES", "LABEL_KIND_REGRESSION"]),
+    ("mse-on-classes", IMAGE_NET, TRAINING.replace("cross_entropy", "mse"), {},
+     "training.loss.mse", ["LABEL_KIND_REGRESSION", "LABEL_KIND_CLASSES"]),
+    ("loss-not-set", IMAGE_NET, TRAINING.replace("loss { cross_entropy {} }", ""), {}, "training.loss", ["not set"]),
+    ("optimizer-not-set", IMAGE_NET, TRAINING.replace("optimizer { sgd { learning_rate: 0.1 } }", ""), {},
+     "training.optimizer", ["not set"]),
+    ("batching-not-set", IMAGE_NET, TRAINING.replace("batching { mini_batch { batch_size: 10 } }", ""), {},
+     "training.batching", ["not set"]),
+    ("lr-0", IMAGE_NET, TRAINING.replace("learning_rate: 0.1", "learning_rate: 0"), {},
+     "training.optimizer.sgd.learning_rate", ["> 0", "got 0"]),
+    ("adam-lr-negative", IMAGE_NET, TRAINING.replace("sgd { learning_rate: 0.1 }", "adam { learning_rate: -0.01 }"), {},
+     "training.optimizer.adam.learning_rate", ["got -0.01"]),
+    ("weight-decay-negative", IMAGE_NET, TRAINING.replace("learning_rate: 0.1", "learning_rate: 0.1 weight_decay: -1"),
+     {}, "training.optimizer.sgd.weight_decay", ["got -1"]),
+    ("momentum-1", IMAGE_NET, TRAINING.replace("learning_rate: 0.1", "learning_rate: 0.1 momentum: 1"), {},
+     "training.optimizer.sgd.momentum", ["[0, 1)", "got 1"]),
+    ("rmsprop-momentum", IMAGE_NET,
+     TRAINING.replace("sgd { learning_rate: 0.1 }", "rmsprop { learning_rate: 0.1 momentum: 1.5 }"), {},
+     "training.optimizer.rmsprop.momentum", ["got 1.5"]),
+    ("adam-beta1", IMAGE_NET, TRAINING.replace("sgd { learning_rate: 0.1 }", "adam { learning_rate: 0.1 beta1: 1 }"),
+     {}, "training.optimizer.adam.beta1", ["got 1"]),
+    ("epochs-0", IMAGE_NET, TRAINING.replace("epochs: 2", "epochs: 0"), {}, "training.epochs", ["got 0"]),
+    ("validation-split-1", IMAGE_NET, TRAINING.replace("validation_split: 0.2", "validation_split: 1"), {},
+     "training.validation_split", ["[0, 1)", "got 1"]),
+    ("validation-split-negative", IMAGE_NET, TRAINING.replace("validation_split: 0.2", "validation_split: -0.1"), {},
+     "training.validation_split", ["got -0.1"]),
+    ("validation-holds-out-nothing", IMAGE_NET, TRAINING.replace("batch_size: 10", "batch_size: 1"),
+     {"example_count": 4}, "training.validation_split", ["0.2 of 4 examples", "no example"]),
+    ("l1-negative", IMAGE_NET, TRAINING + "l1_penalty: -0.001", {}, "training.l1_penalty", ["got -0.001"]),
+    ("normalization-unspecified", IMAGE_NET, TRAINING + "input_normalization: INPUT_NORMALIZATION_UNSPECIFIED", {},
+     "training.input_normalization", ["INPUT_NORMALIZATION_UNSPECIFIED"]),
+    ("monitor-unspecified", IMAGE_NET, TRAINING + "early_stopping { patience: 2 monitor: METRIC_UNSPECIFIED }", {},
+     "training.early_stopping.monitor", ["METRIC_UNSPECIFIED"]),
+    ("patience-0", IMAGE_NET, TRAINING + "early_stopping { patience: 0 }", {},
+     "training.early_stopping.patience", ["got 0"]),
+    ("min-delta-negative", IMAGE_NET, TRAINING + "early_stopping { patience: 1 min_delta: -1 }", {},
+     "training.early_stopping.min_delta", ["got -1"]),
+    ("monitor-validation-without-split", IMAGE_NET,
+     TRAINING.replace("validation_split: 0.2", "") + "early_stopping { patience: 2 monitor: METRIC_VALIDATION_LOSS }",
+     {}, "training.early_stopping.monitor", ["METRIC_VALIDATION_LOSS", "validation split"]),
+    ("validation-accuracy-on-regression", "layers { flatten {} } layers { dense { units: 1 } }",
+     TRAINING.replace("cross_entropy", "mse") + "early_stopping { patience: 2 monitor: METRIC_VALIDATION_ACCURACY }",
+     {"label_kind": REGRESSION, "output_size": 1}, "training.early_stopping.monitor", ["METRIC_VALIDATION_ACCURACY"]),
+    ("batch-size-0", IMAGE_NET, TRAINING.replace("batch_size: 10", "batch_size: 0"), {},
+     "training.batching.mini_batch.batch_size", ["got 0"]),
+    # 100 examples, floor(100 * 0.2) = 20 held out: 80 train.
+    ("batch-larger-than-split", IMAGE_NET, TRAINING.replace("batch_size: 10", "batch_size: 90"), {},
+     "training.batching.mini_batch.batch_size", ["batch size 90", "80 examples", "20 held out"]),
+    # floor(n * split) < n for split < 1, so only an empty dataset leaves an empty training split.
+    ("no-examples", IMAGE_NET, TRAINING, {"example_count": 0}, "example_count", ["got 0"]),
+    ("batchnorm1d-online", "layers { flatten {} } layers { batch_norm {} } layers { dense { units: 10 } }",
+     TRAINING.replace("mini_batch { batch_size: 10 }", "online {}"), {},
+     "network.layers[1].batch_norm", ["batch of 1"]),
+    ("batchnorm1d-last-batch-of-one", "layers { flatten {} } layers { batch_norm {} } layers { dense { units: 10 } }",
+     TRAINING.replace("batch_size: 10", "batch_size: 79"), {},
+     "network.layers[1].batch_norm", ["batch of 1", "80 training examples"]),
+]
+
+
+@pytest.mark.parametrize("network, training, overrides, field, fragments",
+                         [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+def test_invalid_job(network, training, overrides, field, fragments):
+    with pytest.raises(errors.InvalidArgument) as info:
+        validate(network, training, **overrides)
+    assert info.value.field == field, info.value.message
+    for fragment in fragments:
+        assert fragment in info.value.message
+
+
+def test_message_carries_field_path():
+    with pytest.raises(errors.InvalidArgument) as info:
+        validate("layers { conv2d { filters: 4 kernel_size: 0 } }")
+    assert str(info.value) == "network.layers[0].conv2d.kernel_size: must be >= 1, got 0"
+
+
+def test_batchnorm2d_online_is_fine():
+    # (C, H, W) batch norm has H*W values per channel even with one example.
+    validate("layers { batch_norm {} } layers { flatten {} } layers { dense { units: 10 } }",
+             TRAINING.replace("mini_batch { batch_size: 10 }", "online {}"))
+
+
+@pytest.mark.parametrize("count, split, expected", [
+    (100, 0.2, (80, 20)), (10, 0.7, (3, 7)), (7, 0.5, (4, 3)), (5, 0.0, (5, 0)), (3, 0.1, (3, 0)),
+])
+def test_training_split_sizes(count, split, expected):
+    # Splits arrive as float32 (0.7 -> 0.699999988); the floor must not lose an example.
+    split32 = network_pb2.TrainingConfig(validation_split=split).validation_split
+    assert spec.training_split_sizes(count, split32) == expected
+
+
+def test_every_layer_kind_has_a_rule_and_a_builder():
+    kinds = {f.name for f in network_pb2.Layer.DESCRIPTOR.oneofs_by_name["kind"].fields}
+    assert kinds == set(spec.SHAPE_RULES) == set(nets.BUILDERS)
+
+
+# Specs whose inferred shapes and parameter counts must equal torch's.
+SHAPE_SPECS = [
+    ((1, 8, 8), IMAGE_NET),
+    ((3, 9, 7), """
+     layers { conv2d { filters: 5 kernel_size: 3 stride: 2 padding_size: 1 use_bias: false } }
+     layers { batch_norm { momentum: 0.2 epsilon: 0.001 } }
+     layers { leaky_relu {} }
+     layers { conv2d { filters: 6 kernel_size: 2 padding_mode: PADDING_MODE_SAME } }
+     layers { avg_pool2d { kernel_size: 2 stride: 1 } }
+     layers { conv2d { filters: 2 kernel_size: 2 padding_mode: PADDING_MODE_VALID } }
+     layers { elu { alpha: 0.5 } }
+     layers { flatten {} }
+     layers { dropout { rate: 0.5 } }
+     layers { dense { units: 4 use_bias: false } }
+     layers { batch_norm {} }
+     layers { softmax {} }"""),
+    ((2, 5, 5), """
+     layers { max_pool2d { kernel_size: 3 stride: 2 } }
+     layers { sigmoid {} }
+     layers { flatten {} }
+     layers { dense { units: 7 } }
+     layers { tanh {} }
+     layers { dense { units: 3 } }"""),
+    ((6,), "layers { dense { units: 5 } } layers { relu {} } layers { batch_norm {} } layers { flatten {} }"),
+]
+
+
+@pytest.mark.parametrize("feature_shape, network", SHAPE_SPECS)
+def test_shapes_and_parameter_counts_match_torch(feature_shape, network):
+    spec_net = net(network)
+    summary = spec.infer_network(spec_net, feature_shape)
+    model = nets.build_network(spec_net, feature_shape).eval()
+    assert summary.parameter_count == sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, *feature_shape)
+    for layer, module in zip(summary.layers, model):
+        assert layer.parameter_count == sum(p.numel() for p in module.parameters()), layer
+        x = module(x)
+        assert tuple(x.shape[1:]) == layer.output_shape, layer
+    assert tuple(x.shape[1:]) == summary.output_shape
+
+
+def test_builder_defaults():
+    model = nets.build_network(net("""
+        layers { conv2d { filters: 2 kernel_size: 3 } } layers { max_pool2d { kernel_size: 2 } }
+        layers { batch_norm {} } layers { leaky_relu {} } layers { elu {} } layers { flatten {} }
+        layers { dense { units: 3 } }"""), (1, 8, 8))
+    conv, pool, bn, leaky, elu, _, dense = model
+    assert conv.padding == (0, 0) and conv.stride == (1, 1) and conv.bias is not None
+    assert pool.stride == 2
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.momentum == 0.1 and bn.eps == 1e-5
+    assert leaky.negative_slope == 0.1 and elu.alpha == 1.0 and dense.bias is not None

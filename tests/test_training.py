@@ -1,0 +1,314 @@
+"""train.py against an oracle (a plain PyTorch loop), and its batching, early
+stopping, L1, cancellation, checkpoint/resume and normalization behaviour."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from torch import nn
+
+from gradwire.v1 import datasets_pb2, network_pb2
+from gradwire_server import errors, spec, train
+
+CPU = torch.device("cpu")
+MLP = """
+layers { dense { units: 8 } }
+layers { tanh {} }
+layers { dense { units: 3 } }
+"""
+
+
+def net(text: str) -> network_pb2.NetworkSpec:
+    return text_format.Parse(text, network_pb2.NetworkSpec())
+
+
+def cfg(text: str) -> network_pb2.TrainingConfig:
+    return text_format.Parse(text, network_pb2.TrainingConfig())
+
+
+def blobs(n: int = 60, features: int = 4, classes: int = 3, seed: int = 0) -> train.TrainingData:
+    """Gaussian blobs, one per class: an easy, deterministic classification set."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centers = rng.normal(0, 3, size=(classes, features))
+    x = centers[labels] + rng.normal(0, 1, size=(n, features))
+    return train.TrainingData(x.astype(np.float32), labels.astype(np.int64), datasets_pb2.LABEL_KIND_CLASSES, classes)
+
+
+def run(network: str, training: str, data: train.TrainingData, *, seed: int = 0, **kwargs) -> train.TrainResult:
+    spec.validate_job(net(network), cfg(training), feature_shape=data.features.shape[1:],
+                      label_kind=data.label_kind, output_size=data.output_size, example_count=len(data.features))
+    kwargs.setdefault("on_epoch", lambda result: None)
+    return train.train(net(network), cfg(training), data, seed=seed, device=CPU, **kwargs)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+# --------------------------------------------------------------------------
+# Oracle
+
+
+def oracle_sgd(data: train.TrainingData, *, seed: int, epochs: int, batch_size: int | None, lr: float,
+               momentum: float, validation_split: float) -> nn.Module:
+    """The same training written as the plain PyTorch loop from a tutorial,
+    following train.py's documented draws: one generator for the split
+    permutation then one shuffle per epoch; torch.manual_seed before init."""
+    n = len(data.features)
+    generator = torch.Generator().manual_seed(seed)
+    n_val = int(n * validation_split + 1e-9)
+    train_idx = torch.randperm(n, generator=generator)[: n - n_val].sort().values
+    x = torch.from_numpy(data.features)[train_idx]
+    y = torch.from_numpy(data.labels)[train_idx]
+    batch_size = batch_size or len(x)
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("batching, batch_size", [("full_batch {}", None), ("mini_batch { batch_size: 7 }", 7)])
+def test_matches_plain_pytorch_loop(batching, batch_size):
+    data = blobs()
+    result = run(MLP, f"""
+        loss {{ cross_entropy {{}} }}
+        optimizer {{ sgd {{ learning_rate: 0.1 momentum: 0.5 }} }}
+        batching {{ {batching} }}
+        epochs: 5
+        validation_split: 0.25""", data, seed=3)
+    expected = oracle_sgd(data, seed=3, epochs=5, batch_size=batch_size, lr=np.float32(0.1).item(),
+                          momentum=np.float32(0.5).item(), validation_split=0.25)
+    assert_same_weights(weights(result.model), weights(expected), atol=1e-6)
+    assert result.history[-1].iterations == (1 if batch_size is None else 7)  # 45 examples / 7 -> 7 steps
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    data, training = blobs(), """loss { cross_entropy {} } optimizer { adam { learning_rate: 0.01 } }
+        batching { mini_batch { batch_size: 16 } } epochs: 2 validation_split: 0.2"""
+    a, b, c = (run(MLP, training, data, seed=s) for s in (1, 1, 2))
+    assert_same_weights(weights(a.model), weights(b.model))
+    assert not torch.equal(a.model[0].weight, c.model[0].weight)
+
+
+@pytest.mark.parametrize("batching, iterations", [("online {}", 48), ("full_batch {}", 1),
+                                                  ("mini_batch { batch_size: 10 }", 5)])
+def test_iterations_per_epoch(batching, iterations):
+    result = run(MLP, f"""loss {{ cross_entropy {{}} }} optimizer {{ sgd {{ learning_rate: 0.01 }} }}
+        batching {{ {batching} }} epochs: 2 validation_split: 0.2""", blobs())
+    assert [h.iterations for h in result.history] == [iterations, iterations]
+
+
+def test_epoch_results():
+    seen = []
+    result = run(MLP, """loss { cross_entropy {} } optimizer { rmsprop { learning_rate: 0.01 } }
+        batching { mini_batch { batch_size: 12 } } epochs: 3 validation_split: 0.2""", blobs(), on_epoch=seen.append)
+    assert seen == result.history and [h.epoch for h in seen] == [1, 2, 3]
+    last = seen[-1]
+    assert 0 <= last.train_accuracy <= 1 and 0 <= last.validation_accuracy <= 1
+    assert last.validation_loss > 0 and last.learning_rate == pytest.approx(0.01)
+    assert last.samples_per_second > 0 and last.elapsed_seconds >= seen[0].elapsed_seconds
+    assert result.final_metrics == last and result.best_epoch == 3 and result.epochs_trained == 3
+    assert result.parameter_count == 4 * 8 + 8 + 8 * 3 + 3
+    assert not result.model.training and len(result.holdout_features) == 12
+
+
+def test_regression_with_vector_and_matrix_targets():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    for targets in (x @ [1.0, -2.0, 0.5], np.stack([x.sum(1), x[:, 0]], 1)):
+        k = 1 if targets.ndim == 1 else targets.shape[1]
+        data = train.TrainingData(x, targets.astype(np.float32), datasets_pb2.LABEL_KIND_REGRESSION, k)
+        result = run(f"layers {{ dense {{ units: {k} }} }}", """loss { mse {} }
+            optimizer { sgd { learning_rate: 0.05 } } batching { mini_batch { batch_size: 8 } } epochs: 20""", data)
+        assert result.history[-1].train_loss < 0.1 * result.history[0].train_loss
+        assert result.history[-1].train_accuracy is None and result.history[-1].validation_loss is None
+
+
+def test_explicit_final_softmax_trains_on_logits():
+    # Cross-entropy is applied to the logits, so a final softmax changes nothing about training.
+    training = """loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } }
+        batching { mini_batch { batch_size: 10 } } epochs: 3"""
+    plain = run(MLP, training, blobs())
+    with_softmax = run(MLP + "layers { softmax {} }", training, blobs())
+    assert_same_weights(weights(plain.model), weights(with_softmax.model))
+    assert plain.history[-1].train_loss == with_softmax.history[-1].train_loss
+
+
+# --------------------------------------------------------------------------
+# Early stopping
+
+
+TRAIN_SGD = """loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.05 } }
+    batching { mini_batch { batch_size: 8 } } validation_split: 0.2 """
+
+
+def test_early_stopping_stops_and_restores_best_weights():
+    # A min_delta no epoch can beat: epoch 1 is the best, and patience 2 stops after epoch 3.
+    stopping = "early_stopping { patience: 2 min_delta: 1000 }"
+    result = run(MLP, TRAIN_SGD + "epochs: 10 " + stopping, blobs())
+    assert [h.epoch for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1 and result.final_metrics == result.history[0]
+    one_epoch = run(MLP, TRAIN_SGD + "epochs: 1", blobs())
+    assert_same_weights(weights(result.model), weights(one_epoch.model))
+
+
+def test_early_stopping_can_keep_last_weights():
+    stopping = "early_stopping { patience: 2 min_delta: 1000 restore_best_weights: false }"
+    result = run(MLP, TRAIN_SGD + "epochs: 10 " + stopping, blobs())
+    three_epochs = run(MLP, TRAIN_SGD + "epochs: 3", blobs())
+    assert result.best_epoch == 3 and result.final_metrics == result.history[-1]
+    assert_same_weights(weights(result.model), weights(three_epochs.model))
+
+
+def test_early_stopping_monitors_validation_accuracy():
+    # Accuracy is "higher is better": a min_delta of 1 can never be beaten.
+    stopping = "early_stopping { patience: 1 min_delta: 1 monitor: METRIC_VALIDATION_ACCURACY }"
+    result = run(MLP, TRAIN_SGD + "epochs: 10 " + stopping, blobs())
+    assert len(result.history) == 2 and result.best_epoch == 1
+
+
+# --------------------------------------------------------------------------
+# L1, cancellation
+
+
+def test_l1_penalty_gives_more_near_zero_weights():
+    # 20 features, 2 of them informative.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 20)).astype(np.float32)
+    data = train.TrainingData(x, (x[:, 0] + x[:, 1] > 0).astype(np.int64), datasets_pb2.LABEL_KIND_CLASSES, 2)
+    network = "layers { dense { units: 2 } }"
+    training = """loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } }
+        batching { mini_batch { batch_size: 16 } } epochs: 20 """
+    models = [run(network, training + f"l1_penalty: {l1}", data).model for l1 in (0, 0.03)]
+    near_zero = [(model[0].weight.abs() < 1e-2).sum().item() for model in models]
+    assert near_zero[1] > near_zero[0] + 10, near_zero  # (of 40 weights; measured: 0 vs 21)
+
+
+def test_l1_applies_to_weights_not_biases_or_norm_parameters():
+    from gradwire_server import nets
+    model = nets.build_network(net(RESUMABLE_NET), (4,))
+    assert [tuple(p.shape) for p in train.l1_weights(model)] == [(16, 4), (3, 16)]
+
+
+def test_cancel_raises_and_reports_no_further_epochs():
+    calls, seen = [], []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > 7  # 5 steps per epoch: stop in epoch 2, step 3
+
+    with pytest.raises(errors.Cancelled):
+        run(MLP, TRAIN_SGD + "epochs: 5", blobs(), should_stop=should_stop, on_epoch=seen.append)
+    assert [h.epoch for h in seen] == [1]
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+
+
+RESUMABLE_NET = """
+layers { dense { units: 16 } }
+layers { batch_norm {} }
+layers { relu {} }
+layers { dropout { rate: 0.3 } }
+layers { dense { units: 3 } }
+"""
+RESUMABLE_TRAINING = """loss { cross_entropy {} } optimizer { adam { learning_rate: 0.01 } }
+    batching { mini_batch { batch_size: 10 } } epochs: 4 validation_split: 0.2
+    early_stopping { patience: 3 } input_normalization: INPUT_NORMALIZATION_STANDARDIZE"""
+
+
+def _without_timing(history):
+    return [dataclasses.replace(h, samples_per_second=0, elapsed_seconds=0) for h in history]
+
+
+def test_resume_from_checkpoint_gives_identical_weights(tmp_path):
+    data = blobs()
+    uninterrupted = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7)
+
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    steps = []
+
+    def cancel_in_epoch_3() -> bool:
+        steps.append(1)
+        return len(steps) == 2 * 5 + 1  # 48 training examples / 10: 5 steps per epoch
+
+    with pytest.raises(errors.Cancelled):
+        run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint, should_stop=cancel_in_epoch_3)
+    assert checkpoint.exists() and list(checkpoint.parent.iterdir()) == [checkpoint]  # no temp files left
+
+    seen = []
+    resumed = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint, on_epoch=seen.append)
+    assert [h.epoch for h in seen] == [3, 4]  # finished epochs are not reported again
+    assert_same_weights(weights(resumed.model), weights(uninterrupted.model))
+    assert _without_timing(resumed.history) == _without_timing(uninterrupted.history)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+
+    # A finished run's checkpoint resumes to the same result without training.
+    again = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint,
+                on_epoch=lambda r: pytest.fail("no epoch left to train"))
+    assert_same_weights(weights(again.model), weights(uninterrupted.model))
+
+
+def test_checkpoint_of_another_job_is_refused(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    run(MLP, TRAIN_SGD + "epochs: 1", blobs(), seed=1, checkpoint_path=checkpoint)
+    with pytest.raises(errors.Internal, match="does not belong"):
+        run(MLP, TRAIN_SGD + "epochs: 1", blobs(), seed=2, checkpoint_path=checkpoint)
+
+
+# --------------------------------------------------------------------------
+# Normalization
+
+
+@pytest.mark.parametrize("kind", ["INPUT_NORMALIZATION_MIN_MAX", "INPUT_NORMALIZATION_STANDARDIZE"])
+def test_normalization_is_fitted_on_the_training_split_only(kind):
+    data = blobs(n=50)
+    data.features[:, 1] = 5.0  # a constant feature: scale falls back to 1
+    generator = torch.Generator().manual_seed(0)
+    train_idx, val_idx = train.split_indices(50, np.float32(0.2).item(), generator)
+    data.features[val_idx.numpy(), 0] = 1000.0  # outliers only in the validation split
+
+    result = run(MLP, TRAIN_SGD + f"epochs: 1 input_normalization: {kind}", data)
+    x = data.features[train_idx.numpy()].astype(np.float64)
+    norm = result.normalization
+    if kind.endswith("MIN_MAX"):
+        np.testing.assert_allclose(norm.offset, x.min(0), rtol=1e-6)
+        np.testing.assert_allclose(norm.scale[[0, 2, 3]], (x.max(0) - x.min(0))[[0, 2, 3]], rtol=1e-6)
+    else:
+        np.testing.assert_allclose(norm.offset, x.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(norm.scale[[0, 2, 3]], x.std(0)[[0, 2, 3]], rtol=1e-5)
+    assert norm.scale[1] == 1.0
+    assert norm.offset[0] < 100  # the validation outliers did not leak in
+    # The holdout for export's parity check is raw validation examples.
+    np.testing.assert_array_equal(result.holdout_features, data.features[val_idx.numpy()])
+
+
+def test_divergence_fails_with_a_hint():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 3)).astype(np.float32) * 100
+    data = train.TrainingData(x, x.sum(1), datasets_pb2.LABEL_KIND_REGRESSION, 1)
+    with pytest.raises(errors.InvalidArgument, match="diverged.*smaller learning rate") as info:
+        run("layers { dense { units: 1 } }", """loss { mse {} } optimizer { sgd { learning_rate: 1000 } }
+            batching { online {} } epochs: 5""", data)
+    assert info.value.field == "training.optimizer"
