@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import grpc
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -99,7 +101,13 @@ def test_exported_onnx_runs_without_gradwire(trained, stubs, tmp_path):
     model = models.GetModel(models_pb2.GetModelRequest(name=final.model), timeout=10)
     data = b"".join(c.chunk_data for c in models.ExportModel(models_pb2.ExportModelRequest(name=model.name), timeout=10))
     assert len(data) == model.onnx_size_bytes and hashlib.sha256(data).hexdigest() == model.onnx_sha256
+    props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    assert json.loads(props["class_names"]) == ["setosa", "versicolor", "virginica"]
+    assert json.loads(props["input_shape"]) == [4]
+    normalization = json.loads(props["normalization"])
+    assert normalization["kind"] == "INPUT_NORMALIZATION_STANDARDIZE" and len(normalization["offset"]) == 4
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] != 1  # a dynamic batch axis
     X, _ = iris()
     (probs,) = session.run(["probabilities"], {session.get_inputs()[0].name: X})
     served = models.Predict(models_pb2.PredictRequest(name=model.name, features=raw_tensor(X)), timeout=10)

@@ -99,6 +99,11 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
         stuck = [j.name for j in second.jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=10).training_jobs
                  if j.state in (State.QUEUED, State.RUNNING, State.CANCELLING)]
         assert not stuck
+        # the container's healthcheck command, run natively
+        health = subprocess.run([GRADWIRE, "health", "--target", second.target], capture_output=True, text=True, timeout=30)
+        assert health.returncode == 0 and "SERVING" in health.stdout, health
     finally:
         code = second.stop(signal.SIGTERM)
     assert code == 0  # SIGTERM is a clean shutdown
+    health = subprocess.run([GRADWIRE, "health", "--target", second.target, "--timeout", "2"], capture_output=True, text=True, timeout=30)
+    assert health.returncode == 1

@@ -51,7 +51,7 @@ class DatasetWriter:
         self._features = open(self._dir / FEATURES_FILE, "wb")
         self._labels = open(self._dir / LABELS_FILE, "wb")
         self._written = {FEATURES_FILE: 0, LABELS_FILE: 0}
-        self._hash = hashlib.sha256(header.SerializeToString(deterministic=True))
+        self._hash = hashlib.sha256()  # of the feature bytes then the label bytes, as the client can compute it
         self._done = False
 
     def _f(self, name: str) -> str:
