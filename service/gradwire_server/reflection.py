@@ -39,8 +39,10 @@ class CommentedPool:
 
     def __init__(self) -> None:
         self._pool = descriptor_pool.Default()
-        data = importlib.resources.files("gradwire.v1").joinpath(DESCRIPTOR_SET).read_bytes()
-        self._commented = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(data).file}
+        self._commented = {}
+        for package in ("gradwire.v1", "gradwire.kserve"):  # the KServe protocol has its own set
+            data = importlib.resources.files(package).joinpath(DESCRIPTOR_SET).read_bytes()
+            self._commented.update({f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(data).file})
 
     def FindFileByName(self, name):  # noqa: N802
         return _File(self._pool.FindFileByName(name), self._commented)

@@ -61,6 +61,41 @@ class ModelServiceStub:
                 request_serializer=gradwire_dot_v1_dot_models__pb2.PredictRequest.SerializeToString,
                 response_deserializer=gradwire_dot_v1_dot_models__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PublishModel = channel.unary_unary(
+                '/gradwire.v1.ModelService/PublishModel',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.PublishModelRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.Model.FromString,
+                _registered_method=True)
+        self.GetRegisteredModel = channel.unary_unary(
+                '/gradwire.v1.ModelService/GetRegisteredModel',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.GetRegisteredModelRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.RegisteredModel.FromString,
+                _registered_method=True)
+        self.ListRegisteredModels = channel.unary_unary(
+                '/gradwire.v1.ModelService/ListRegisteredModels',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.ListRegisteredModelsRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.ListRegisteredModelsResponse.FromString,
+                _registered_method=True)
+        self.ListModelVersions = channel.unary_unary(
+                '/gradwire.v1.ModelService/ListModelVersions',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.ListModelVersionsRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.ListModelVersionsResponse.FromString,
+                _registered_method=True)
+        self.SetModelAlias = channel.unary_unary(
+                '/gradwire.v1.ModelService/SetModelAlias',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.SetModelAliasRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.RegisteredModel.FromString,
+                _registered_method=True)
+        self.DeleteModelAlias = channel.unary_unary(
+                '/gradwire.v1.ModelService/DeleteModelAlias',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.DeleteModelAliasRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.RegisteredModel.FromString,
+                _registered_method=True)
+        self.UpdateModelBatching = channel.unary_unary(
+                '/gradwire.v1.ModelService/UpdateModelBatching',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.UpdateModelBatchingRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_models__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -103,6 +138,56 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishModel(self, request, context):
+        """Publishes an existing model as the next version of a registered model
+        (created if absent); `latest` moves to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRegisteredModel(self, request, context):
+        """Gets a registered model: its versions and aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegisteredModels(self, request, context):
+        """Lists registered models, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelVersions(self, request, context):
+        """Lists the versions of a registered model, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelAlias(self, request, context):
+        """Points an alias (e.g. `production`) at a version, moving it if it exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelAlias(self, request, context):
+        """Removes an alias. `latest` cannot be removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateModelBatching(self, request, context):
+        """Sets a model's dynamic batching, overriding the server's defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +215,41 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=gradwire_dot_v1_dot_models__pb2.PredictRequest.FromString,
                     response_serializer=gradwire_dot_v1_dot_models__pb2.PredictResponse.SerializeToString,
+            ),
+            'PublishModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.PublishModelRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'GetRegisteredModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegisteredModel,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.GetRegisteredModelRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.RegisteredModel.SerializeToString,
+            ),
+            'ListRegisteredModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegisteredModels,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.ListRegisteredModelsRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.ListRegisteredModelsResponse.SerializeToString,
+            ),
+            'ListModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelVersions,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.ListModelVersionsRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.ListModelVersionsResponse.SerializeToString,
+            ),
+            'SetModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelAlias,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.SetModelAliasRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.RegisteredModel.SerializeToString,
+            ),
+            'DeleteModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelAlias,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.DeleteModelAliasRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.RegisteredModel.SerializeToString,
+            ),
+            'UpdateModelBatching': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateModelBatching,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.UpdateModelBatchingRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_models__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +388,195 @@ class ModelService:
             '/gradwire.v1.ModelService/Predict',
             gradwire_dot_v1_dot_models__pb2.PredictRequest.SerializeToString,
             gradwire_dot_v1_dot_models__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/PublishModel',
+            gradwire_dot_v1_dot_models__pb2.PublishModelRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegisteredModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/GetRegisteredModel',
+            gradwire_dot_v1_dot_models__pb2.GetRegisteredModelRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.RegisteredModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegisteredModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/ListRegisteredModels',
+            gradwire_dot_v1_dot_models__pb2.ListRegisteredModelsRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.ListRegisteredModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/ListModelVersions',
+            gradwire_dot_v1_dot_models__pb2.ListModelVersionsRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.ListModelVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/SetModelAlias',
+            gradwire_dot_v1_dot_models__pb2.SetModelAliasRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.RegisteredModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/DeleteModelAlias',
+            gradwire_dot_v1_dot_models__pb2.DeleteModelAliasRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.RegisteredModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateModelBatching(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/UpdateModelBatching',
+            gradwire_dot_v1_dot_models__pb2.UpdateModelBatchingRequest.SerializeToString,
+            gradwire_dot_v1_dot_models__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
