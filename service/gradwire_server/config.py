@@ -46,6 +46,14 @@ class Settings:
     """onnxruntime intra-op threads per session (0: onnxruntime's default)."""
     max_sessions: int = 32
     """onnxruntime sessions kept loaded (least recently used are evicted)."""
+    inference_optimization: str = "all"
+    """onnxruntime graph optimization level: "disable", "basic", "extended" or "all"."""
+    batching: bool = True
+    """Dynamic batching: merge concurrent small predictions to one model into one onnxruntime call."""
+    batch_max_size: int = 64
+    """Dynamic batching: most rows in one merged call (a model's override wins)."""
+    batch_max_delay_us: int = 2000
+    """Dynamic batching: longest a request waits for others while the model is busy, in microseconds."""
     poll_interval_s: float = 0.2
     """How often the worker and Watch streams look at the store for news."""
     log_level: str = "INFO"
@@ -62,6 +70,9 @@ class Settings:
             "max_message_bytes": self.max_message_bytes >= 1024**2,
             "inference_threads": self.inference_threads >= 0,
             "max_sessions": self.max_sessions >= 1,
+            "inference_optimization": self.inference_optimization in {"disable", "basic", "extended", "all"},
+            "batch_max_size": self.batch_max_size >= 1,
+            "batch_max_delay_us": self.batch_max_delay_us >= 0,
             "poll_interval_s": self.poll_interval_s > 0,
             "log_level": self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"},
             "device": self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -1,10 +1,27 @@
-"""Predictions through onnxruntime, with sessions cached per model (least recently used evicted)."""
+"""Predictions through onnxruntime: tuned sessions, an LRU bound on them, and dynamic batching.
+
+Sessions: graph optimization level and intra-op threads from the settings; the
+CUDA execution provider when onnxruntime-gpu and a GPU are present, the CPU
+otherwise. At most `max_sessions` stay loaded (least recently used evicted).
+
+Dynamic batching (`Batcher`, one per loaded model): concurrent small requests to
+one model are merged into one onnxruntime call of at most `max_batch_size` rows.
+A request that finds the model idle runs at once (no added latency when there is
+no concurrency); while a call is running, new requests queue, and the first of
+them (the leader) waits until the running call finishes, the queue holds
+`max_batch_size` rows, or `max_delay` has passed, then runs the queue as one
+batch. Every caller gets exactly its own rows: onnxruntime computes each row of
+these graphs independently of the others, so they are bit-identical to running
+the request alone (tests/test_batching.py checks it with concurrent clients).
+"""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import pathlib
 import threading
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -12,6 +29,12 @@ import onnxruntime as ort
 from . import errors
 
 MODEL_FILE = "model.onnx"
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def model_path(data_dir: pathlib.Path, model_id: str) -> pathlib.Path:
@@ -20,52 +43,243 @@ def model_path(data_dir: pathlib.Path, model_id: str) -> pathlib.Path:
     return inside(data_dir, "models", model_id, MODEL_FILE)
 
 
-def providers() -> list[str]:
-    """CUDA when onnxruntime-gpu and a GPU are present, the CPU otherwise."""
+def providers(device: str = "auto") -> list:
+    """CUDA when onnxruntime-gpu and a GPU are present (and `device` allows it), the CPU otherwise."""
     available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    out: list = []
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+        out.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    out.append("CPUExecutionProvider")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingPolicy:
+    """How one model's requests are merged (the server's defaults, or the model's override)."""
+
+    enabled: bool = True
+    max_batch_size: int = 64
+    max_delay_s: float = 0.002
+
+
+@dataclasses.dataclass
+class BatchStats:
+    """What a Batcher did: onnxruntime calls, rows, requests, and the largest merged call."""
+
+    calls: int = 0
+    rows: int = 0
+    requests: int = 0
+    max_rows: int = 0
+    max_requests: int = 0
+
+
+class _Pending:
+    __slots__ = ("features", "done", "output", "error", "lead")
+
+    def __init__(self, features: np.ndarray) -> None:
+        self.features = features
+        self.done = threading.Event()
+        self.output: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.lead = False  # promoted to leader of the next batch
+
+
+class Batcher:
+    """Merges concurrent requests to one session into one run (see the module docstring)."""
+
+    def __init__(self, run) -> None:
+        self._run = run  # features [batch, ...] -> output [batch, ...]
+        self._cv = threading.Condition()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._has_leader = False
+        self.stats = BatchStats()
+
+    def __call__(self, features: np.ndarray, policy: BatchingPolicy) -> np.ndarray:
+        if not policy.enabled or len(features) >= policy.max_batch_size:
+            return self._direct(features)
+        me = _Pending(features)
+        with self._cv:
+            self._queue.append(me)
+            self._queued_rows += len(features)
+            if self._has_leader:
+                self._cv.notify_all()  # the leader re-checks whether the batch is full
+                lead = False
+            else:
+                self._has_leader = lead = True
+        if not lead:
+            me.done.wait()
+            if not me.lead:
+                return self._result(me)
+        return self._lead(me, policy)
+
+    def _direct(self, features: np.ndarray) -> np.ndarray:
+        with self._cv:
+            self._running += 1
+        try:
+            out = self._run(features)
+        finally:
+            with self._cv:
+                self._running -= 1
+                self.stats.calls += 1
+                self.stats.rows += len(features)
+                self.stats.requests += 1
+                self._cv.notify_all()
+        return out
+
+    def _lead(self, me: _Pending, policy: BatchingPolicy) -> np.ndarray:
+        deadline = time.monotonic() + policy.max_delay_s
+        with self._cv:
+            # Wait for company only while another call keeps the model busy.
+            while self._running and self._queued_rows < policy.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cv.wait(remaining)
+            batch, rows = [], 0
+            while self._queue and (not batch or rows + len(self._queue[0].features) <= policy.max_batch_size):
+                p = self._queue.popleft()
+                batch.append(p)
+                rows += len(p.features)
+            self._queued_rows -= rows
+            if self._queue:  # hand the rest to a new leader
+                nxt = self._queue[0]
+                nxt.lead = True
+                nxt.done.set()
+            else:
+                self._has_leader = False
+            self._running += 1
+        assert batch[0] is me
+        try:
+            merged = batch[0].features if len(batch) == 1 else np.concatenate([p.features for p in batch])
+            out = self._run(merged)
+        except BaseException as exc:  # every caller of the batch sees the failure
+            for p in batch:
+                p.error = exc
+        else:
+            start = 0
+            for p in batch:
+                p.output = out[start:start + len(p.features)]
+                start += len(p.features)
+        finally:
+            with self._cv:
+                self._running -= 1
+                s = self.stats
+                s.calls += 1
+                s.rows += rows
+                s.requests += len(batch)
+                s.max_rows = max(s.max_rows, rows)
+                s.max_requests = max(s.max_requests, len(batch))
+                self._cv.notify_all()
+        for p in batch[1:]:
+            p.lead = False
+            p.done.set()
+        return self._result(me)
+
+    @staticmethod
+    def _result(p: _Pending) -> np.ndarray:
+        if p.error is not None:
+            raise p.error
+        assert p.output is not None
+        return p.output
+
+
+class _Loaded:
+    """One loaded model: its session, its input name and its batcher."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.batcher = Batcher(self.run_now)
+
+    def run_now(self, features: np.ndarray) -> np.ndarray:
+        (output,) = self.session.run([self.output_name], {self.input_name: features})
+        return output
 
 
 class SessionCache:
     """Loaded onnxruntime sessions keyed by model id; at most `max_sessions` stay loaded."""
 
-    def __init__(self, data_dir: pathlib.Path, *, max_sessions: int = 32, intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: pathlib.Path,
+        *,
+        max_sessions: int = 32,
+        intra_op_threads: int = 0,
+        optimization: str = "all",
+        device: str = "auto",
+        batching: BatchingPolicy = BatchingPolicy(),
+    ) -> None:
         self._data_dir = data_dir
         self._max = max_sessions
         self._threads = intra_op_threads
-        self._sessions: collections.OrderedDict[str, ort.InferenceSession] = collections.OrderedDict()
+        self._optimization = OPTIMIZATION_LEVELS[optimization]
+        self._providers = providers(device)
+        self.default_policy = batching
+        self._loaded: collections.OrderedDict[str, _Loaded] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
 
-    def _load(self, model_id: str) -> ort.InferenceSession:
+    def _load(self, model_id: str) -> _Loaded:
         path = model_path(self._data_dir, model_id)
         if not path.exists():
             raise errors.FailedPrecondition(f"model 'models/{model_id}' has no ONNX file; it is not ready")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = self._optimization
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a Sequential network: nothing to run in parallel
         if self._threads:
             options.intra_op_num_threads = self._threads
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers())
+        return _Loaded(ort.InferenceSession(str(path), sess_options=options, providers=self._providers))
+
+    def _get(self, model_id: str) -> _Loaded:
+        with self._lock:
+            loaded = self._loaded.get(model_id)
+            if loaded is not None:
+                self._loaded.move_to_end(model_id)
+                return loaded
+            loading = self._loading[model_id]
+        with loading:  # one load per model, outside the cache lock: loading can take a while
+            with self._lock:
+                loaded = self._loaded.get(model_id)
+            if loaded is None:
+                loaded = self._load(model_id)
+                with self._lock:
+                    self._loaded[model_id] = loaded
+                    while len(self._loaded) > self._max:
+                        self._loaded.popitem(last=False)
+        with self._lock:
+            self._loading.pop(model_id, None)
+        return loaded
 
     def get(self, model_id: str) -> ort.InferenceSession:
+        return self._get(model_id).session
+
+    def loaded(self) -> list[str]:
         with self._lock:
-            session = self._sessions.get(model_id)
-            if session is not None:
-                self._sessions.move_to_end(model_id)
-                return session
-        session = self._load(model_id)  # outside the lock: loading can take a while
-        with self._lock:
-            self._sessions[model_id] = session
-            self._sessions.move_to_end(model_id)
-            while len(self._sessions) > self._max:
-                self._sessions.popitem(last=False)
-        return session
+            return list(self._loaded)
+
+    def stats(self, model_id: str) -> BatchStats:
+        return dataclasses.replace(self._get(model_id).batcher.stats)
 
     def evict(self, model_id: str) -> None:
         with self._lock:
-            self._sessions.pop(model_id, None)
+            self._loaded.pop(model_id, None)
 
-    def run(self, model_id: str, features: np.ndarray) -> np.ndarray:
+    def policy(self, override=None) -> BatchingPolicy:
+        """The server's defaults with a model's DynamicBatching override (zero / unset fields keep the default)."""
+        p = self.default_policy
+        if override is None:
+            return p
+        return BatchingPolicy(
+            enabled=override.enabled if override.HasField("enabled") else p.enabled,
+            max_batch_size=override.max_batch_size or p.max_batch_size,
+            max_delay_s=override.max_delay_micros / 1e6 if override.max_delay_micros else p.max_delay_s,
+        )
+
+    def run(self, model_id: str, features: np.ndarray, policy: BatchingPolicy | None = None) -> np.ndarray:
         """features: float32 [batch, ...input_shape] -> the graph's single output [batch, outputs]."""
-        session = self.get(model_id)
-        (output,) = session.run(None, {session.get_inputs()[0].name: features})
-        return output
+        loaded = self._get(model_id)
+        return loaded.batcher(features, policy or self.default_policy)

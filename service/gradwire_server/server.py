@@ -13,14 +13,16 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gradwire.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 
 from . import datasets, files, reflection, worker
 from .config import Settings
-from .inference import SessionCache
+from .inference import BatchingPolicy, SessionCache
 from .interceptors import ErrorInterceptor
 from .servicers.context import ServerState
 from .servicers.datasets import DatasetServicer
+from .servicers.kserve import KServeServicer
 from .servicers.models import ModelServicer
 from .servicers.training import TrainingJobServicer
 from .store import Store
@@ -31,6 +33,7 @@ SERVICE_NAMES = (
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     training_pb2.DESCRIPTOR.services_by_name["TrainingJobService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,  # KServe v2, same port
 )
 
 
@@ -74,7 +77,14 @@ def create_server(settings: Settings) -> Running:
     state = ServerState(
         settings=settings,
         store=store,
-        sessions=SessionCache(settings.data_dir, max_sessions=settings.max_sessions, intra_op_threads=settings.inference_threads),
+        sessions=SessionCache(
+            settings.data_dir,
+            max_sessions=settings.max_sessions,
+            intra_op_threads=settings.inference_threads,
+            optimization=settings.inference_optimization,
+            device=settings.device,
+            batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
+        ),
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
@@ -87,6 +97,7 @@ def create_server(settings: Settings) -> Running:
     datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(state), server)
     training_pb2_grpc.add_TrainingJobServiceServicer_to_server(TrainingJobServicer(state), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(state), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

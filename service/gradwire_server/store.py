@@ -22,7 +22,7 @@ from google.rpc import status_pb2
 
 from gradwire.v1 import datasets_pb2, models_pb2, training_pb2
 
-from . import errors
+from . import errors, registry
 
 State = training_pb2.TrainingJob.State
 TERMINAL_STATES = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
@@ -73,6 +73,37 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
+# Schema version 1 (PRAGMA user_version): the model registry. Purely additive: a
+# store written before it keeps every row, its models stay `models/{id}`, and any
+# of them can be published into a registered model afterwards.
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS registered_models (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE NOT NULL,
+    next_version INTEGER NOT NULL DEFAULT 1,
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    registered_model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    model_id TEXT UNIQUE NOT NULL,
+    PRIMARY KEY (registered_model, version)
+);
+CREATE TABLE IF NOT EXISTS model_aliases (
+    registered_model TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (registered_model, alias)
+);
+CREATE TABLE IF NOT EXISTS model_batching (
+    model_id TEXT PRIMARY KEY,
+    proto BLOB NOT NULL
+);
+"""
+SCHEMA_VERSION = 1
+LATEST = "latest"
+
 
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
@@ -106,6 +137,15 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older store up to SCHEMA_VERSION, keeping all its data."""
+        with self._lock:
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version < 1:
+                self._db.executescript(SCHEMA_V1)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -250,6 +290,9 @@ class Store:
             job.error.ParseFromString(error)
         job.model = model
         job.device = device
+        if model:
+            rows = self._query("SELECT version FROM model_versions WHERE model_id = ?", (model.split("/", 1)[1],))
+            job.model_version = rows[0][0] if rows else 0
         if with_history:
             # A job resumed from a checkpoint re-runs the epochs after it: the latest record of an epoch wins.
             by_epoch: dict[int, training_pb2.EpochMetrics] = {}
@@ -336,6 +379,10 @@ class Store:
         with self._tx() as db:
             if model is not None:
                 db.execute("INSERT INTO models (id, proto) VALUES (?, ?)", (model.name.split("/", 1)[1], model.SerializeToString()))
+                (spec,) = db.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                job = training_pb2.TrainingJob.FromString(spec)
+                if job.registered_model:  # publish as the next version, atomically with the job's success
+                    registry.publish(db, model.name.split("/", 1)[1], job.registered_model, list(job.aliases), now)
             db.execute(
                 "UPDATE jobs SET state = ?, end_time = ?, error = ?, model = ?, worker = '' WHERE id = ?",
                 (state, now, error.SerializeToString() if error is not None else None, model.name if model else "", job_id),
@@ -398,16 +445,80 @@ class Store:
         rows = self._query("SELECT proto FROM models WHERE id = ?", (model_id,))
         if not rows:
             raise errors.NotFound(f"model 'models/{model_id}' not found")
-        return models_pb2.Model.FromString(rows[0][0])
+        return self._decorate(models_pb2.Model.FromString(rows[0][0]))
 
     def list_models(self, page_size: int, page_token: str) -> tuple[list[models_pb2.Model], str]:
         rows, token = self._list("models", "proto", page_size, page_token)
-        return [models_pb2.Model.FromString(r[1]) for r in rows], token
+        return [self._decorate(models_pb2.Model.FromString(r[1])) for r in rows], token
+
+    def _decorate(self, model: models_pb2.Model) -> models_pb2.Model:
+        """Adds what changes after registration: registered model, version, aliases, batching."""
+        with self._lock:
+            registry.decorate(self._db, model)
+        return model
+
+    # ---- the model registry (registry.py holds the SQL) -----------------
+
+    def resolve_model(self, name: str, field: str = "name") -> str:
+        """Any model name (`models/{id}`, `registeredModels/{n}[@version|@alias]`) -> model id."""
+        if name.startswith("models/"):
+            return resource_id(name, "models", field)
+        with self._lock:
+            return registry.resolve(self._db, name, field)
+
+    def publish_model(self, model_id: str, registered_model: str, aliases: list[str]) -> models_pb2.Model:
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
+                raise errors.NotFound(f"model 'models/{model_id}' not found")
+            registry.publish(db, model_id, registered_model, aliases, time.time())
+        return self.get_model(model_id)
+
+    def get_registered_model(self, name: str) -> models_pb2.RegisteredModel:
+        with self._lock:
+            return registry.get(self._db, name)
+
+    def list_registered_models(self, page_size: int, page_token: str) -> tuple[list[models_pb2.RegisteredModel], str]:
+        rows, token = self._list("registered_models", "name", page_size, page_token)
+        with self._lock:
+            return [registry.get(self._db, "registeredModels/" + r[1]) for r in rows], token
+
+    def list_model_versions(self, parent: str, page_size: int, page_token: str) -> tuple[list[models_pb2.Model], str]:
+        size, before = self._page(page_size, page_token)
+        with self._lock:
+            short = registry.get(self._db, parent, field="parent").name.split("/", 1)[1]
+        rows = self._query(
+            "SELECT version, model_id FROM model_versions WHERE registered_model = ? AND version < ? ORDER BY version DESC LIMIT ?",
+            (short, before, size + 1),
+        )
+        token = str(rows[size - 1][0]) if len(rows) > size else ""
+        return [self.get_model(r[1]) for r in rows[:size]], token
+
+    def set_alias(self, name: str, alias: str, version: int) -> models_pb2.RegisteredModel:
+        with self._tx() as db:
+            registry.set_alias(db, name, alias, version, time.time())
+        return self.get_registered_model(name)
+
+    def delete_alias(self, name: str, alias: str) -> models_pb2.RegisteredModel:
+        with self._tx() as db:
+            registry.delete_alias(db, name, alias, time.time())
+        return self.get_registered_model(name)
+
+    def set_batching(self, model_id: str, batching: models_pb2.DynamicBatching | None) -> models_pb2.Model:
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
+                raise errors.NotFound(f"model 'models/{model_id}' not found")
+            db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
+            if batching is not None:
+                db.execute("INSERT INTO model_batching (model_id, proto) VALUES (?, ?)", (model_id, batching.SerializeToString()))
+        return self.get_model(model_id)
 
     def model_ids(self) -> set[str]:
         return {r[0] for r in self._query("SELECT id FROM models")}
 
     def delete_model(self, model_id: str) -> None:
         with self._tx() as db:
-            if db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount == 0:
+            if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
                 raise errors.NotFound(f"model 'models/{model_id}' not found")
+            registry.unpublish(db, model_id, time.time())  # refuses while a movable alias points at it
+            db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
+            db.execute("DELETE FROM models WHERE id = ?", (model_id,))

@@ -1,4 +1,10 @@
-"""ModelService: get, list, delete, export (streamed ONNX bytes), predict (onnxruntime)."""
+"""ModelService: get, list, delete, export (streamed ONNX bytes), predict (onnxruntime), and
+the registry: publish a model as a registered model's next version, versions, aliases, and
+each model's dynamic batching override.
+
+Every RPC that names a model accepts `models/{id}`, `registeredModels/{name}` (latest version),
+`registeredModels/{name}@{version}` and `registeredModels/{name}@{alias}`.
+"""
 
 from __future__ import annotations
 
@@ -18,45 +24,57 @@ from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
 EXPORT_CHUNK_BYTES = 1024 * 1024
 
 
+def check_features(model: models_pb2.Model, features: np.ndarray, field: str) -> np.ndarray:
+    """[batch, *input_shape] float32 (a view, never a copy, when it already is float32)."""
+    expected = list(model.input_shape)
+    if features.ndim != len(expected) + 1 or list(features.shape[1:]) != expected or features.shape[0] < 1:
+        raise errors.InvalidArgument(
+            f"must be [batch, {', '.join(map(str, expected))}] for model '{model.name}', got {list(features.shape)}",
+            field=field,
+        )
+    return features.astype(np.float32, copy=False)
+
+
+def run_model(state: ServerState, model: models_pb2.Model, features: np.ndarray) -> np.ndarray:
+    """Through the model's batcher, with its override of the server's batching defaults."""
+    model_id = model.name.split("/", 1)[1]
+    override = model.dynamic_batching if model.HasField("dynamic_batching") else None
+    return state.sessions.run(model_id, features, state.sessions.policy(override))
+
+
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
 
+    def _model(self, name: str, field: str = "name") -> models_pb2.Model:
+        return self.s.store.get_model(self.s.store.resolve_model(name, field))
+
     def GetModel(self, request: models_pb2.GetModelRequest, context) -> models_pb2.Model:
-        return self.s.store.get_model(resource_id(request.name, "models"))
+        return self._model(request.name)
 
     def ListModels(self, request: models_pb2.ListModelsRequest, context) -> models_pb2.ListModelsResponse:
         items, token = self.s.store.list_models(request.page_size, request.page_token)
         return models_pb2.ListModelsResponse(models=items, next_page_token=token)
 
     def DeleteModel(self, request: models_pb2.DeleteModelRequest, context) -> empty_pb2.Empty:
-        model_id = resource_id(request.name, "models")
+        model_id = resource_id(request.name, "models")  # deleting by alias would be too easy a mistake
         self.s.store.delete_model(model_id)
         self.s.sessions.evict(model_id)
         files.remove_tree(model_path(self.s.settings.data_dir, model_id).parent)
         return empty_pb2.Empty()
 
     def ExportModel(self, request: models_pb2.ExportModelRequest, context) -> Iterator[models_pb2.ExportModelResponse]:
-        model_id = resource_id(request.name, "models")
-        self.s.store.get_model(model_id)
+        model_id = self._model(request.name).name.split("/", 1)[1]
         with open(model_path(self.s.settings.data_dir, model_id), "rb") as f:
             while chunk := f.read(EXPORT_CHUNK_BYTES):
                 yield models_pb2.ExportModelResponse(chunk_data=chunk)
 
     def Predict(self, request: models_pb2.PredictRequest, context) -> models_pb2.PredictResponse:
-        model_id = resource_id(request.name, "models")
-        model = self.s.store.get_model(model_id)
+        model = self._model(request.name)
         if not request.HasField("features"):
             raise errors.InvalidArgument("required", field="features")
-        features = tensor_to_numpy(request.features, "features")
-        expected = list(model.input_shape)
-        if features.ndim != len(expected) + 1 or list(features.shape[1:]) != expected or features.shape[0] < 1:
-            raise errors.InvalidArgument(
-                f"must be [batch, {', '.join(map(str, expected))}] for model '{model.name}', got {list(features.shape)}",
-                field="features.shape",
-            )
-        features = features.astype(np.float32, copy=False)
-        output = self.s.sessions.run(model_id, features)
+        features = check_features(model, tensor_to_numpy(request.features, "features"), "features.shape")
+        output = run_model(self.s, model, features)
         raw = is_raw(request.features)
         if model.label_kind == datasets_pb2.LABEL_KIND_REGRESSION:
             return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw))
@@ -67,3 +85,40 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             predicted_classes=classes.tolist(),
             predicted_class_names=names,
         )
+
+    # ---- registry -------------------------------------------------------
+
+    def PublishModel(self, request: models_pb2.PublishModelRequest, context) -> models_pb2.Model:
+        model_id = resource_id(request.name, "models")
+        if not request.registered_model:
+            raise errors.InvalidArgument("required", field="registered_model")
+        return self.s.store.publish_model(model_id, request.registered_model, list(request.aliases))
+
+    def GetRegisteredModel(self, request: models_pb2.GetRegisteredModelRequest, context) -> models_pb2.RegisteredModel:
+        return self.s.store.get_registered_model(request.name)
+
+    def ListRegisteredModels(self, request: models_pb2.ListRegisteredModelsRequest, context) -> models_pb2.ListRegisteredModelsResponse:
+        items, token = self.s.store.list_registered_models(request.page_size, request.page_token)
+        return models_pb2.ListRegisteredModelsResponse(registered_models=items, next_page_token=token)
+
+    def ListModelVersions(self, request: models_pb2.ListModelVersionsRequest, context) -> models_pb2.ListModelVersionsResponse:
+        items, token = self.s.store.list_model_versions(request.parent, request.page_size, request.page_token)
+        return models_pb2.ListModelVersionsResponse(models=items, next_page_token=token)
+
+    def SetModelAlias(self, request: models_pb2.SetModelAliasRequest, context) -> models_pb2.RegisteredModel:
+        return self.s.store.set_alias(request.name, request.alias, request.version)
+
+    def DeleteModelAlias(self, request: models_pb2.DeleteModelAliasRequest, context) -> models_pb2.RegisteredModel:
+        return self.s.store.delete_alias(request.name, request.alias)
+
+    def UpdateModelBatching(self, request: models_pb2.UpdateModelBatchingRequest, context) -> models_pb2.Model:
+        model_id = self.s.store.resolve_model(request.name)
+        batching = request.dynamic_batching if request.HasField("dynamic_batching") else None
+        if batching is not None:
+            for field in ("max_batch_size", "max_delay_micros"):
+                value = getattr(batching, field)
+                if value < 0:
+                    raise errors.InvalidArgument(f"must be >= 0 (0: the server's default), got {value}", field=f"dynamic_batching.{field}")
+            if batching.max_delay_micros > 1_000_000:
+                raise errors.InvalidArgument(f"must be <= 1000000 (one second), got {batching.max_delay_micros}", field="dynamic_batching.max_delay_micros")
+        return self.s.store.set_batching(model_id, batching)

@@ -10,7 +10,7 @@ import numpy as np
 
 from gradwire.v1 import datasets_pb2, training_pb2, training_pb2_grpc
 
-from .. import datasets, errors, spec
+from .. import datasets, errors, registry, spec
 from ..store import TERMINAL_STATES, new_id, resource_id
 from .context import ServerState
 from .convert import tensor_to_numpy
@@ -87,6 +87,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 seed=seed,
                 parameter_count=summary.parameter_count,
             )
+            publish_options(request, job)  # issue 5: registered model, aliases, performance
             return self.s.store.insert_job(job)
         except BaseException:
             if inline:  # nothing is left half-made: the inline dataset goes with the refused job
@@ -118,3 +119,22 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                     return
             if not events:
                 time.sleep(self.s.settings.poll_interval_s)
+
+
+def publish_options(request: training_pb2.CreateTrainingJobRequest, job: training_pb2.TrainingJob) -> None:
+    """Checks and copies the model-registry and performance options (fields 15-17) into the job."""
+    if request.aliases and not request.registered_model:
+        raise errors.InvalidArgument("aliases need `registered_model` (the model they name versions of)", field="aliases")
+    if request.registered_model:
+        _, selector = registry.split_name(request.registered_model, "registered_model")
+        if selector is not None:
+            raise errors.InvalidArgument(f"publish into a registered model, without '@{selector}'", field="registered_model")
+        for i, alias in enumerate(request.aliases):
+            registry.check_alias(alias, f"aliases[{i}]")
+        job.registered_model = request.registered_model
+        job.aliases.extend(request.aliases)
+    if request.HasField("performance"):
+        precision = request.performance.precision
+        if precision not in training_pb2.TrainingPerformance.Precision.values():
+            raise errors.InvalidArgument(f"unknown precision {precision}", field="performance.precision")
+        job.performance.CopyFrom(request.performance)

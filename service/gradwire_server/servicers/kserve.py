@@ -1,0 +1,194 @@
+"""KServe v2 / Open Inference Protocol (`inference.GRPCInferenceService`) on gradwire's own port.
+
+Model names: a registered model's name (`digits`), with `model_version` a version
+number, an alias (`production`) or "" for the latest; or a model id (the `{id}` of
+`models/{id}`) with an empty version. Inputs arrive as raw_input_contents (decoded
+with np.frombuffer, no copy) or as typed contents; outputs go back as
+raw_output_contents, which is what tritonclient reads. The classification extension
+answers the top K classes as BYTES "value:index:label" strings.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import struct
+
+import numpy as np
+
+from gradwire.kserve import grpc_service_pb2 as pb
+from gradwire.kserve import grpc_service_pb2_grpc
+from gradwire.v1 import datasets_pb2, models_pb2
+
+from .. import errors
+from ..inference import model_path
+from .context import ServerState
+from .models import check_features, run_model
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("classification",)
+# Open Inference Protocol datatype -> numpy dtype, and which typed-contents field carries it.
+DATATYPES = {
+    "FP32": (np.dtype("<f4"), "fp32_contents"),
+    "FP64": (np.dtype("<f8"), "fp64_contents"),
+    "INT32": (np.dtype("<i4"), "int_contents"),
+    "INT64": (np.dtype("<i8"), "int64_contents"),
+}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("gradwire")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    """The protocol's raw BYTES encoding: per element a 4-byte little-endian length, then the bytes."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.s = state
+        self._server_version = _version()
+
+    # ---- naming ---------------------------------------------------------
+
+    def _resolve(self, name: str, version: str, field: str) -> models_pb2.Model:
+        if not name:
+            raise errors.InvalidArgument("required: a registered model's name or a model id", field=field)
+        store = self.s.store
+        try:
+            store.get_registered_model(f"registeredModels/{name}")
+        except (errors.NotFound, errors.InvalidArgument):
+            if version:
+                raise errors.NotFound(
+                    f"no registered model {name!r}; versions ({version!r}) exist only for registered models"
+                ) from None
+            return store.get_model(store.resolve_model(f"models/{name}", field))
+        selector = f"@{version}" if version else ""
+        return store.get_model(store.resolve_model(f"registeredModels/{name}{selector}", field))
+
+    def _io_names(self, model: models_pb2.Model) -> tuple[str, str]:
+        session = self.s.sessions.get(model.name.split("/", 1)[1])
+        return session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    # ---- health and metadata -------------------------------------------
+
+    def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        try:
+            model = self._resolve(request.name, request.version, "name")
+        except errors.NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=model_path(self.s.settings.data_dir, model.name.split("/", 1)[1]).exists())
+
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="gradwire", version=self._server_version, extensions=EXTENSIONS)
+
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        model = self._resolve(request.name, request.version, "name")
+        input_name, output_name = self._io_names(model)
+        versions: list[str] = []
+        if model.registered_model:
+            page = ""
+            while True:
+                items, page = self.s.store.list_model_versions(model.registered_model, 1000, page)
+                versions += [str(m.version) for m in items]
+                if not page:
+                    break
+            versions.reverse()  # oldest first
+        Tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=versions,
+            platform=PLATFORM,
+            inputs=[Tensor(name=input_name, datatype="FP32", shape=[-1, *model.input_shape])],
+            outputs=[Tensor(name=output_name, datatype="FP32", shape=[-1, model.output_size])],
+        )
+
+    # ---- inference ------------------------------------------------------
+
+    def _input(self, request: pb.ModelInferRequest, input_name: str) -> np.ndarray:
+        if len(request.inputs) != 1:
+            raise errors.InvalidArgument(f"the model takes exactly one input, {input_name!r}; got {len(request.inputs)}", field="inputs")
+        t = request.inputs[0]
+        if t.name != input_name:
+            raise errors.InvalidArgument(f"the model's input is {input_name!r}, got {t.name!r}", field="inputs[0].name")
+        if t.datatype not in DATATYPES:
+            raise errors.InvalidArgument(f"must be one of {', '.join(DATATYPES)}, got {t.datatype!r}", field="inputs[0].datatype")
+        dtype, contents_field = DATATYPES[t.datatype]
+        shape = list(t.shape)
+        if any(d < 0 for d in shape):
+            raise errors.InvalidArgument(f"dimensions must be >= 0, got {shape}", field="inputs[0].shape")
+        count = math.prod(shape)
+        if request.raw_input_contents:
+            if len(request.raw_input_contents) != 1:
+                raise errors.InvalidArgument(
+                    f"one entry per input (1), got {len(request.raw_input_contents)}", field="raw_input_contents"
+                )
+            if t.HasField("contents"):
+                raise errors.InvalidArgument("set either raw_input_contents or inputs[0].contents, not both", field="inputs[0].contents")
+            raw = request.raw_input_contents[0]
+            if len(raw) != count * dtype.itemsize:
+                raise errors.InvalidArgument(
+                    f"shape {shape} x {t.datatype} needs {count * dtype.itemsize} bytes, got {len(raw)}", field="raw_input_contents[0]"
+                )
+            array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # a view of the request's bytes
+        else:
+            values = getattr(t.contents, contents_field)
+            if len(values) != count:
+                raise errors.InvalidArgument(
+                    f"shape {shape} needs {count} values, got {len(values)}", field=f"inputs[0].contents.{contents_field}"
+                )
+            array = np.asarray(values, dtype=dtype).reshape(shape)
+        return array
+
+    def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        model = self._resolve(request.model_name, request.model_version, "model_name")
+        input_name, output_name = self._io_names(model)
+        features = check_features(model, self._input(request, input_name), "inputs[0].shape")
+        if features.dtype != np.float32:
+            features = features.astype(np.float32)
+        requested = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
+        for i, out in enumerate(requested):
+            if out.name != output_name:
+                raise errors.InvalidArgument(f"the model's output is {output_name!r}, got {out.name!r}", field=f"outputs[{i}].name")
+        output = run_model(self.s, model, features)  # (batch, output_size) float32
+        response = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=str(model.version) if model.version else "", id=request.id
+        )
+        for i, out in enumerate(requested):
+            if "classification" in out.parameters:
+                data, shape = self._classification(model, output, out.parameters["classification"], f"outputs[{i}].parameters")
+                response.outputs.add(name=out.name, datatype="BYTES", shape=shape)
+            else:
+                data = np.ascontiguousarray(output, dtype="<f4").tobytes()
+                response.outputs.add(name=out.name, datatype="FP32", shape=output.shape)
+            response.raw_output_contents.append(data)
+        return response
+
+    @staticmethod
+    def _classification(model: models_pb2.Model, output: np.ndarray, param: pb.InferParameter, field: str) -> tuple[bytes, list[int]]:
+        """Top K per row as "value:index:label" (label left out when the model has no class names)."""
+        if model.label_kind != datasets_pb2.LABEL_KIND_CLASSES:
+            raise errors.InvalidArgument("the classification extension needs a classifier; this is a regression model", field=field)
+        kind = param.WhichOneof("parameter_choice")
+        if kind not in ("int64_param", "uint64_param"):
+            raise errors.InvalidArgument(f"'classification' must be an integer (the number of classes), got {kind}", field=field)
+        k = getattr(param, kind)
+        if not 1 <= k <= output.shape[1]:
+            raise errors.InvalidArgument(f"'classification' must be between 1 and {output.shape[1]}, got {k}", field=field)
+        top = np.argsort(-output, axis=1, kind="stable")[:, :k]  # (batch, k)
+        items = []
+        for row, indices in zip(output, top):
+            for idx in indices:
+                label = f":{model.class_names[idx]}" if model.class_names else ""
+                items.append(f"{row[idx]:f}:{idx}{label}".encode())
+        return serialize_bytes(items), [len(output), k]
