@@ -322,6 +322,44 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------
+# Performance options (issue 5): mixed precision and channels-last. They change
+# rounding and memory layout, never the network: weights and optimizer state
+# stay float32 and the exported ONNX graph is float32.
+
+
+class _BF16Autocast(nn.Module):
+    """Runs the wrapped network under bfloat16 autocast; returns float32 outputs."""
+
+    def __init__(self, inner: nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.inner, self.device_type = inner, device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+
+def apply_performance(performance, model: nn.Module, forward: nn.Module, x_train: torch.Tensor,
+                      x_val: torch.Tensor, device: torch.device):
+    """-> (forward, x_train, x_val) set up for the job's TrainingPerformance (None: float32, as is)."""
+    from gradwire.v1 import training_pb2
+
+    Precision = training_pb2.TrainingPerformance.Precision
+    precision = performance.precision if performance is not None else Precision.PRECISION_UNSPECIFIED
+    if device.type == "cuda":  # TF32 is a process-wide switch: set it for every job, on or off
+        tf32 = precision == Precision.PRECISION_TF32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if performance is not None and performance.channels_last and x_train.dim() == 4:  # (batch, C, H, W)
+        model.to(memory_format=torch.channels_last)
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+        x_val = x_val.contiguous(memory_format=torch.channels_last)
+    if precision == Precision.PRECISION_BF16:
+        forward = _BF16Autocast(forward, device.type)
+    return forward, x_train, x_val
+
+
+# --------------------------------------------------------------------------
 # The loop
 
 
@@ -335,6 +373,7 @@ def train(
     on_epoch: Callable[[EpochResult], None],
     should_stop: Callable[[], bool] = lambda: False,
     checkpoint_path: pathlib.Path | None = None,
+    performance=None,  # training_pb2.TrainingPerformance | None (issue 5)
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
@@ -366,6 +405,7 @@ def train(
     model = nets.build_network(network, feature_shape).to(device)
     # Cross-entropy wants logits: an explicit final softmax is skipped while training.
     forward = nets.logits_network(model) if classifier else model
+    forward, x_train, x_val = apply_performance(performance, model, forward, x_train, x_val, device)  # issue 5
     optimizer = make_optimizer(training.optimizer, model.parameters())
     loss_fn = nn.CrossEntropyLoss() if classifier else nn.MSELoss()
 

@@ -127,6 +127,7 @@ class Worker:
                 on_epoch=lambda r: self.store.record_epoch(job_id, epoch_proto(r)),
                 should_stop=should_stop,
                 checkpoint_path=checkpoint,
+                performance=job.performance if job.HasField("performance") else None,  # issue 5
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)

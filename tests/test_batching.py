@@ -1,0 +1,129 @@
+"""Dynamic batching: concurrent one-row clients over real channels are merged into fewer
+onnxruntime calls, and every caller gets exactly its own rows, bit-identical to unbatched."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire_server.inference import Batcher, BatchingPolicy
+from helpers import State, config, inline, iris, mlp, raw_tensor
+
+from conftest import wait_for
+
+
+@pytest.fixture(scope="module")
+def model(target):
+    X, y = iris()
+    with grpc.insecure_channel(target) as ch:
+        jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
+        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(64, 64, 3), training=config(epochs=2)))
+        done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state in (State.SUCCEEDED, State.FAILED) and j)
+        assert done.state == State.SUCCEEDED, done.error
+        return done.model
+
+
+def _predict(stub, name, rows):
+    r = stub.Predict(models_pb2.PredictRequest(name=name, features=raw_tensor(rows)))
+    return np.frombuffer(r.probabilities.raw_data, dtype="<f4").reshape(len(rows), -1)
+
+
+def test_concurrent_clients_get_their_own_rows_bit_identical(server, target, model):
+    rng = np.random.default_rng(0)
+    X = rng.normal(5, 2, size=(32 * 12, 4)).astype(np.float32)
+    with grpc.insecure_channel(target) as ch:
+        stub = models_pb2_grpc.ModelServiceStub(ch)
+        # Unbatched reference: the server's session alone, one request per row, nothing else running.
+        model_id = model.split("/")[1]
+        session = server.state.sessions.get(model_id)
+        alone = np.concatenate([session.run(None, {"features": X[i:i + 1]})[0] for i in range(len(X))])
+        before = server.state.sessions.stats(model_id)
+        results: dict[int, np.ndarray] = {}
+        errors: list[BaseException] = []
+        start = threading.Barrier(32)
+
+        def client(k: int) -> None:
+            try:
+                with grpc.insecure_channel(target) as own:  # 32 real clients, each with its own channel
+                    s = models_pb2_grpc.ModelServiceStub(own)
+                    start.wait()
+                    for i in range(k, len(X), 32):
+                        rows = X[i:i + 1]
+                        results[i] = _predict(s, model, rows)
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        got = np.concatenate([results[i] for i in range(len(X))])
+        assert got.tobytes() == alone.tobytes()  # bit-identical, every row where it belongs
+        after = server.state.sessions.stats(model_id)
+        requests, calls = after.requests - before.requests, after.calls - before.calls
+        assert requests == len(X)
+        assert calls < requests and after.max_requests > 1, (calls, requests, after)  # some were merged
+        # And a 2-row request through the API equals its rows run alone.
+        np.testing.assert_array_equal(_predict(stub, model, X[:2]), alone[:2])
+
+
+def test_batcher_merges_up_to_max_batch_and_spreads_errors():
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def run(x):
+        seen.append(len(x))
+        if len(seen) == 1:
+            gate.wait(5)  # the first call keeps the model busy while the rest queue
+        if (x == -1).any():
+            raise ValueError("boom")
+        return x * 2
+
+    batcher = Batcher(run)
+    policy = BatchingPolicy(enabled=True, max_batch_size=4, max_delay_s=5.0)
+    out: dict[int, np.ndarray] = {}
+    errs: dict[int, BaseException] = {}
+
+    def call(i):
+        try:
+            out[i] = batcher(np.full((1, 2), i, dtype=np.float32), policy)
+        except ValueError as exc:
+            errs[i] = exc
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    wait_for(lambda: seen)
+    rest = [threading.Thread(target=call, args=(i,)) for i in range(1, 9)]
+    for t in rest:
+        t.start()
+    for t in rest:  # while the first call holds the model, the 8 others queue and run as two full batches
+        t.join()
+    gate.set()
+    first.join()
+    assert seen[0] == 1 and sorted(seen[1:]) == [4, 4]
+    assert {i: o.tolist() for i, o in out.items()} == {i: [[2 * i, 2 * i]] for i in range(9)}
+    assert batcher.stats.max_requests == 4
+
+    call(-1)  # a failing run raises in its caller
+    assert isinstance(errs[-1], ValueError)
+
+
+def test_model_override_and_disabled_batching(channel, model):
+    stub = models_pb2_grpc.ModelServiceStub(channel)
+    updated = stub.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(
+        name=model, dynamic_batching=models_pb2.DynamicBatching(enabled=False, max_batch_size=8)))
+    assert updated.dynamic_batching.enabled is False and updated.dynamic_batching.max_batch_size == 8
+    assert stub.GetModel(models_pb2.GetModelRequest(name=model)).dynamic_batching.max_batch_size == 8
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(
+            name=model, dynamic_batching=models_pb2.DynamicBatching(max_batch_size=-1)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dynamic_batching.max_batch_size" in err.value.details()
+    cleared = stub.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(name=model))
+    assert not cleared.HasField("dynamic_batching")

@@ -1,0 +1,128 @@
+"""KServe v2 (Open Inference Protocol) on gradwire's port: the real tritonclient, in its own
+venv and process, against a model trained by gradwire; plus typed contents and bad input
+through our own generated `inference` stubs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+
+from gradwire.kserve import grpc_service_pb2 as pb
+from gradwire.kserve import grpc_service_pb2_grpc
+from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from helpers import State, config, inline, iris, mlp, raw_tensor
+
+import triton_env
+from conftest import wait_for
+
+NAMES = ["setosa", "versicolor", "virginica"]
+
+
+@pytest.fixture(scope="module")
+def published(channel_module):
+    """An iris classifier trained by gradwire and published as registeredModels/iris-kserve v1 (production)."""
+    X, y = iris()
+    jobs = training_pb2_grpc.TrainingJobServiceStub(channel_module)
+    job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+        display_name="kserve", inline_dataset=inline(X, y), network=mlp(8, 3), training=config(epochs=5),
+        registered_model="registeredModels/iris-kserve", aliases=["production"]))
+    job_id = job.name.split("/")[1]
+    done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state in (State.SUCCEEDED, State.FAILED) and j)
+    assert done.state == State.SUCCEEDED, done.error
+    assert done.model_version >= 1 and done.registered_model == "registeredModels/iris-kserve", job_id
+    return done
+
+
+@pytest.fixture(scope="module")
+def channel_module(target):
+    with grpc.insecure_channel(target) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+
+
+def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, channel_module, tmp_path):
+    py, why = triton_env.ensure()
+    if py is None:
+        pytest.skip(why)
+    X, _ = iris()
+    X = X[::15]  # 10 rows
+    np.save(tmp_path / "x.npy", X)
+    run = subprocess.run([str(py), str(triton_env.CLIENT), target, "iris-kserve", "production", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout)
+    assert seen["server_live"] and seen["server_ready"] and seen["model_ready"]
+    assert seen["unknown_model_ready"] is False
+    assert seen["server"]["name"] == "gradwire" and "classification" in seen["server"]["extensions"]
+    meta = seen["metadata"]
+    assert meta["platform"] == "onnxruntime_onnx" and str(published.model_version) in meta["versions"]
+    assert meta["inputs"] == [["features", "FP32", [-1, 4]]]
+    assert meta["outputs"][0][1:] == ["FP32", [-1, 3]]
+    assert seen["response"] == {"model_version": str(published.model_version), "id": "r1"}
+
+    # The same probabilities as gradwire's own Predict (by alias), bit for bit.
+    models = models_pb2_grpc.ModelServiceStub(channel_module)
+    ours = models.Predict(models_pb2.PredictRequest(name="registeredModels/iris-kserve@production", features=raw_tensor(X)))
+    expected = np.frombuffer(ours.probabilities.raw_data, dtype="<f4").reshape(10, 3)
+    got = np.asarray(seen["probabilities"], dtype=np.float32)
+    assert seen["probabilities_dtype"] == "float32"
+    np.testing.assert_array_equal(got, expected)
+
+    # Classification extension: top 2 as "value:index:label", best first.
+    for row, probs in zip(seen["classification"], expected):
+        best = int(np.argmax(probs))
+        value, index, label = row[0].split(":")
+        assert (int(index), label) == (best, NAMES[best]) and abs(float(value) - probs[best]) < 1e-6
+        assert len(row) == 2 and float(row[1].split(":")[0]) <= float(value)
+
+
+def test_typed_contents_and_bare_model_ids(published, channel_module):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    X, _ = iris()
+    X = X[:3]
+    model_id = published.model.split("/")[1]
+    request = pb.ModelInferRequest(model_name=model_id, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=[3, 4], contents=pb.InferTensorContents(fp32_contents=X.ravel().tolist()))])
+    typed = stub.ModelInfer(request)
+    assert typed.outputs[0].datatype == "FP32" and list(typed.outputs[0].shape) == [3, 3]
+    by_version = stub.ModelInfer(pb.ModelInferRequest(model_name="iris-kserve", model_version=str(published.model_version),
+                                                      inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 4])],
+                                                      raw_input_contents=[X.tobytes()]))
+    assert typed.raw_output_contents[0] == by_version.raw_output_contents[0]
+
+
+@pytest.mark.parametrize(
+    "mutate, code, text",
+    [
+        (lambda r: setattr(r, "model_name", "no-such-model"), grpc.StatusCode.NOT_FOUND, "no-such-model"),
+        (lambda r: setattr(r, "model_version", "staging"), grpc.StatusCode.NOT_FOUND, "staging"),
+        (lambda r: setattr(r.inputs[0], "name", "x"), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].name"),
+        (lambda r: setattr(r.inputs[0], "datatype", "BYTES"), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].datatype"),
+        (lambda r: r.inputs[0].shape.__setitem__(1, 5), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents[0]"),
+        (lambda r: r.raw_input_contents.__setitem__(0, b"abc"), grpc.StatusCode.INVALID_ARGUMENT, "needs 32 bytes, got 3"),
+        (lambda r: r.outputs.add(name="nope"), grpc.StatusCode.INVALID_ARGUMENT, "outputs[0].name"),
+        (lambda r: r.outputs.add(name="probabilities").parameters["classification"].MergeFrom(pb.InferParameter(int64_param=9)),
+         grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 3, got 9"),
+    ],
+)
+def test_bad_infer_requests_name_the_field(published, channel_module, mutate, code, text):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    X, _ = iris()
+    request = pb.ModelInferRequest(model_name="iris-kserve", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=[2, 4])], raw_input_contents=[X[:2].tobytes()])
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == code and text in err.value.details(), err.value.details()
+
+
+def test_reflection_lists_the_inference_service(channel_module):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel_module)
+    (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    assert "inference.GRPCInferenceService" in {s.name for s in answer.list_services_response.service}
