@@ -62,7 +62,7 @@ from gradwire._layers import (
     Softmax,
     Tanh,
 )
-from gradwire._resources import Dataset, EpochMetrics, JobState, Model, Prediction, TrainingEvent, TrainingJob
+from gradwire._resources import Dataset, EpochMetrics, JobState, Model, Prediction, RegisteredModel, TrainingEvent, TrainingJob
 from gradwire._tensors import from_tensor, to_tensor
 from gradwire._training import SGD, Adam, EarlyStopping, Optimizer, RMSprop
 
@@ -77,6 +77,7 @@ __all__ = [
     "Dataset",
     "TrainingJob",
     "Model",
+    "RegisteredModel",
     "JobState",
     "EpochMetrics",
     "TrainingEvent",

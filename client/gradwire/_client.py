@@ -28,7 +28,7 @@ import numpy as np
 
 from gradwire._errors import GradwireError, translate_rpc_errors
 from gradwire._layers import Layer, Sequential, network_proto
-from gradwire._resources import DEFAULT, Dataset, Model, Prediction, TrainingEvent, TrainingJob, _Resource
+from gradwire._resources import DEFAULT, Dataset, Model, Prediction, RegisteredModel, TrainingEvent, TrainingJob, _Resource
 from gradwire._tensors import DTYPES, as_wire_array, from_tensor, to_tensor
 from gradwire._training import (
     BatchingName,
@@ -53,6 +53,7 @@ __all__ = ["Client"]
 
 T = TypeVar("T")
 LabelKindName = Literal["classes", "regression"]
+PrecisionName = Literal["fp32", "tf32", "bf16"]
 DatasetRef = Union[Dataset, str, tuple[Any, Any]]
 NetworkRef = Union[Sequential, Sequence[Layer], network_pb2.NetworkSpec]
 
@@ -252,6 +253,10 @@ class Client:
         l1_penalty: float = 0.0,
         input_normalization: NormalizationName | None = None,
         name: str = "",
+        registered_model: str | None = None,
+        aliases: Sequence[str] = (),
+        precision: PrecisionName | None = None,
+        channels_last: bool = False,
         timeout: float | None = DEFAULT,
     ) -> TrainingJob:
         """Queues a training job and returns it at once (state QUEUED); ``job.wait()`` follows it.
@@ -274,6 +279,13 @@ class Client:
             input_normalization: ``"none"``, ``"min_max"`` or ``"standardize"``,
                 fitted on the training split and baked into the exported graph.
             name: display name.
+            registered_model: publish the trained model as the next version of
+                this registered model (``"digits"`` or ``"registeredModels/digits"``;
+                created if absent); ``latest`` moves to it.
+            aliases: aliases to point at that version, e.g. ``["production"]``.
+            precision: ``"fp32"`` (default), ``"tf32"`` or ``"bf16"`` (mixed precision;
+                the exported model stays float32).
+            channels_last: NHWC activations for convolutional networks (faster on GPUs).
 
         >>> job = client.train([gw.Dense(3)], data, optimizer=gw.Adam(), epochs=10,
         ...                    batching="full")                      # doctest: +SKIP
@@ -294,6 +306,14 @@ class Client:
         request = training_pb2.CreateTrainingJobRequest(
             display_name=name, network=network_proto(network), training=config
         )
+        if registered_model:
+            request.registered_model = _registered(registered_model)
+        request.aliases.extend(aliases)
+        if precision is not None or channels_last:
+            if precision is not None and precision not in _PRECISIONS:
+                raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+            request.performance.precision = _PRECISIONS[precision or "fp32"]
+            request.performance.channels_last = channels_last
         if isinstance(dataset, Dataset):
             request.dataset = dataset.name
         elif isinstance(dataset, str):
@@ -388,9 +408,76 @@ class Client:
         prediction = _prediction(response)
         return _first(prediction) if single else prediction
 
+    # --- the model registry ------------------------------------------------------------
+
+    def publish_model(
+        self, model: str | Model, registered_model: str, *, aliases: Sequence[str] = (), timeout: float | None = DEFAULT
+    ) -> Model:
+        """Publishes a model as the next version of ``registered_model`` (created if absent).
+
+        >>> v = client.publish_model(model, "digits", aliases=["production"])  # doctest: +SKIP
+        >>> v.version, v.aliases                                              # doctest: +SKIP
+        (1, ['latest', 'production'])
+        """
+        request = models_pb2.PublishModelRequest(name=_name(model), registered_model=_registered(registered_model), aliases=aliases)
+        return Model(self, self._unary(self._models.PublishModel, request, timeout))
+
+    def get_registered_model(self, name: str, *, timeout: float | None = DEFAULT) -> RegisteredModel:
+        """``"digits"`` or ``"registeredModels/digits"``: its latest version and aliases."""
+        request = models_pb2.GetRegisteredModelRequest(name=_registered(name))
+        return RegisteredModel(self, self._unary(self._models.GetRegisteredModel, request, timeout))
+
+    def list_registered_models(self) -> list[RegisteredModel]:
+        """All registered models, newest first (every page)."""
+        protos = self._pages(self._models.ListRegisteredModels, models_pb2.ListRegisteredModelsRequest, "registered_models")
+        return [RegisteredModel(self, p) for p in protos]
+
+    def list_model_versions(self, name: str) -> list[Model]:
+        """A registered model's versions, newest first (every page)."""
+        out, token = [], ""
+        while True:
+            request = models_pb2.ListModelVersionsRequest(parent=_registered(name), page_size=1000, page_token=token)
+            response = self._unary(self._models.ListModelVersions, request)
+            out += [Model(self, p) for p in response.models]
+            token = response.next_page_token
+            if not token:
+                return out
+
+    def set_alias(self, name: str, alias: str, version: int, *, timeout: float | None = DEFAULT) -> RegisteredModel:
+        """Points ``alias`` (e.g. ``"production"``) at ``version``, moving it if it exists."""
+        request = models_pb2.SetModelAliasRequest(name=_registered(name), alias=alias, version=version)
+        self._input_shapes.pop(f"{_registered(name)}@{alias}", None)
+        return RegisteredModel(self, self._unary(self._models.SetModelAlias, request, timeout))
+
+    def delete_alias(self, name: str, alias: str, *, timeout: float | None = DEFAULT) -> RegisteredModel:
+        """Removes ``alias`` (``latest`` cannot be removed)."""
+        request = models_pb2.DeleteModelAliasRequest(name=_registered(name), alias=alias)
+        return RegisteredModel(self, self._unary(self._models.DeleteModelAlias, request, timeout))
+
+    def set_batching(
+        self,
+        model: str | Model,
+        *,
+        enabled: bool | None = None,
+        max_batch_size: int = 0,
+        max_delay_ms: float = 0.0,
+        clear: bool = False,
+        timeout: float | None = DEFAULT,
+    ) -> Model:
+        """Overrides the server's dynamic batching for one model version (``clear=True``: back to
+        the server's defaults). Zero / None keeps the server's default for that setting."""
+        request = models_pb2.UpdateModelBatchingRequest(name=_name(model))
+        if not clear:
+            request.dynamic_batching.max_batch_size = max_batch_size
+            request.dynamic_batching.max_delay_micros = round(max_delay_ms * 1000)
+            if enabled is not None:
+                request.dynamic_batching.enabled = enabled
+        return Model(self, self._unary(self._models.UpdateModelBatching, request, timeout))
+
     def _input_shape(self, name: str) -> tuple[int, ...]:
         if name not in self._input_shapes:
-            self.get_model(name)
+            # Alias names are cached too: a registered model's versions share one input shape.
+            self._input_shapes[name] = self.get_model(name).input_shape
         return self._input_shapes[name]
 
     def export_model(
@@ -429,6 +516,20 @@ class Client:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+_PRECISIONS = {
+    "fp32": training_pb2.TrainingPerformance.PRECISION_FP32,
+    "tf32": training_pb2.TrainingPerformance.PRECISION_TF32,
+    "bf16": training_pb2.TrainingPerformance.PRECISION_BF16,
+}
+
+
+def _registered(name: str) -> str:
+    """``"digits"`` -> ``"registeredModels/digits"`` (full names pass through)."""
+    if isinstance(name, RegisteredModel):
+        return name.name
+    return name if name.startswith("registeredModels/") else f"registeredModels/{name}"
 
 
 def _name(resource: str | _Resource[Any]) -> str:

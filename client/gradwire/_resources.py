@@ -318,6 +318,21 @@ class Model(_Resource[models_pb2.Model]):
     def create_time(self) -> datetime.datetime | None:
         return _time(self.proto, "create_time")
 
+    @property
+    def registered_model(self) -> str:
+        """``registeredModels/{name}`` this is a version of ("" when never published)."""
+        return self.proto.registered_model
+
+    @property
+    def version(self) -> int:
+        """Its version number in ``registered_model`` (0 when never published)."""
+        return self.proto.version
+
+    @property
+    def aliases(self) -> list[str]:
+        """Aliases pointing at this version, ``latest`` included when it is the newest."""
+        return list(self.proto.aliases)
+
     def predict(self, features: Any, *, timeout: float | None = DEFAULT) -> np.ndarray:
         """Same as ``client.predict(model, features)``."""
         return self._client.predict(self, features, timeout=timeout)
@@ -342,6 +357,49 @@ class Model(_Resource[models_pb2.Model]):
             f"<Model {self.name}{_quoted(self.display_name)}: input {list(self.input_shape)} -> "
             f"{self.output_size} {self.label_kind or ''}, parity {self.parity_max_abs_diff:.1e}>"
         )
+
+
+class RegisteredModel(_Resource[models_pb2.RegisteredModel]):
+    """A named model with numbered versions and aliases (``registeredModels/{name}``).
+
+    Predict by ``client.predict("registeredModels/digits@production", X)``, by version
+    (``...@3``) or the latest (``registeredModels/digits``).
+    """
+
+    @property
+    def latest_version(self) -> int:
+        return self.proto.latest_version
+
+    @property
+    def version_count(self) -> int:
+        return self.proto.version_count
+
+    @property
+    def aliases(self) -> dict[str, int]:
+        """Alias -> version, ``latest`` included."""
+        return dict(self.proto.aliases)
+
+    @property
+    def latest_model(self) -> str:
+        return self.proto.latest_model
+
+    def versions(self) -> list[Model]:
+        return self._client.list_model_versions(self.name)
+
+    def predict(self, features: Any, *, alias: str = "latest", timeout: float | None = DEFAULT) -> np.ndarray:
+        """Runs the version ``alias`` points at (or a version number as a string)."""
+        return self._client.predict(f"{self.name}@{alias}", features, timeout=timeout)
+
+    def set_alias(self, alias: str, version: int) -> RegisteredModel:
+        self.proto = self._client.set_alias(self.name, alias, version).proto
+        return self
+
+    def refresh(self) -> RegisteredModel:
+        self.proto = self._client.get_registered_model(self.name).proto
+        return self
+
+    def __repr__(self) -> str:
+        return f"<RegisteredModel {self.name}: {self.version_count} version(s), aliases {self.aliases}>"
 
 
 class TrainingJob(_Resource[training_pb2.TrainingJob]):

@@ -1,0 +1,124 @@
+"""Registered models: jobs publish numbered versions, `latest` follows the newest, movable
+aliases; predict by alias through the SDK; bad names and aliases; and a store written
+before the registry existed keeps its data."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+import gradwire as gw
+from gradwire.v1 import models_pb2
+from gradwire_server import store as store_mod
+from helpers import iris
+
+
+@pytest.fixture(scope="module")
+def client(target):
+    with gw.Client(target) as c:
+        yield c
+
+
+def _train(client, seed, **kw):
+    X, y = iris()
+    return client.train([gw.Dense(8), gw.ReLU(), gw.Dense(3)], (X, y), optimizer=gw.Adam(0.05), epochs=3,
+                        batch_size=32, seed=seed, **kw).wait()
+
+
+def test_versions_latest_and_aliases(client):
+    X, _ = iris()
+    v1 = _train(client, 0, registered_model="reg-iris", aliases=["production"])
+    assert (v1.registered_model, v1.version, v1.aliases) == ("registeredModels/reg-iris", 1, ["latest", "production"])
+    v2 = _train(client, 1, registered_model="registeredModels/reg-iris", precision="bf16")  # bf16 trains on the CPU too
+    assert v2.version == 2 and v2.aliases == ["latest"]
+    assert client.get_model(v1.name).aliases == ["production"]  # latest moved, production stayed
+
+    reg = client.get_registered_model("reg-iris")
+    assert (reg.latest_version, reg.version_count, reg.aliases) == (2, 2, {"latest": 2, "production": 1})
+    assert [m.version for m in reg.versions()] == [2, 1]
+
+    by_prod, by_latest = client.predict("registeredModels/reg-iris@production", X[:4]), client.predict("registeredModels/reg-iris", X[:4])
+    np.testing.assert_array_equal(by_prod, client.predict(v1, X[:4]))
+    np.testing.assert_array_equal(by_latest, client.predict(v2, X[:4]))
+    np.testing.assert_array_equal(client.predict("registeredModels/reg-iris@2", X[:4]), by_latest)
+
+    reg.set_alias("production", 2)  # promote
+    assert reg.aliases["production"] == 2
+    np.testing.assert_array_equal(reg.predict(X[:4], alias="production"), by_latest)
+
+    # A model trained without a name can be published afterwards.
+    loose = _train(client, 2)
+    assert loose.version == 0 and loose.registered_model == ""
+    v3 = client.publish_model(loose, "reg-iris", aliases=["staging"])
+    assert v3.version == 3 and v3.aliases == ["latest", "staging"]
+    with pytest.raises(gw.APIError) as err:
+        client.publish_model(loose, "other")
+    assert err.value.code.name == "ALREADY_EXISTS"
+
+    # Deleting a version an alias points at is refused; after moving the alias it works,
+    # and `latest` falls back. Version numbers are never reused.
+    with pytest.raises(gw.FailedPreconditionError, match="staging"):
+        v3.delete()
+    client.delete_alias("reg-iris", "staging")
+    v3.delete()
+    assert client.get_registered_model("reg-iris").aliases["latest"] == 2
+    assert client.publish_model(_train(client, 3), "reg-iris").version == 4
+    assert "registeredModels/reg-iris" in [r.name for r in client.list_registered_models()]
+
+
+@pytest.mark.parametrize(
+    "call, field, text",
+    [
+        (lambda c: c.get_registered_model("no-such"), None, "not found"),
+        (lambda c: c.predict("registeredModels/reg-iris@canary", np.zeros((1, 4), np.float32)), None, "canary"),
+        (lambda c: c.predict("registeredModels/bad name", np.zeros((1, 4), np.float32)), "name", "bad name"),
+        (lambda c: c.set_alias("reg-iris", "latest", 1), "alias", "managed by the server"),
+        (lambda c: c.set_alias("reg-iris", "Prod!", 1), "alias", "Prod!"),
+        (lambda c: c.set_alias("reg-iris", "prod", 99), "version", "version 99"),
+        (lambda c: c.delete_alias("reg-iris", "latest"), "alias", "cannot be removed"),
+    ],
+)
+def test_bad_registry_requests(client, call, field, text):
+    if "reg-iris" not in [r.name.split("/")[1] for r in client.list_registered_models()]:
+        _train(client, 0, registered_model="reg-iris")
+    with pytest.raises(gw.APIError) as err:
+        call(client)
+    assert text in str(err.value)
+    if field:
+        assert err.value.field == field
+
+
+def test_bad_publish_options_are_refused_before_queueing(client):
+    X, y = iris()
+    with pytest.raises(gw.InvalidArgumentError) as err:
+        client.train([gw.Dense(3)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=8, registered_model="a@b")
+    assert err.value.field == "registered_model"
+    with pytest.raises(gw.InvalidArgumentError) as err:
+        client.train([gw.Dense(3)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=8, registered_model="a", aliases=["latest"])
+    assert err.value.field == "aliases[0]"
+
+
+def test_a_store_from_before_the_registry_keeps_its_models(tmp_path):
+    path = tmp_path / "gradwire.db"
+    old = sqlite3.connect(path)
+    old.executescript(store_mod.SCHEMA)  # the schema as it was: no registry tables, user_version 0
+    model = models_pb2.Model(name="models/abc123", display_name="old", input_shape=[4], output_size=3)
+    old.execute("INSERT INTO models (id, proto) VALUES (?, ?)", ("abc123", model.SerializeToString()))
+    old.commit()
+    old.close()
+    s = store_mod.Store(path)
+    try:
+        assert s._query("PRAGMA user_version")[0][0] == store_mod.SCHEMA_VERSION
+        assert s.get_model("abc123").display_name == "old"
+        published = s.publish_model("abc123", "registeredModels/legacy", ["production"])
+        assert (published.version, list(published.aliases)) == (1, ["latest", "production"])
+        assert s.resolve_model("registeredModels/legacy@production") == "abc123"
+    finally:
+        s.close()
+    s = store_mod.Store(path)  # opening again migrates nothing twice and loses nothing
+    try:
+        assert s.get_registered_model("registeredModels/legacy").aliases == {"latest": 1, "production": 1}
+    finally:
+        s.close()
