@@ -1,0 +1,384 @@
+"""Inference, upload and training speed, each as a ratio against a baseline measured in this same run.
+
+    python bench/inference.py                    # all of (a)-(f), about 2 minutes on 2 CPU cores
+    python bench/inference.py --only a,b,e       # a subset (the GPU run)
+    python bench/inference.py --scale 5          # 5x more requests / bytes / epochs
+
+It starts its own `gradwire serve` (and a bare gRPC echo server as a baseline) on free ports.
+
+  (a) 1-row Predict latency through the SDK, p50 and p99, against a bare gRPC echo of the same
+      request bytes plus in-process onnxruntime on the same model            target <= 1.3x
+  (b) rows/s for 1,024-row Predict requests against in-process onnxruntime     target >= 0.8x
+  (c) 32 concurrent one-row clients, dynamic batching on vs off: throughput, p99 target >= 3x
+  (d) dataset upload MB/s against a bare gRPC client stream of the same bytes target >= 0.7x
+  (e) training samples/s through the service (job start to end) against a plain PyTorch loop
+      with the same network, data and hyperparameters in this process        target >= 0.9x
+  (f) the KServe v2 endpoint through tritonclient (its own venv), 1-row latency against (a)'s
+      baseline, and its probabilities against Predict's
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # triton_env: the tritonclient venv
+
+import gradwire as gw  # noqa: E402
+from gradwire.v1 import models_pb2, models_pb2_grpc  # noqa: E402
+
+ECHO = "/bench.Echo/Echo"
+SINK = "/bench.Echo/Sink"
+
+
+# ---------------------------------------------------------------------------------------------
+# servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def echo_server(port: int) -> None:
+    """The baseline transport: grpcio's Python server with no work in the handler."""
+    identity = lambda b: b  # noqa: E731
+
+    def sink(requests, context):
+        return len(b"".join(r for r in requests)).to_bytes(8, "little")
+
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req, identity, identity),
+        "Sink": grpc.stream_unary_rpc_method_handler(sink, identity, identity),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(16), options=[("grpc.max_receive_message_length", 64 << 20)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", handlers)])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict | None = None):
+    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_ready(target: str) -> None:
+    with grpc.insecure_channel(target) as ch:
+        grpc.channel_ready_future(ch).result(timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def pct(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times), q))
+
+
+def timed(fn, n: int, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def ort_session(path: pathlib.Path):
+    import onnxruntime as ort
+
+    from gradwire_server.inference import providers
+
+    return ort.InferenceSession(str(path), providers=providers())
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X.reshape(-1, 1, 8, 8).astype(np.float32), y.astype(np.int64)
+
+
+def cnn() -> gw.Sequential:
+    return gw.Sequential([
+        gw.Conv2d(16, kernel_size=3, padding="same"), gw.BatchNorm(), gw.ReLU(), gw.MaxPool2d(2),
+        gw.Conv2d(32, kernel_size=3, padding="same"), gw.ReLU(), gw.MaxPool2d(2),
+        gw.Flatten(), gw.Dropout(0.25), gw.Dense(10),
+    ])
+
+
+def bench_a(client, echo_target, model, onnx_path, X, n):
+    session = ort_session(onnx_path)
+    row = X[:1]
+    sdk = timed(lambda: client.predict(model, row), n)
+    request = models_pb2.PredictRequest(name=model.name, features=gw._tensors.to_tensor(row)).SerializeToString()
+    with grpc.insecure_channel(echo_target) as ch:
+        echo = ch.unary_unary(ECHO)
+        bare = timed(lambda: echo(request), n)
+    ort_t = timed(lambda: session.run(None, {"features": row}), n)
+    base50, base99 = pct(bare, 50) + pct(ort_t, 50), pct(bare, 99) + pct(ort_t, 99)
+    return {"sdk_p50_ms": pct(sdk, 50) * 1e3, "sdk_p99_ms": pct(sdk, 99) * 1e3, "base_p50_ms": base50 * 1e3,
+            "base_p99_ms": base99 * 1e3, "ratio_p50": pct(sdk, 50) / base50, "ratio_p99": pct(sdk, 99) / base99}
+
+
+def bench_b(client, model, onnx_path, X, n):
+    session = ort_session(onnx_path)
+    rows = np.ascontiguousarray(np.resize(X, (1024, *X.shape[1:])))
+    sdk = timed(lambda: client.predict(model, rows), n, warmup=3)
+    ort_t = timed(lambda: session.run(None, {"features": rows}), n, warmup=3)
+    service, local = 1024 / np.median(sdk), 1024 / np.median(ort_t)
+    return {"service_rows_s": service, "ort_rows_s": local, "ratio": service / local}
+
+
+def concurrent_clients(target, name, row, clients, seconds):
+    """`clients` threads, each its own channel, one-row Predicts for `seconds`: (requests/s, p99 s)."""
+    request = models_pb2.PredictRequest(name=name, features=gw._tensors.to_tensor(row))
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def run(k):
+        with grpc.insecure_channel(target) as ch:
+            stub = models_pb2_grpc.ModelServiceStub(ch)
+            stub.Predict(request)
+            barrier.wait()
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                stub.Predict(request)
+                latencies[k].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    every = [x for lat in latencies for x in lat]
+    return len(every) / elapsed, pct(every, 99)
+
+
+def bench_c(client, target, seconds):
+    # A wide MLP: one row costs almost as much as 32 (its 2048x2048 weights stream from memory
+    # either way), which is where merging requests pays.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 512)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    wide = client.train([gw.Dense(2048), gw.ReLU(), gw.Dense(2048), gw.ReLU(), gw.Dense(10)], (X, y),
+                        optimizer=gw.SGD(0.01), epochs=1, batch_size=128, seed=0, name="wide").wait()
+    on = concurrent_clients(target, wide.name, X[:1], 32, seconds)
+    client.set_batching(wide, enabled=False)
+    off = concurrent_clients(target, wide.name, X[:1], 32, seconds)
+    client.set_batching(wide, clear=True)
+    return {"on_req_s": on[0], "off_req_s": off[0], "on_p99_ms": on[1] * 1e3, "off_p99_ms": off[1] * 1e3,
+            "ratio": on[0] / off[0]}
+
+
+def bench_d(client, echo_target, megabytes):
+    n = megabytes * (1 << 20) // (64 * 4)
+    X = np.random.default_rng(0).normal(size=(n, 64)).astype(np.float32)
+    y = np.arange(n) % 10
+    t0 = time.perf_counter()
+    ds = client.upload_dataset(X, y, name="upload-bench")
+    service = time.perf_counter() - t0
+    ds.delete()
+    payload = memoryview(X).cast("B")
+    with grpc.insecure_channel(echo_target, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        sink = ch.stream_unary(SINK)
+        t0 = time.perf_counter()
+        got = sink(bytes(payload[i:i + (1 << 20)]) for i in range(0, len(payload), 1 << 20))
+        bare = time.perf_counter() - t0
+    assert int.from_bytes(got, "little") == len(payload)
+    mb = (X.nbytes + y.astype(np.int64).nbytes) / 1e6
+    return {"mb": mb, "service_mb_s": mb / service, "bare_mb_s": X.nbytes / 1e6 / bare, "ratio": (mb / service) / (X.nbytes / 1e6 / bare)}
+
+
+def plain_loop(X, y, epochs, batch, device):
+    """The oracle: the same CNN, data and hyperparameters as a plain PyTorch loop in this process."""
+    import torch
+    from torch import nn
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding="same"), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.25), nn.Linear(32 * 2 * 2, 10),
+    ).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
+    for _ in range(epochs):
+        perm = torch.randperm(len(yt), device=dev)
+        for i in range(0, len(yt), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            loss_fn(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return len(y) * epochs / (time.perf_counter() - t0)
+
+
+def bench_e(client, X, y, epochs, batch, device):
+    job = client.train(cnn(), (X, y), optimizer=gw.Adam(1e-3), epochs=epochs, batch_size=batch, seed=0, name="train-bench")
+    job.wait()
+    job.refresh()
+    seconds = (job.end_time - job.start_time).total_seconds()
+    history = job.history
+    stepping = sum(len(y) / h.samples_per_second for h in history)
+    service = len(y) * epochs / seconds
+    local = plain_loop(X, y, epochs, batch, device)
+    return {"service_samples_s": service, "service_stepping_samples_s": len(y) * epochs / stepping,
+            "plain_samples_s": local, "ratio": service / local, "device": job.device}
+
+
+def bench_f(target, model_name, version, X, n, base_p50_ms, base_p99_ms, client):
+    import triton_env
+
+    py, why = triton_env.ensure()
+    if py is None:
+        return {"skipped": why}
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/x.npy", X[:8])
+        run = subprocess.run([str(py), str(triton_env.CLIENT), target, model_name, version, f"{tmp}/x.npy", "--bench", str(n)],
+                             capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        return {"skipped": f"tritonclient failed: {run.stderr[-500:]}"}
+    seen = json.loads(run.stdout)
+    lat = seen["latency_s"][20:]
+    ours = client.predict(f"registeredModels/{model_name}@{version}" if version else f"registeredModels/{model_name}", X[:8])
+    same = np.array_equal(np.asarray(seen["probabilities"], dtype=np.float32), ours)
+    return {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "ratio_p50": pct(lat, 50) * 1e3 / base_p50_ms,
+            "ratio_p99": pct(lat, 99) * 1e3 / base_p99_ms, "same_as_predict": same}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import onnxruntime as ort
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}), grpcio {grpc.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="which figures, e.g. a,b,e")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts, bytes and epochs")
+    parser.add_argument("--device", default="auto", help="training device for the server and the plain loop")
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        return echo_server(args.echo_server)
+    only = set(args.only.split(","))
+    s = args.scale
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    port, echo_port = free_port(), free_port()
+    target, echo_target = f"127.0.0.1:{port}", f"127.0.0.1:{echo_port}"
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="gradwire-bench-") as data_dir, \
+            process([sys.executable, "-c", "import sys; from gradwire.cli import main; sys.exit(main(sys.argv[1:]))", "serve"],
+                    {"GRADWIRE_HOST": "127.0.0.1", "GRADWIRE_PORT": str(port), "GRADWIRE_DATA_DIR": data_dir,
+                     "GRADWIRE_DEVICE": args.device, "GRADWIRE_LOG_LEVEL": "WARNING"}), \
+            process([sys.executable, __file__, "--echo-server", str(echo_port)]):
+        wait_ready(target)
+        wait_ready(echo_target)
+        X, y = digits()
+        with gw.Client(target, timeout=300) as client:
+            if only & {"a", "b", "f"}:
+                model = client.train(cnn(), (X, y), optimizer=gw.Adam(1e-3), epochs=2, batch_size=64, seed=0,
+                                     registered_model="digits", aliases=["production"]).wait()
+                onnx_path = model.download(pathlib.Path(data_dir) / "digits.onnx")
+            if "a" in only:
+                results["a"] = bench_a(client, echo_target, model, onnx_path, X, int(1000 * s))
+            if "b" in only:
+                results["b"] = bench_b(client, model, onnx_path, X, int(50 * s))
+            if "c" in only:
+                results["c"] = bench_c(client, target, 4.0 * s)
+            if "d" in only:
+                results["d"] = bench_d(client, echo_target, int(64 * s))
+            if "e" in only:
+                results["e"] = bench_e(client, X, y, max(1, int(5 * s)), 32, device)
+            if "f" in only:
+                base = results.get("a") or bench_a(client, echo_target, model, onnx_path, X, 300)
+                results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
+    report(results, machine(), time.perf_counter() - started)
+
+
+def report(r: dict, where: str, wall: float) -> None:
+    print(f"machine: {where}")
+    print(f"{'figure':64}{'gradwire':>16}{'baseline':>16}{'ratio':>8}  target")
+    row = lambda label, ours, base, ratio, target: print(f"{label:64}{ours:>16}{base:>16}{ratio:>8.2f}  {target}")  # noqa: E731
+    if "a" in r:
+        a = r["a"]
+        row("(a) 1-row Predict p50, SDK vs echo + onnxruntime (ms)", f"{a['sdk_p50_ms']:.3f}", f"{a['base_p50_ms']:.3f}", a["ratio_p50"], "<= 1.3")
+        row("(a) 1-row Predict p99 (ms)", f"{a['sdk_p99_ms']:.3f}", f"{a['base_p99_ms']:.3f}", a["ratio_p99"], "<= 1.3")
+    if "b" in r:
+        b = r["b"]
+        row("(b) rows/s, 1024-row requests vs in-process onnxruntime", f"{b['service_rows_s']:,.0f}", f"{b['ort_rows_s']:,.0f}", b["ratio"], ">= 0.8")
+    if "c" in r:
+        c = r["c"]
+        row("(c) 32 one-row clients, req/s, batching on vs off", f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], ">= 3")
+        row("(c) p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
+    if "d" in r:
+        d = r["d"]
+        row(f"(d) upload MB/s ({d['mb']:.0f} MB) vs bare gRPC stream", f"{d['service_mb_s']:.0f}", f"{d['bare_mb_s']:.0f}", d["ratio"], ">= 0.7")
+    if "e" in r:
+        e = r["e"]
+        row(f"(e) training samples/s, job start to end ({e['device']}) vs plain loop", f"{e['service_samples_s']:,.0f}", f"{e['plain_samples_s']:,.0f}", e["ratio"], ">= 0.9")
+        row("    (stepping only, from the job's epoch history)", f"{e['service_stepping_samples_s']:,.0f}", f"{e['plain_samples_s']:,.0f}",
+            e["service_stepping_samples_s"] / e["plain_samples_s"], "")
+    if "f" in r:
+        f = r["f"]
+        if "skipped" in f:
+            print(f"(f) KServe v2 via tritonclient: skipped: {f['skipped']}")
+        else:
+            row("(f) KServe ModelInfer 1-row p50, tritonclient vs (a) baseline (ms)", f"{f['p50_ms']:.3f}", "", f["ratio_p50"], "")
+            row("(f) KServe ModelInfer 1-row p99 (ms)", f"{f['p99_ms']:.3f}", "", f["ratio_p99"], "")
+            print(f"(f) tritonclient probabilities identical to Predict's: {f['same_as_predict']}")
+    print(f"total bench time {wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
