@@ -77,6 +77,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if method.startswith(OPEN_PREFIXES):
+            # grpcio-health's Watch is "experimental_non_blocking" (called with a callback, returns
+            # None): wrapping it as a generator broke it (UNKNOWN). It raises no domain errors.
+            return handler
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
         if handler.stream_unary:

@@ -100,6 +100,12 @@ class Worker:
         import torch
 
         device = pick_device(self.settings.device)
+        # Pay the one-time imports (onnx, onnxscript, torch._dynamo, which the optimizers and the
+        # seeding pull in lazily: ~2 s) now, not inside the first job, where they delayed its first step.
+        import torch._dynamo  # noqa: F401
+
+        from . import export, train  # noqa: F401
+
         log.info("worker %s ready on %s (torch %s)", self.name, device, torch.__version__)
         while not self.stopping.is_set() and not self.parent_gone():
             job = self.store.claim_next_job(self.name, str(device))
