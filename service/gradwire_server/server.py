@@ -46,6 +46,13 @@ def prepare_data_dir(settings: Settings, store: Store) -> None:
             if d.name not in known:
                 files.remove_tree(d)
                 removed += 1
+    checkpoints_dir = settings.data_dir / "checkpoints"
+    if checkpoints_dir.exists():  # a crash between a job's end and the removal of its checkpoint
+        unfinished = store.unfinished_job_ids()
+        for d in checkpoints_dir.iterdir():
+            if d.name not in unfinished:
+                files.remove_tree(d)
+                removed += 1
     requeued = store.recover_interrupted()
     if removed or requeued:
         log.info("recovery: removed %d partial artifacts, requeued %d interrupted jobs", removed, len(requeued))
@@ -135,7 +142,7 @@ class WorkerPool:
     def _spawn(self, slot: int) -> None:
         self._generation += 1
         name = f"{socket.gethostname()}-{os.getpid()}-w{slot}.{self._generation}"
-        proc = self._ctx.Process(target=worker.main, args=(self.settings, name), name=name, daemon=False)
+        proc = self._ctx.Process(target=worker.main, args=(self.settings, name, os.getpid()), name=name, daemon=False)
         proc.start()
         self._procs[name] = proc
 

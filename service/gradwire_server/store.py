@@ -275,6 +275,10 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE jobs SET run_seconds = run_seconds + ? WHERE id = ?", (seconds, job_id))
 
+    def unfinished_job_ids(self) -> set[str]:
+        return {r[0] for r in self._query(
+            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})", tuple(ACTIVE_STATES))}
+
     def running_jobs(self) -> list[tuple[str, str]]:
         """(job id, worker name) of every RUNNING or CANCELLING job."""
         return self._query("SELECT id, worker FROM jobs WHERE state IN (?, ?)", (State.RUNNING, State.CANCELLING))

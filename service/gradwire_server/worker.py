@@ -42,13 +42,20 @@ def safe_message(exc: BaseException) -> str:
     return f"training failed: {type(exc).__name__}: {text}" if text else f"training failed: {type(exc).__name__}"
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the server process dies (even by kill -9)."""
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to SIGKILL this process when the server process dies (even by kill -9).
+
+    A parent that died before the request was made (while this process was still
+    starting) sends no signal: then the parent is already gone, and we exit now,
+    or an orphan would go on claiming jobs beside the next server's workers.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def pick_device(setting: str):
@@ -86,12 +93,12 @@ def spec_sha256(network: network_pb2.NetworkSpec, training: network_pb2.Training
 
 
 class Worker:
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, parent_pid: int | None = None) -> None:
         self.settings = settings
         self.name = name
         self.store = Store(settings.database_path)
         self.stopping = threading.Event()
-        self._parent = os.getppid()
+        self._parent = parent_pid if parent_pid is not None else os.getppid()
 
     def parent_gone(self) -> bool:
         return os.getppid() != self._parent
@@ -238,13 +245,13 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def main(settings: Settings, name: str) -> None:
+def main(settings: Settings, name: str, parent_pid: int | None = None) -> None:
     """Entry point of a worker process (started by the server with the spawn method)."""
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # training yields the CPU to the RPC process's predictions
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
-    worker = Worker(settings, name)
+    worker = Worker(settings, name, parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     worker.run()
