@@ -64,8 +64,8 @@ class Settings:
     """Jobs that may wait in QUEUED; CreateTrainingJob beyond it is RESOURCE_EXHAUSTED."""
     max_concurrent_rpcs: int = 256
     """RPCs in flight at once (streams included); more are refused with RESOURCE_EXHAUSTED."""
-    worker_nice: int = 10
-    """Niceness added to worker processes, so training never starves predictions of CPU (0: off)."""
+    worker_nice: int = 0
+    """Niceness added to worker processes (0-19): higher favours predictions over training when CPUs are scarce."""
 
     # ---- who gets in ----
     auth_tokens: str = dataclasses.field(default="", repr=False)
