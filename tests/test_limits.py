@@ -235,3 +235,22 @@ def test_job_over_its_wall_time_fails_with_a_clear_reason(tmp_path):
     finally:
         pool.stop(timeout=5)
         running.stop(0)
+
+
+def test_readme_documents_every_setting():
+    import dataclasses
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        assert f"| `GRADWIRE_{field.name.upper()}` | `{flag}` |" in readme, field.name
+
+
+def test_failure_messages_carry_no_paths_or_tracebacks():
+    from gradwire_server.worker import safe_message
+
+    msg = safe_message(FileNotFoundError(2, "No such file or directory", "/srv/gradwire-data/datasets/ab12/features.bin"))
+    assert "/srv" not in msg and "features.bin" not in msg and msg.startswith("training failed: FileNotFoundError")
+    msg = safe_message(RuntimeError("line one\nTraceback (most recent call last):\n  File \"/x/y.py\", line 3" + "z" * 900))
+    assert "\n" not in msg and "/x/y.py" not in msg and len(msg) < 600
