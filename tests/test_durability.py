@@ -86,7 +86,7 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
     before = np.frombuffer(first.models.Predict(models_pb2.PredictRequest(name=done.model, features=raw_tensor(X)), timeout=10).probabilities.raw_data, "<f4")
 
     long_job = first.jobs.CreateTrainingJob(
-        training_pb2.CreateTrainingJobRequest(dataset=dataset.name, network=mlp(64, 64, 3), training=config(epochs=12, batch_size=1)), timeout=10)
+        training_pb2.CreateTrainingJobRequest(dataset=dataset.name, network=mlp(32, 32, 3), training=config(epochs=12, batch_size=2)), timeout=10)
     for event in first.jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=long_job.name), timeout=120):
         if event.HasField("epoch") and event.epoch.epoch >= 2:
             break
@@ -110,7 +110,7 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
         assert [m.epoch for m in resumed.history] == list(range(1, 13))
         # Bit-exact resume: the same job run once without interruption ends with the same weights.
         reference = second.jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
-            dataset=dataset.name, network=mlp(64, 64, 3), training=config(epochs=12, batch_size=1)), timeout=10)
+            dataset=dataset.name, network=mlp(32, 32, 3), training=config(epochs=12, batch_size=2)), timeout=10)
         assert watch_to_end(second.jobs, reference.name)[-1].state == State.SUCCEEDED
         reference = second.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=reference.name), timeout=10)
         resumed_weights, reference_weights = onnx_weights(second.models, resumed.model), onnx_weights(second.models, reference.model)
