@@ -61,6 +61,15 @@ class ServeProcess:
         return code
 
 
+def onnx_weights(models, name: str) -> dict[str, np.ndarray]:
+    """The initializers (weights, biases, baked normalization) of a model's exported ONNX graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    blob = b"".join(c.chunk_data for c in models.ExportModel(models_pb2.ExportModelRequest(name=name), timeout=30))
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load_from_string(blob).graph.initializer}
+
+
 def watch_to_end(jobs, name: str) -> list:
     return list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=name), timeout=300))
 
@@ -77,7 +86,7 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
     before = np.frombuffer(first.models.Predict(models_pb2.PredictRequest(name=done.model, features=raw_tensor(X)), timeout=10).probabilities.raw_data, "<f4")
 
     long_job = first.jobs.CreateTrainingJob(
-        training_pb2.CreateTrainingJobRequest(dataset=dataset.name, network=mlp(64, 64, 3), training=config(epochs=12, batch_size=1)), timeout=10)
+        training_pb2.CreateTrainingJobRequest(dataset=dataset.name, network=mlp(32, 32, 3), training=config(epochs=12, batch_size=2)), timeout=10)
     for event in first.jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=long_job.name), timeout=120):
         if event.HasField("epoch") and event.epoch.epoch >= 2:
             break
@@ -94,8 +103,26 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
         events = watch_to_end(second.jobs, long_job.name)
         assert events[-1].state == State.SUCCEEDED, events[-1]
         assert any("restart" in e.message for e in events)
+        restart = max(i for i, e in enumerate(events) if "restart" in e.message)
+        rerun = [e.epoch.epoch for e in events[restart:] if e.HasField("epoch")]
+        assert rerun[0] > 1 and rerun == list(range(rerun[0], 13)), rerun  # it went on from its checkpoint
         resumed = second.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=long_job.name), timeout=10)
         assert [m.epoch for m in resumed.history] == list(range(1, 13))
+        # Bit-exact resume: the same job run once without interruption ends with the same weights.
+        reference = second.jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            dataset=dataset.name, network=mlp(32, 32, 3), training=config(epochs=12, batch_size=2)), timeout=10)
+        assert watch_to_end(second.jobs, reference.name)[-1].state == State.SUCCEEDED
+        reference = second.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=reference.name), timeout=10)
+        resumed_weights, reference_weights = onnx_weights(second.models, resumed.model), onnx_weights(second.models, reference.model)
+        assert resumed_weights.keys() == reference_weights.keys() and resumed_weights
+        max_diff = max(float(np.max(np.abs(resumed_weights[k] - reference_weights[k]))) for k in resumed_weights)
+        print(f"resume weight difference (max abs over {len(resumed_weights)} initializers): {max_diff}")
+        for k in resumed_weights:
+            assert resumed_weights[k].tobytes() == reference_weights[k].tobytes(), k
+        predict = lambda m: second.models.Predict(models_pb2.PredictRequest(name=m, features=raw_tensor(X)), timeout=10).probabilities.raw_data  # noqa: E731
+        assert predict(resumed.model) == predict(reference.model)
+        assert [m.train_loss for m in resumed.history] == [m.train_loss for m in reference.history]
+
         stuck = [j.name for j in second.jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=10).training_jobs
                  if j.state in (State.QUEUED, State.RUNNING, State.CANCELLING)]
         assert not stuck

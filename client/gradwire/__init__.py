@@ -32,6 +32,7 @@ from gradwire._errors import (
     CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
+    FieldViolation,
     GradwireError,
     InternalError,
     InvalidArgumentError,
@@ -110,6 +111,7 @@ __all__ = [
     # errors
     "GradwireError",
     "APIError",
+    "FieldViolation",
     "InvalidArgumentError",
     "OutOfRangeError",
     "NotFoundError",

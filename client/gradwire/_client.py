@@ -61,6 +61,17 @@ NetworkRef = Union[Sequential, Sequence[Layer], network_pb2.NetworkSpec]
 _LABEL_KINDS = {"classes": datasets_pb2.LABEL_KIND_CLASSES, "regression": datasets_pb2.LABEL_KIND_REGRESSION}
 _PAGE_SIZE = 200
 _MiB = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 64 * _MiB  # the server's default GRADWIRE_MAX_MESSAGE_BYTES
+
+
+def _pem(value: bytes | str | os.PathLike[str] | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return pathlib.Path(value).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {os.fspath(value)!r}: {exc.strerror}") from None
 
 
 class Client:
@@ -71,18 +82,29 @@ class Client:
         timeout: default deadline in seconds of every unary call (``None``: no
             deadline). Each method also takes ``timeout=`` for that call alone.
             Streams (upload, watch, export) have no default deadline.
-        max_message_bytes: raise gRPC's 4 MiB send / receive limit (e.g. for a
-            large ``predict`` batch or inline dataset). Uploads stream in chunks
-            and never need it.
+        max_message_bytes: largest single message sent or received, the same
+            64 MiB as the server's default (``GRADWIRE_MAX_MESSAGE_BYTES``); raise
+            both together for a larger ``predict`` batch or inline dataset.
+            Uploads stream in chunks and never need it.
+        token: bearer token sent as ``authorization: Bearer <token>`` on every
+            call (servers started with ``GRADWIRE_AUTH_TOKENS`` require one).
+        tls: speak TLS (implied by any of the three PEM options below).
+        root_certificates: PEM bytes or a file path of the CA that signed the
+            server's certificate (default: the system's roots).
+        certificate_chain, private_key: PEM bytes or file paths of this client's
+            certificate and key, for servers that require mutual TLS.
         channel_options: extra ``grpc`` channel options, ``[(key, value), ...]``.
-        credentials: ``grpc.ChannelCredentials`` for TLS; plaintext without.
-        metadata: ``[(key, value), ...]`` sent with every call (e.g. an API key).
+        credentials: a ready ``grpc.ChannelCredentials`` (instead of the TLS
+            options above); plaintext when neither is given.
+        metadata: ``[(key, value), ...]`` sent with every call.
 
     Use it as a context manager, or call ``close()``:
 
     >>> import gradwire as gw
     >>> with gw.Client("localhost:50051") as client:   # doctest: +SKIP
     ...     print([d.name for d in client.list_datasets()])
+    >>> client = gw.Client("gradwire.example.com:443", token="s3cret",
+    ...                    root_certificates="ca.pem")   # doctest: +SKIP
     """
 
     def __init__(
@@ -90,7 +112,12 @@ class Client:
         target: str = "localhost:50051",
         *,
         timeout: float | None = 30.0,
-        max_message_bytes: int | None = None,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | str | os.PathLike[str] | None = None,
+        certificate_chain: bytes | str | os.PathLike[str] | None = None,
+        private_key: bytes | str | os.PathLike[str] | None = None,
         channel_options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
@@ -105,9 +132,19 @@ class Client:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ]
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("certificate_chain and private_key go together (mutual TLS needs both)")
+        if token is not None and (not token or any(c.isspace() for c in token)):
+            raise ValueError("token must be non-empty and without spaces")
+        if credentials is None and (tls or root_certificates or certificate_chain):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates, "root_certificates"),
+                private_key=_pem(private_key, "private_key"),
+                certificate_chain=_pem(certificate_chain, "certificate_chain"),
+            )
         self.target = target
         self.timeout = timeout
-        self._metadata = tuple(metadata or ())
+        self._metadata = tuple(metadata or ()) + ((("authorization", f"Bearer {token}"),) if token else ())
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -129,7 +166,7 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never shows the token
         return f"<gradwire.Client target={self.target!r} timeout={self.timeout}>"
 
     def wait_for_ready(self, timeout: float = 10.0) -> None:
@@ -257,6 +294,7 @@ class Client:
         aliases: Sequence[str] = (),
         precision: PrecisionName | None = None,
         channels_last: bool = False,
+        request_id: str | None = None,
         timeout: float | None = DEFAULT,
     ) -> TrainingJob:
         """Queues a training job and returns it at once (state QUEUED); ``job.wait()`` follows it.
@@ -286,6 +324,9 @@ class Client:
             precision: ``"fp32"`` (default), ``"tf32"`` or ``"bf16"`` (mixed precision;
                 the exported model stays float32).
             channels_last: NHWC activations for convolutional networks (faster on GPUs).
+            request_id: makes the call idempotent: a retry with the same id returns
+                the job the first call created, never a second one (default: a
+                fresh UUID per call, so the SDK's own retries are safe).
 
         >>> job = client.train([gw.Dense(3)], data, optimizer=gw.Adam(), epochs=10,
         ...                    batching="full")                      # doctest: +SKIP
@@ -304,7 +345,10 @@ class Client:
             input_normalization=input_normalization,
         )
         request = training_pb2.CreateTrainingJobRequest(
-            display_name=name, network=network_proto(network), training=config
+            display_name=name,
+            network=network_proto(network),
+            training=config,
+            request_id=request_id if request_id is not None else uuid.uuid4().hex,
         )
         if registered_model:
             request.registered_model = _registered(registered_model)

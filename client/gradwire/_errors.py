@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from gradwire._resources import TrainingJob
 
 __all__ = [
+    "FieldViolation",
     "GradwireError",
     "APIError",
     "InvalidArgumentError",
@@ -66,6 +67,15 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
+class FieldViolation(NamedTuple):
+    """One entry of a ``google.rpc.BadRequest``: which field is wrong, and why."""
+
+    field: str
+    """Path of the offending field, e.g. ``"network.layers[3].dense.units"``."""
+    description: str
+    """What is wrong with it, e.g. ``"must be >= 1, got 0"``."""
+
+
 class GradwireError(Exception):
     """Base class of every error the SDK raises on purpose."""
 
@@ -80,7 +90,10 @@ class APIError(GradwireError):
         field: the field path the message starts with
             (``"network.layers[3].conv2d.kernel_size"``), or ``None``.
         details: the ``google.protobuf.Any`` details of a rich
-            ``google.rpc.Status``, if the server sent one (usually empty).
+            ``google.rpc.Status``, if the server sent one.
+        field_violations: the ``google.rpc.BadRequest`` field violations among
+            ``details``, as ``FieldViolation(field, description)`` (the server
+            sends one for every error that names a field).
     """
 
     code: grpc.StatusCode
@@ -97,6 +110,9 @@ class APIError(GradwireError):
         self.message = message
         self.field = field if field is not None else parse_field(message)
         self.details = list(details or [])
+        self.field_violations = _field_violations(self.details)
+        if self.field is None and self.field_violations:
+            self.field = self.field_violations[0].field
         super().__init__(f"{code.name}: {message}")
 
     @staticmethod
@@ -247,6 +263,24 @@ def translate_rpc_errors() -> Iterator[None]:
         yield
     except grpc.RpcError as error:
         raise from_rpc_error(error) from None
+
+
+def _field_violations(details: list[Any]) -> list[FieldViolation]:
+    """FieldViolations of every google.rpc.BadRequest among a status's Any details."""
+    out: list[FieldViolation] = []
+    for detail in details:
+        type_url = getattr(detail, "type_url", "")
+        if not type_url.endswith("/google.rpc.BadRequest"):
+            continue
+        from google.rpc import error_details_pb2
+
+        bad = error_details_pb2.BadRequest()
+        try:
+            detail.Unpack(bad)
+        except Exception:  # noqa: BLE001 - a malformed detail must not hide the real error
+            continue
+        out.extend(FieldViolation(v.field, v.description) for v in bad.field_violations)
+    return out
 
 
 def _rich_details(error: grpc.RpcError) -> list[Any]:

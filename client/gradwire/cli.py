@@ -2,6 +2,7 @@
 
     gradwire serve [server args...]     # run the server (needs the gradwire[server] extra)
     gradwire health [--target localhost:50051] [--timeout 3] [--service ""]
+                    [--cacert ca.pem [--cert client.pem --key client.key]]
 
 ``health`` calls the standard ``grpc.health.v1.Health/Check``, prints the
 status and exits 0 on SERVING, 1 otherwise; docker-compose's healthcheck runs it.
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     options = parser.parse_args(args)
     if options.command == "health":
-        return _health(options.target, options.timeout, options.service)
+        return _health(options.target, options.timeout, options.service, options.cacert, options.cert, options.key)
     parser.print_help(sys.stderr)
     return 2
 
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--target", default="localhost:50051", help="host:port (default %(default)s)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default %(default)s)")
     health.add_argument("--service", default="", help='service name; "" is the whole server (default)')
+    health.add_argument("--cacert", default=None, help="PEM CA of the server's certificate: connect with TLS")
+    health.add_argument("--cert", default=None, help="PEM client certificate (mutual TLS)")
+    health.add_argument("--key", default=None, help="PEM client key (mutual TLS)")
     return parser
 
 
@@ -54,7 +58,9 @@ def _serve(args: list[str]) -> int:
     return int(code or 0)
 
 
-def _health(target: str, timeout: float, service: str) -> int:
+def _health(target: str, timeout: float, service: str, cacert=None, cert=None, key=None) -> int:
+    import pathlib
+
     import grpc
 
     try:
@@ -62,7 +68,13 @@ def _health(target: str, timeout: float, service: str) -> int:
     except ImportError:
         print("grpc health checking is not installed: pip install grpcio-health-checking", file=sys.stderr)
         return 2
-    with grpc.insecure_channel(target) as channel:
+    if cacert or cert:
+        read = lambda p: pathlib.Path(p).read_bytes() if p else None  # noqa: E731
+        credentials = grpc.ssl_channel_credentials(read(cacert), read(key), read(cert))
+        channel_cm = grpc.secure_channel(target, credentials)
+    else:
+        channel_cm = grpc.insecure_channel(target)
+    with channel_cm as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -59,6 +59,36 @@ class Settings:
     log_level: str = "INFO"
     """Python logging level."""
 
+    # ---- limits (every one answers RESOURCE_EXHAUSTED, or fails the job, with the setting's name) ----
+    data_quota_bytes: int = 100 * 1024**3
+    """Total bytes the data directory may hold; an upload that would go past it is refused."""
+    max_parameters: int = 100_000_000
+    """Largest network, in trainable parameters (counted from the spec, before any weight exists)."""
+    max_epochs: int = 10_000
+    """Most epochs one job may ask for."""
+    max_job_seconds: float = 24 * 3600.0
+    """Wall time a job may train (summed over restarts); past it the job ends FAILED."""
+    max_queued_jobs: int = 1000
+    """Jobs that may wait in QUEUED; CreateTrainingJob beyond it is RESOURCE_EXHAUSTED."""
+    max_concurrent_rpcs: int = 256
+    """RPCs in flight at once (streams included); more are refused with RESOURCE_EXHAUSTED."""
+    worker_nice: int = 0
+    """Niceness added to worker processes (0-19): higher favours predictions over training when CPUs are scarce."""
+
+    # ---- who gets in ----
+    auth_tokens: str = dataclasses.field(default="", repr=False)
+    """Comma-separated bearer tokens; any one of them is accepted. Auth is on when this or auth_tokens_file is set."""
+    auth_tokens_file: str = ""
+    """File of bearer tokens, one per line ('#' starts a comment)."""
+    tls_cert_file: str = ""
+    """PEM certificate chain of the server; with tls_key_file, the server speaks TLS only."""
+    tls_key_file: str = ""
+    """PEM private key of the server."""
+    tls_client_ca_file: str = ""
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+    reflection: bool = True
+    """Serve gRPC server reflection (what `grpcurl list/describe` use)."""
+
     def __post_init__(self) -> None:
         checks = {
             "port": 0 <= self.port <= 65535,
@@ -75,11 +105,47 @@ class Settings:
             "batch_max_delay_us": self.batch_max_delay_us >= 0,
             "poll_interval_s": self.poll_interval_s > 0,
             "log_level": self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"},
+            "data_quota_bytes": self.data_quota_bytes > 0,
+            "max_parameters": self.max_parameters >= 1,
+            "max_epochs": self.max_epochs >= 1,
+            "max_job_seconds": self.max_job_seconds > 0,
+            "max_queued_jobs": self.max_queued_jobs >= 1,
+            "max_concurrent_rpcs": self.max_concurrent_rpcs >= 1,
+            "worker_nice": 0 <= self.worker_nice <= 19,
+            "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
             "device": self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid setting {name} ({_env_name(name)}): got {getattr(self, name)!r}")
+        for name in ("auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, name)
+            if path and not pathlib.Path(path).is_file():
+                raise ValueError(f"invalid setting {name} ({_env_name(name)}): {path!r} is not a readable file")
+        if any(not t or any(c.isspace() for c in t) for t in self.tokens()) or (
+            (self.auth_tokens or self.auth_tokens_file) and not self.tokens()
+        ):
+            # never echo a token: the message names the setting only
+            raise ValueError("invalid setting auth_tokens / auth_tokens_file: tokens must be non-empty and without spaces")
+
+    def tokens(self) -> tuple[str, ...]:
+        """Every accepted bearer token (empty: authentication is off)."""
+        tokens = [t.strip() for t in self.auth_tokens.split(",") if t.strip()]
+        if self.auth_tokens_file:
+            for line in pathlib.Path(self.auth_tokens_file).read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    tokens.append(line)
+        return tuple(tokens)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_tokens or self.auth_tokens_file)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def database_path(self) -> pathlib.Path:

@@ -43,10 +43,21 @@ class DatasetWriter:
     ("header" for uploads, "inline_dataset" for inline data).
     """
 
-    def __init__(self, store: Store, data_dir: pathlib.Path, header: datasets_pb2.DatasetUploadHeader, *, max_bytes: int, field: str = "header") -> None:
+    def __init__(
+        self,
+        store: Store,
+        data_dir: pathlib.Path,
+        header: datasets_pb2.DatasetUploadHeader,
+        *,
+        max_bytes: int,
+        field: str = "header",
+        quota_bytes: int | None = None,
+    ) -> None:
         self._store, self._data_dir, self._field = store, data_dir, field
         self.header = header
         self._check_header(max_bytes)
+        if quota_bytes is not None:
+            self._check_quota(quota_bytes)
         self._dir = files.scratch_dir(data_dir)
         self._features = open(self._dir / FEATURES_FILE, "wb")
         self._labels = open(self._dir / LABELS_FILE, "wb")
@@ -102,6 +113,16 @@ class DatasetWriter:
         if total > max_bytes:
             raise errors.ResourceExhausted(f"dataset of {total} bytes exceeds the server's limit of {max_bytes} bytes (GRADWIRE_MAX_UPLOAD_BYTES)")
 
+    def _check_quota(self, quota_bytes: int) -> None:
+        """Refuse, before a byte is written, a dataset that would push the data directory past its quota."""
+        total = sum(self.expected.values())
+        used = files.usage_bytes(self._data_dir)
+        if used + total > quota_bytes:
+            raise errors.ResourceExhausted(
+                f"dataset of {total} bytes would exceed the data directory quota: {used} of {quota_bytes} bytes "
+                "in use (GRADWIRE_DATA_QUOTA_BYTES); delete datasets or models you no longer need"
+            )
+
     def _write(self, part: str, chunk: bytes, field: str) -> None:
         if part == FEATURES_FILE and self._written[LABELS_FILE]:
             raise errors.InvalidArgument("feature bytes must all come before label bytes", field=field)
@@ -120,8 +141,10 @@ class DatasetWriter:
     def write_labels(self, chunk: bytes, field: str = "labels_chunk") -> None:
         self._write(LABELS_FILE, chunk, field)
 
-    def finish(self) -> datasets_pb2.Dataset:
-        """Check sizes and contents, publish the files, register the dataset."""
+    def finish(self, *, publish: bool = True) -> datasets_pb2.Dataset:
+        """Check sizes and contents, publish the files, register the dataset.
+
+        With publish=False only checks, and returns the dataset it would register (validate_only)."""
         for part, field in ((FEATURES_FILE, "features_chunk"), (LABELS_FILE, "labels_chunk")):
             if self._written[part] != self.expected[part]:
                 raise errors.InvalidArgument(
@@ -145,6 +168,8 @@ class DatasetWriter:
             size_bytes=sum(self._written.values()),
             create_time=timestamp(time.time()),
         )
+        if not publish:
+            return dataset
         files.publish_dir(self._dir, files.inside(self._data_dir, "datasets", dataset_id))
         self._done = True
         self._store.insert_dataset(
@@ -199,6 +224,8 @@ def save_arrays(
     display_name: str,
     max_bytes: int,
     field: str,
+    quota_bytes: int | None = None,
+    publish: bool = True,
 ) -> datasets_pb2.Dataset:
     """Store in-memory arrays (an inline dataset) through the same checks as an upload."""
     dtypes = {v: k for k, v in NUMPY_DTYPES.items()}
@@ -211,11 +238,11 @@ def save_arrays(
         label_kind=label_kind,
         class_names=class_names,
     )
-    writer = DatasetWriter(store, data_dir, header, max_bytes=max_bytes, field=field)
+    writer = DatasetWriter(store, data_dir, header, max_bytes=max_bytes, field=field, quota_bytes=quota_bytes)
     try:
         writer.write_features(np.ascontiguousarray(features).tobytes(), field=f"{field}.features")
         writer.write_labels(np.ascontiguousarray(labels).tobytes(), field=f"{field}.labels")
-        return writer.finish()
+        return writer.finish(publish=publish)
     finally:
         writer.abort()
 

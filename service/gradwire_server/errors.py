@@ -14,8 +14,13 @@ class GradwireError(Exception):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
+        self.description = message  # without the field path: google.rpc.BadRequest's description
         self.message = f"{field}: {message}" if field else message
         super().__init__(self.message)
+
+    def field_violations(self) -> list[tuple[str, str]]:
+        """(field path, description) pairs, sent as google.rpc.BadRequest details."""
+        return [(self.field, self.description)] if self.field else []
 
 
 class InvalidArgument(GradwireError):
@@ -36,6 +41,14 @@ class FailedPrecondition(GradwireError):
 
 class ResourceExhausted(GradwireError):
     """A size, budget or queue limit would be exceeded."""
+
+
+class DeadlineExceeded(GradwireError):
+    """A time limit ran out (a job past GRADWIRE_MAX_JOB_SECONDS)."""
+
+
+class Unauthenticated(GradwireError):
+    """The call carries no valid credentials."""
 
 
 class Cancelled(GradwireError):
@@ -65,11 +78,13 @@ def field_path(*parts: str | int) -> str:
 CODES: dict[type[GradwireError], int] = {
     Cancelled: 1,
     InvalidArgument: 3,
+    DeadlineExceeded: 4,
     NotFound: 5,
     AlreadyExists: 6,
     ResourceExhausted: 8,
     FailedPrecondition: 9,
     Internal: 13,
+    Unauthenticated: 16,
 }
 INTERNAL_CODE = 13
 

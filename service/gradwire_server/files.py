@@ -73,6 +73,27 @@ def publish_dir(src: pathlib.Path, dest: pathlib.Path) -> None:
     fsync_dir(dest.parent)
 
 
+def usage_bytes(data_dir: pathlib.Path) -> int:
+    """Bytes held by every file under the data directory (SQLite, datasets, checkpoints, models)."""
+    total = 0
+    stack = [str(data_dir)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:  # removed meanwhile
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return total
+
+
 def remove_tree(path: pathlib.Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 

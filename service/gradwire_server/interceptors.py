@@ -1,17 +1,23 @@
-"""One interceptor maps domain errors to gRPC status codes, for every RPC.
+"""Interceptors: authentication first, then one that maps domain errors to gRPC status codes.
 
-GradwireError subclasses become their status (errors.CODES) with their message;
-anything else is logged with its traceback and answered INTERNAL with a generic
-message, so no traceback, path or secret ever reaches a client.
+GradwireError subclasses become their status (errors.CODES) with their message,
+and an error naming a field carries a google.rpc.BadRequest with its field
+violation in the status details (grpcio-status); anything else is logged with
+its traceback and answered INTERNAL with a generic message, so no traceback,
+path or secret ever reaches a client.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from . import errors
 
@@ -19,9 +25,22 @@ log = logging.getLogger("gradwire.rpc")
 STATUS_BY_CODE = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def rich_status(exc: errors.GradwireError) -> status_pb2.Status:
+    """google.rpc.Status of a domain error, with BadRequest field violations when it names a field."""
+    status = status_pb2.Status(code=errors.code_of(exc), message=exc.message)
+    violations = exc.field_violations()
+    if violations:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+        ]))
+        status.details.append(detail)
+    return status
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, errors.GradwireError):
-        context.abort(STATUS_BY_CODE[errors.code_of(exc)], exc.message)
+        context.abort_with_status(rpc_status.to_status(rich_status(exc)))
     log.exception("unexpected error in %s", method)
     context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
@@ -58,6 +77,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if method.startswith(OPEN_PREFIXES):
+            # grpcio-health's Watch is "experimental_non_blocking" (called with a callback, returns
+            # None): wrapping it as a generator broke it (UNKNOWN). It raises no domain errors.
+            return handler
         if handler.unary_unary:
             return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
         if handler.stream_unary:
@@ -67,3 +90,56 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler.stream_stream:
             return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
         return handler
+
+
+UNAUTHENTICATED_MESSAGE = "missing or invalid credentials: send the metadata 'authorization: Bearer <token>'"
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # load balancers and orchestrators probe without a token
+
+
+def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same kind of handler, answering UNAUTHENTICATED without running the method."""
+
+    def deny(_request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+    if handler.unary_unary:
+        return handler._replace(unary_unary=deny)
+    if handler.stream_unary:
+        return handler._replace(stream_unary=deny)
+    if handler.unary_stream:
+        return handler._replace(unary_stream=deny)
+    return handler._replace(stream_stream=deny)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer tokens on every RPC except health; tokens compared in constant time.
+
+    Every configured token is compared (no early exit), so timing reveals
+    neither a token nor which one matched.
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._tokens = tuple(t.encode() for t in tokens)
+        if not self._tokens:
+            raise ValueError("AuthInterceptor needs at least one token")
+
+    def authorized(self, metadata) -> bool:
+        presented = b""
+        for key, value in metadata or ():
+            if key == "authorization":
+                text = value if isinstance(value, str) else value.decode("latin-1")
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() == "bearer":
+                    presented = token.strip().encode()
+        ok = False
+        for token in self._tokens:
+            ok |= hmac.compare_digest(presented, token)
+        return ok and bool(presented)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        if self.authorized(handler_call_details.invocation_metadata):
+            return handler
+        return _deny(handler)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pathlib
 import signal
 import socket
 import threading
@@ -19,7 +20,7 @@ from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_
 from . import datasets, files, reflection, worker
 from .config import Settings
 from .inference import BatchingPolicy, SessionCache
-from .interceptors import ErrorInterceptor
+from .interceptors import AuthInterceptor, ErrorInterceptor
 from .servicers.context import ServerState
 from .servicers.datasets import DatasetServicer
 from .servicers.kserve import KServeServicer
@@ -48,9 +49,27 @@ def prepare_data_dir(settings: Settings, store: Store) -> None:
             if d.name not in known:
                 files.remove_tree(d)
                 removed += 1
+    checkpoints_dir = settings.data_dir / "checkpoints"
+    if checkpoints_dir.exists():  # a crash between a job's end and the removal of its checkpoint
+        unfinished = store.unfinished_job_ids()
+        for d in checkpoints_dir.iterdir():
+            if d.name not in unfinished:
+                files.remove_tree(d)
+                removed += 1
     requeued = store.recover_interrupted()
     if removed or requeued:
         log.info("recovery: removed %d partial artifacts, requeued %d interrupted jobs", removed, len(requeued))
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS from the PEM files; with tls_client_ca_file, clients must show a certificate it signed (mTLS)."""
+    read = lambda path: pathlib.Path(path).read_bytes()  # noqa: E731
+    client_ca = read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(read(settings.tls_key_file), read(settings.tls_cert_file))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 class Running:
@@ -86,9 +105,13 @@ def create_server(settings: Settings) -> Running:
             batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
         ),
     )
+    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+    if settings.auth_enabled:
+        interceptors.insert(0, AuthInterceptor(settings.tokens()))  # outermost: refused before anything runs
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -100,8 +123,13 @@ def create_server(settings: Settings) -> Running:
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.reflection:
+        reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_enabled:
+        port = server.add_secure_port(address, server_credentials(settings))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise SystemExit(f"could not listen on {settings.host}:{settings.port}")
     server.start()
@@ -125,7 +153,7 @@ class WorkerPool:
     def _spawn(self, slot: int) -> None:
         self._generation += 1
         name = f"{socket.gethostname()}-{os.getpid()}-w{slot}.{self._generation}"
-        proc = self._ctx.Process(target=worker.main, args=(self.settings, name), name=name, daemon=False)
+        proc = self._ctx.Process(target=worker.main, args=(self.settings, name, os.getpid()), name=name, daemon=False)
         proc.start()
         self._procs[name] = proc
 
@@ -175,9 +203,14 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     done.wait()
+    # Health turns NOT_SERVING at once (watchers and balancers see it), new RPCs are refused,
+    # in-flight ones get the grace period; meanwhile the workers stop at their next step and
+    # leave their job RUNNING with its last epoch checkpoint, to be requeued at the next start.
     running.set_serving(False)
+    stopped = running.server.stop(settings.grace_period_s)
     pool.stop(timeout=settings.grace_period_s)
-    running.stop(settings.grace_period_s)
+    stopped.wait()
+    running.stop(0)
     log.info("stopped")
 
 

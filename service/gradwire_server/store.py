@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     model TEXT NOT NULL DEFAULT '',
     device TEXT NOT NULL DEFAULT '',
     worker TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    request_sha256 TEXT,
+    run_seconds REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -140,12 +143,19 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Bring an older store up to SCHEMA_VERSION, keeping all its data."""
+        """Bring a data directory made by an older version up to this schema, keeping all its data
+        (tables and columns are only added)."""
         with self._lock:
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             if version < 1:
                 self._db.executescript(SCHEMA_V1)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with self._tx() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in (("request_id", "TEXT"), ("request_sha256", "TEXT"), ("run_seconds", "REAL NOT NULL DEFAULT 0")):
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL")
 
     def close(self) -> None:
         with self._lock:
@@ -234,8 +244,15 @@ class Store:
 
     # ---- training jobs --------------------------------------------------
 
-    def insert_job(self, job: training_pb2.TrainingJob) -> training_pb2.TrainingJob:
-        """Store a new job in QUEUED with its first event; return it as stored."""
+    def insert_job(
+        self, job: training_pb2.TrainingJob, *, max_queued: int | None = None, request_sha256: str | None = None
+    ) -> tuple[training_pb2.TrainingJob, bool]:
+        """Store a new job in QUEUED with its first event; return (the job as stored, created).
+
+        With `job.request_id` set, a job already created under that id is returned
+        instead (created False) when `request_sha256` matches, and refused
+        otherwise. The queue limit is checked in the same transaction.
+        """
         job_id = job.name.split("/", 1)[1]
         now = time.time()
         spec = training_pb2.TrainingJob()
@@ -243,12 +260,65 @@ class Store:
         for field in ("state", "create_time", "start_time", "end_time", "history", "error", "model", "device"):
             spec.ClearField(field)
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (id, spec, dataset_id, state, create_time) VALUES (?, ?, ?, ?, ?)",
-                (job_id, spec.SerializeToString(), job.dataset.split("/", 1)[1], State.QUEUED, now),
+            if job.request_id:
+                row = db.execute("SELECT id, request_sha256 FROM jobs WHERE request_id = ?", (job.request_id,)).fetchone()
+                if row is not None:
+                    self._same_request(job.request_id, row[0], row[1], request_sha256)
+                    existing = row[0]
+                else:
+                    existing = None
+            else:
+                existing = None
+            if existing is None:
+                if max_queued is not None:
+                    (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (State.QUEUED,)).fetchone()
+                    if queued >= max_queued:
+                        raise errors.ResourceExhausted(
+                            f"{queued} jobs are already queued, the server's limit (GRADWIRE_MAX_QUEUED_JOBS={max_queued}); "
+                            "retry when some have started"
+                        )
+                db.execute(
+                    "INSERT INTO jobs (id, spec, dataset_id, state, create_time, request_id, request_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, spec.SerializeToString(), job.dataset.split("/", 1)[1], State.QUEUED, now,
+                     job.request_id or None, request_sha256),
+                )
+                self._event(db, job_id, State.QUEUED, "queued", now=now)
+        return self.get_job(existing or job_id), existing is None
+
+    @staticmethod
+    def _same_request(request_id: str, job_id: str, stored: str | None, presented: str | None) -> None:
+        if stored != presented:
+            raise errors.AlreadyExists(
+                f"{request_id!r} was already used to create 'trainingJobs/{job_id}' with different parameters; "
+                "use a new request_id for a new job",
+                field="request_id",
             )
-            self._event(db, job_id, State.QUEUED, "queued", now=now)
-        return self.get_job(job_id)
+
+    def job_by_request(self, request_id: str, request_sha256: str) -> training_pb2.TrainingJob | None:
+        """The job created under `request_id` (refused if its request differed), or None."""
+        rows = self._query("SELECT id, request_sha256 FROM jobs WHERE request_id = ?", (request_id,))
+        if not rows:
+            return None
+        self._same_request(request_id, rows[0][0], rows[0][1], request_sha256)
+        return self.get_job(rows[0][0])
+
+    def queued_count(self) -> int:
+        return self._query("SELECT COUNT(*) FROM jobs WHERE state = ?", (State.QUEUED,))[0][0]
+
+    def run_seconds(self, job_id: str) -> float:
+        return self._query("SELECT run_seconds FROM jobs WHERE id = ?", (job_id,))[0][0]
+
+    def add_run_seconds(self, job_id: str, seconds: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET run_seconds = run_seconds + ? WHERE id = ?", (seconds, job_id))
+
+    def unfinished_job_ids(self) -> set[str]:
+        return {r[0] for r in self._query(
+            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})", tuple(ACTIVE_STATES))}
+
+    def running_jobs(self) -> list[tuple[str, str]]:
+        """(job id, worker name) of every RUNNING or CANCELLING job."""
+        return self._query("SELECT id, worker FROM jobs WHERE state IN (?, ?)", (State.RUNNING, State.CANCELLING))
 
     def _event(
         self,

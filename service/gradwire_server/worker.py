@@ -8,9 +8,11 @@ the store, epochs and results go back into it, where Watch streams find them.
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -27,16 +29,33 @@ from .store import Store, new_id, timestamp
 log = logging.getLogger("gradwire.worker")
 State = training_pb2.TrainingJob.State
 MAX_ATTEMPTS = 3
-CANCEL_CHECK_INTERVAL_S = 0.25
+MAX_ERROR_CHARS = 500
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@]+){2,}[/\\]?")
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the server process dies (even by kill -9)."""
+def safe_message(exc: BaseException) -> str:
+    """One line naming what went wrong, without file paths or a traceback (it reaches clients)."""
+    text = " ".join(str(exc).split())
+    text = _PATH_RE.sub("<path>", text)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 3] + "..."
+    return f"training failed: {type(exc).__name__}: {text}" if text else f"training failed: {type(exc).__name__}"
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to SIGKILL this process when the server process dies (even by kill -9).
+
+    A parent that died before the request was made (while this process was still
+    starting) sends no signal: then the parent is already gone, and we exit now,
+    or an orphan would go on claiming jobs beside the next server's workers.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def pick_device(setting: str):
@@ -74,12 +93,12 @@ def spec_sha256(network: network_pb2.NetworkSpec, training: network_pb2.Training
 
 
 class Worker:
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, parent_pid: int | None = None) -> None:
         self.settings = settings
         self.name = name
         self.store = Store(settings.database_path)
         self.stopping = threading.Event()
-        self._parent = os.getppid()
+        self._parent = parent_pid if parent_pid is not None else os.getppid()
 
     def parent_gone(self) -> bool:
         return os.getppid() != self._parent
@@ -88,6 +107,12 @@ class Worker:
         import torch
 
         device = pick_device(self.settings.device)
+        # Pay the one-time imports (onnx, onnxscript, torch._dynamo, which the optimizers and the
+        # seeding pull in lazily: ~2 s) now, not inside the first job, where they delayed its first step.
+        import torch._dynamo  # noqa: F401
+
+        from . import export, train  # noqa: F401
+
         log.info("worker %s ready on %s (torch %s)", self.name, device, torch.__version__)
         while not self.stopping.is_set() and not self.parent_gone():
             job = self.store.claim_next_job(self.name, str(device))
@@ -103,16 +128,29 @@ class Worker:
         job_id = job.name.split("/", 1)[1]
         log.info("job %s: training on %s", job.name, device)
         checkpoint = files.inside(self.settings.data_dir, "checkpoints", job_id, "checkpoint.pt")
-        last_check = [0.0]
+        # Wall time counts every attempt: what earlier runs used (saved at each epoch) plus this one.
+        budget = self.settings.max_job_seconds - self.store.run_seconds(job_id)
+        started = accounted = time.monotonic()
+        over_time = [False]
+
+        def account() -> None:
+            nonlocal accounted
+            now = time.monotonic()
+            self.store.add_run_seconds(job_id, now - accounted)
+            accounted = now
+
+        def on_epoch(r) -> None:
+            self.store.record_epoch(job_id, epoch_proto(r))
+            account()
 
         def should_stop() -> bool:
+            """Polled before every training step: one indexed SQLite read (~10 us), so a cancel takes effect at the next step."""
             if self.stopping.is_set() or self.parent_gone():
                 return True
-            now = time.monotonic()
-            if now - last_check[0] >= CANCEL_CHECK_INTERVAL_S:
-                last_check[0] = now
-                return self.store.job_state(job_id) == State.CANCELLING
-            return False
+            if time.monotonic() - started > budget:
+                over_time[0] = True
+                return True
+            return self.store.job_state(job_id) == State.CANCELLING
 
         try:
             dataset, features, labels = datasets.load_arrays(self.store, self.settings.data_dir, job.dataset.split("/", 1)[1])
@@ -124,7 +162,7 @@ class Worker:
                 data,
                 seed=job.seed,
                 device=device,
-                on_epoch=lambda r: self.store.record_epoch(job_id, epoch_proto(r)),
+                on_epoch=on_epoch,
                 should_stop=should_stop,
                 checkpoint_path=checkpoint,
                 performance=job.performance if job.HasField("performance") else None,  # issue 5
@@ -169,7 +207,19 @@ class Worker:
             log.info("job %s: %s -> %s", job.name, summary, model.name)
         except errors.Cancelled:
             if self.stopping.is_set() or self.parent_gone():
+                account()
                 log.info("job %s: interrupted by shutdown; it resumes from its checkpoint at the next start", job.name)
+                return
+            if over_time[0]:
+                account()
+                limit = self.settings.max_job_seconds
+                exc = errors.DeadlineExceeded(
+                    f"the job ran past its wall-time limit of {limit:g} s (GRADWIRE_MAX_JOB_SECONDS) and was stopped"
+                )
+                status = status_pb2.Status(code=errors.code_of(exc), message=exc.message)
+                self.store.finish_job(job_id, State.FAILED, exc.message, error=status)
+                files.remove_tree(checkpoint.parent)
+                log.info("job %s: %s", job.name, exc.message)
                 return
             self.store.finish_job(job_id, State.CANCELLED, "cancelled")
             files.remove_tree(checkpoint.parent)
@@ -179,17 +229,30 @@ class Worker:
                 message = exc.message
             else:
                 log.exception("job %s failed", job.name)
-                message = f"training failed: {type(exc).__name__}: {exc}"
+                message = safe_message(exc)
             status = status_pb2.Status(code=errors.code_of(exc), message=message)
             self.store.finish_job(job_id, State.FAILED, message, error=status)
             files.remove_tree(checkpoint.parent)
+        finally:
+            release_memory()
 
 
-def main(settings: Settings, name: str) -> None:
+def release_memory() -> None:
+    """After a job (finished, failed or cancelled): drop its tensors and hand cached memory back."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(settings: Settings, name: str, parent_pid: int | None = None) -> None:
     """Entry point of a worker process (started by the server with the spawn method)."""
-    _die_with_parent()
+    _die_with_parent(parent_pid)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # training yields the CPU to the RPC process's predictions
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
-    worker = Worker(settings, name)
+    worker = Worker(settings, name, parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     worker.run()

@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "display_name", "dataset", "network", "training", "state", "create_time", "start_time", "end_time", "history", "error", "model", "seed", "device", "parameter_count", "registered_model", "aliases", "performance", "model_version")
+    __slots__ = ("name", "display_name", "dataset", "network", "training", "state", "create_time", "start_time", "end_time", "history", "error", "model", "seed", "device", "parameter_count", "registered_model", "aliases", "performance", "model_version", "request_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[TrainingJob.State]
@@ -50,6 +50,7 @@ class TrainingJob(_message.Message):
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     PERFORMANCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     dataset: str
@@ -69,7 +70,8 @@ class TrainingJob(_message.Message):
     aliases: _containers.RepeatedScalarFieldContainer[str]
     performance: TrainingPerformance
     model_version: int
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
     __slots__ = ("epoch", "iterations", "train_loss", "validation_loss", "validation_accuracy", "train_accuracy", "learning_rate", "samples_per_second", "elapsed_seconds")
@@ -112,12 +114,14 @@ class TrainingJobEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., epoch: _Optional[_Union[EpochMetrics, _Mapping]] = ..., message: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
-    __slots__ = ("display_name", "dataset", "inline_dataset", "network", "training", "registered_model", "aliases", "performance")
+    __slots__ = ("display_name", "dataset", "inline_dataset", "network", "training", "request_id", "validate_only", "registered_model", "aliases", "performance")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATASET_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_MODEL_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     PERFORMANCE_FIELD_NUMBER: _ClassVar[int]
@@ -126,10 +130,12 @@ class CreateTrainingJobRequest(_message.Message):
     inline_dataset: _datasets_pb2.InlineDataset
     network: _network_pb2.NetworkSpec
     training: _network_pb2.TrainingConfig
+    request_id: str
+    validate_only: bool
     registered_model: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     performance: TrainingPerformance
-    def __init__(self, display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., inline_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ...) -> None: ...
+    def __init__(self, display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., inline_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ...) -> None: ...
 
 class TrainingPerformance(_message.Message):
     __slots__ = ("precision", "channels_last")

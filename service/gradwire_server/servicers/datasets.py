@@ -22,7 +22,11 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise errors.InvalidArgument("the first message of an upload must be a header", field="header")
         writer = datasets.DatasetWriter(
-            self.s.store, self.s.settings.data_dir, first.header, max_bytes=self.s.settings.max_upload_bytes
+            self.s.store,
+            self.s.settings.data_dir,
+            first.header,
+            max_bytes=self.s.settings.max_upload_bytes,
+            quota_bytes=self.s.settings.data_quota_bytes,
         )
         try:
             for message in request_iterator:

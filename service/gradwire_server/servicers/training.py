@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
 
-    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str) -> datasets_pb2.Dataset:
+    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str, publish: bool = True) -> datasets_pb2.Dataset:
         field = "inline_dataset"
         if not inline.HasField("features"):
             raise errors.InvalidArgument("required", field=f"{field}.features")
@@ -53,7 +54,17 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
             display_name=inline.display_name or display_name,
             max_bytes=self.s.settings.max_upload_bytes,
             field=field,
+            quota_bytes=self.s.settings.data_quota_bytes,
+            publish=publish,
         )
+
+    def _check_limits(self, request: training_pb2.CreateTrainingJobRequest) -> None:
+        limits = self.s.settings
+        if request.training.epochs > limits.max_epochs:
+            raise errors.ResourceExhausted(
+                f"must be <= {limits.max_epochs}, the server's limit (GRADWIRE_MAX_EPOCHS), got {request.training.epochs}",
+                field="training.epochs",
+            )
 
     def CreateTrainingJob(self, request: training_pb2.CreateTrainingJobRequest, context) -> training_pb2.TrainingJob:
         source = request.WhichOneof("data")
@@ -63,11 +74,20 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
             raise errors.InvalidArgument("required", field="network")
         if not request.HasField("training"):
             raise errors.InvalidArgument("required", field="training")
+        request_id = check_request_id(request.request_id)
+        fingerprint = request_sha256(request)
+        if request_id and not request.validate_only:
+            existing = self.s.store.job_by_request(request_id, fingerprint)
+            if existing is not None:  # a retry: nothing new is stored
+                return existing
+        self._check_limits(request)
         inline = source == "inline_dataset"
+        stored_inline = inline and not request.validate_only
         if inline:
-            dataset = self._store_inline(request.inline_dataset, request.display_name)
+            dataset = self._store_inline(request.inline_dataset, request.display_name, publish=stored_inline)
         else:
             dataset = self.s.store.get_dataset(resource_id(request.dataset, "datasets", field="dataset"))
+        created = False
         try:
             summary = spec.validate_job(
                 request.network,
@@ -77,6 +97,12 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 output_size=dataset.class_count or dataset.target_count,
                 example_count=dataset.example_count,
             )
+            if summary.parameter_count > self.s.settings.max_parameters:
+                raise errors.ResourceExhausted(
+                    f"has {summary.parameter_count} trainable parameters, over the server's budget of "
+                    f"{self.s.settings.max_parameters} (GRADWIRE_MAX_PARAMETERS)",
+                    field="network",
+                )
             seed = request.training.seed if request.training.HasField("seed") else secrets.randbits(63)
             job = training_pb2.TrainingJob(
                 name=f"trainingJobs/{new_id()}",
@@ -86,15 +112,21 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 training=request.training,
                 seed=seed,
                 parameter_count=summary.parameter_count,
+                request_id=request_id,
             )
-            publish_options(request, job)  # issue 5: registered model, aliases, performance
-            return self.s.store.insert_job(job)
-        except BaseException:
-            if inline:  # nothing is left half-made: the inline dataset goes with the refused job
+            publish_options(request, job)  # registered model, aliases, performance
+            if request.validate_only:
+                job.name = ""  # nothing was created
+                if inline:
+                    job.dataset = ""
+                return job
+            stored, created = self.s.store.insert_job(job, max_queued=self.s.settings.max_queued_jobs, request_sha256=fingerprint)
+            return stored
+        finally:
+            if stored_inline and not created:  # nothing is left half-made: the inline dataset goes with the refused job
                 dataset_id = dataset.name.split("/", 1)[1]
                 self.s.store.delete_dataset(dataset_id)
                 datasets.delete_files(self.s.settings.data_dir, dataset_id)
-            raise
 
     def GetTrainingJob(self, request: training_pb2.GetTrainingJobRequest, context) -> training_pb2.TrainingJob:
         return self.s.store.get_job(resource_id(request.name, "trainingJobs"))
@@ -138,3 +170,19 @@ def publish_options(request: training_pb2.CreateTrainingJobRequest, job: trainin
         if precision not in training_pb2.TrainingPerformance.Precision.values():
             raise errors.InvalidArgument(f"unknown precision {precision}", field="performance.precision")
         job.performance.CopyFrom(request.performance)
+
+
+def check_request_id(request_id: str) -> str:
+    if request_id and (len(request_id) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in request_id)):
+        raise errors.InvalidArgument(
+            f"must be at most 64 letters, digits, '-' or '_' (a UUID fits), got {request_id[:80]!r}", field="request_id"
+        )
+    return request_id
+
+
+def request_sha256(request: training_pb2.CreateTrainingJobRequest) -> str:
+    """Fingerprint of what a request asks for (validate_only aside): a retry matches, a changed request does not."""
+    copy = training_pb2.CreateTrainingJobRequest()
+    copy.CopyFrom(request)
+    copy.ClearField("validate_only")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

@@ -1,0 +1,242 @@
+"""Property-based fuzzing of a live server: network specs, training configs and tensors, valid and invalid.
+
+Every valid request is accepted; every invalid one is refused with a client error
+naming a field; nothing answers UNKNOWN or INTERNAL, nothing crashes, and the
+server is healthy (and still trains) afterwards. Requests are checked with
+validate_only, and every tenth one is really created (its inline dataset
+stored) and cancelled.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gradwire.v1 import datasets_pb2, network_pb2 as nw, tensor_pb2, training_pb2, training_pb2_grpc
+from helpers import State, config, inline, iris, mlp
+from test_durability import watch_to_end
+
+EXAMPLES = 500
+REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+ANSWERS: collections.Counter = collections.Counter()
+
+ACTIVATIONS = [
+    lambda d: nw.Layer(relu=nw.ReLU()),
+    lambda d: nw.Layer(tanh=nw.Tanh()),
+    lambda d: nw.Layer(sigmoid=nw.Sigmoid()),
+    lambda d: nw.Layer(leaky_relu=nw.LeakyReLU(negative_slope=d.draw(st.floats(0, 0.5)))),
+    lambda d: nw.Layer(elu=nw.ELU(alpha=d.draw(st.floats(0.1, 2)))),
+    lambda d: nw.Layer(dropout=nw.Dropout(rate=d.draw(st.floats(0, 0.9)))),
+]
+
+
+def _valid_mlp(d, features: int, classes: int) -> list[nw.Layer]:
+    layers = []
+    for _ in range(d.draw(st.integers(0, 3))):
+        layers.append(nw.Layer(dense=nw.Dense(units=d.draw(st.integers(1, 12)))))
+        if d.draw(st.booleans()):
+            layers.append(d.draw(st.sampled_from(ACTIVATIONS))(d))
+    layers.append(nw.Layer(dense=nw.Dense(units=classes)))
+    if d.draw(st.booleans()):
+        layers.append(nw.Layer(softmax=nw.Softmax()))
+    return layers
+
+
+def _valid_cnn(d, shape: tuple[int, int, int], classes: int) -> list[nw.Layer]:
+    _, h, w = shape
+    layers = []
+    for _ in range(d.draw(st.integers(1, 2))):
+        k = d.draw(st.integers(1, min(h, w, 3)))
+        layers.append(nw.Layer(conv2d=nw.Conv2d(filters=d.draw(st.integers(1, 4)), kernel_size=k, padding_mode=nw.PADDING_MODE_SAME)))
+        layers.append(nw.Layer(relu=nw.ReLU()))
+        if min(h, w) >= 2 and d.draw(st.booleans()):
+            layers.append(nw.Layer(max_pool2d=nw.MaxPool2d(kernel_size=2)))
+            h, w = h // 2, w // 2
+    layers.append(nw.Layer(flatten=nw.Flatten()))
+    layers.append(nw.Layer(dense=nw.Dense(units=classes)))
+    return layers
+
+
+def _valid_training(d, n: int) -> nw.TrainingConfig:
+    kind = d.draw(st.sampled_from(["sgd", "adam", "rmsprop"]))
+    lr = d.draw(st.floats(1e-4, 1.0))
+    optimizer = nw.Optimizer(**{kind: {"sgd": nw.SGD, "adam": nw.Adam, "rmsprop": nw.RMSprop}[kind](learning_rate=lr)})
+    split = d.draw(st.sampled_from([0.0, 0.25]))
+    n_train = n - math.floor(n * split)
+    mode = d.draw(st.sampled_from(["full", "online", "mini"]))
+    batching = {"full": nw.Batching(full_batch=nw.FullBatch()), "online": nw.Batching(online=nw.Online()),
+                "mini": nw.Batching(mini_batch=nw.MiniBatch(batch_size=d.draw(st.integers(1, n_train))))}[mode]
+    return nw.TrainingConfig(loss=nw.Loss(cross_entropy=nw.CrossEntropyLoss()), optimizer=optimizer, batching=batching,
+                             epochs=d.draw(st.integers(1, 3)), validation_split=split, seed=d.draw(st.integers(0, 2**32)),
+                             l1_penalty=d.draw(st.sampled_from([0.0, 1e-4])))
+
+
+def _tensor(a: np.ndarray, raw: bool) -> tensor_pb2.Tensor:
+    if raw:
+        dtype = tensor_pb2.DATA_TYPE_FLOAT32 if a.dtype.kind == "f" else tensor_pb2.DATA_TYPE_INT64
+        return tensor_pb2.Tensor(shape=a.shape, dtype=dtype, raw_data=a.astype("<f4" if a.dtype.kind == "f" else "<i8").tobytes())
+    if a.dtype.kind == "f":
+        return tensor_pb2.Tensor(shape=a.shape, float_values=a.ravel().tolist())
+    return tensor_pb2.Tensor(shape=a.shape, int_values=a.ravel().tolist())
+
+
+BREAKS = [
+    "units", "final_units", "epochs", "lr", "batch", "no_loss", "no_optimizer", "no_batching", "dropout",
+    "empty_layer", "no_layers", "split", "mse", "values_count", "nan_features", "label_range", "neg_dim",
+    "raw_len", "huge_dim", "huge_epochs", "huge_net", "l1", "momentum", "request_id", "normalization", "dtype",
+]
+
+
+# Each breaks one thing a client can get wrong; the answer must be a refusal, never a crash.
+def _break(d, request: training_pb2.CreateTrainingJobRequest) -> str:
+    net, tr, data = request.network, request.training, request.inline_dataset
+    dense = [layer.dense for layer in net.layers if layer.HasField("dense")]
+    # drawn from a wide integer, so every kind comes up (sampled_from favours the first ones)
+    choice = BREAKS[d.draw(st.integers(0, 2**32)) % len(BREAKS)]
+    if choice == "units":
+        dense[0].units = d.draw(st.integers(-(2**31), 0))
+    elif choice == "final_units":
+        dense[-1].units = dense[-1].units + d.draw(st.integers(1, 5))
+    elif choice == "epochs":
+        tr.epochs = d.draw(st.integers(-(2**31), 0))
+    elif choice == "lr":
+        kind = tr.optimizer.WhichOneof("kind")
+        getattr(tr.optimizer, kind).learning_rate = d.draw(st.sampled_from([0.0, -1.0, float("nan"), float("inf")]))
+    elif choice == "batch":
+        tr.batching.mini_batch.batch_size = d.draw(st.sampled_from([0, -5, 10**6]))
+    elif choice == "no_loss":
+        tr.ClearField("loss")
+    elif choice == "no_optimizer":
+        tr.ClearField("optimizer")
+    elif choice == "no_batching":
+        tr.ClearField("batching")
+    elif choice == "dropout":
+        net.layers.insert(0, nw.Layer(dropout=nw.Dropout(rate=d.draw(st.sampled_from([1.0, 1.5, -0.1, float("nan")])))))
+    elif choice == "empty_layer":
+        net.layers.insert(d.draw(st.integers(0, len(net.layers))), nw.Layer())
+    elif choice == "no_layers":
+        del net.layers[:]
+    elif choice == "split":
+        tr.validation_split = d.draw(st.sampled_from([1.0, -0.5, float("nan"), 0.01]))  # 0.01 of <= 24 holds out none
+    elif choice == "mse":
+        tr.loss.CopyFrom(nw.Loss(mse=nw.MeanSquaredErrorLoss()))
+    elif choice == "values_count":
+        del data.features.float_values[:]
+        data.features.ClearField("raw_data")
+        data.features.float_values.extend([0.5] * d.draw(st.integers(1, 7)))
+    elif choice == "nan_features":
+        x = np.zeros(tuple(data.features.shape), np.float32)
+        x.flat[d.draw(st.integers(0, x.size - 1))] = d.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        data.features.CopyFrom(_tensor(x, d.draw(st.booleans())))
+    elif choice == "label_range":
+        y = np.zeros(data.labels.shape[0], np.int64)
+        y[0] = d.draw(st.sampled_from([-1, len(data.class_names), 10**12]))
+        data.labels.CopyFrom(_tensor(y, d.draw(st.booleans())))
+    elif choice == "neg_dim":
+        data.features.shape[0] = -data.features.shape[0]
+    elif choice == "raw_len":
+        data.features.CopyFrom(tensor_pb2.Tensor(shape=data.features.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32,
+                                                 raw_data=b"\0" * d.draw(st.integers(0, 64))))
+    elif choice == "huge_dim":
+        data.features.shape[0] = 10**12
+    elif choice == "huge_epochs":
+        tr.epochs = 2**31 - 1
+    elif choice == "huge_net":
+        net.layers.insert(0, nw.Layer(dense=nw.Dense(units=2**31 - 1)))
+    elif choice == "l1":
+        tr.l1_penalty = d.draw(st.sampled_from([-1.0, float("nan")]))
+    elif choice == "momentum":
+        tr.optimizer.CopyFrom(nw.Optimizer(sgd=nw.SGD(learning_rate=0.1, momentum=d.draw(st.sampled_from([1.5, -0.1, float("nan")])))))
+    elif choice == "request_id":
+        request.request_id = d.draw(st.sampled_from(["../../etc/passwd", "a" * 65, "space id", "ünï"]))
+    elif choice == "normalization":
+        tr.input_normalization = d.draw(st.sampled_from([0, 99]))
+    elif choice == "dtype":
+        data.features.dtype = d.draw(st.sampled_from([99, tensor_pb2.DATA_TYPE_UNSPECIFIED]))
+        if data.features.dtype == tensor_pb2.DATA_TYPE_UNSPECIFIED:
+            data.features.raw_data = b"\0" * 8
+            del data.features.float_values[:]
+    return choice
+
+
+class _Draw:
+    def __init__(self, draw) -> None:
+        self.draw = draw
+
+
+@st.composite
+def cases(draw):
+    d = _Draw(draw)
+    classes = d.draw(st.integers(2, 4))
+    n = d.draw(st.integers(4, 24))
+    image = d.draw(st.booleans())
+    shape = (d.draw(st.integers(1, 2)), d.draw(st.integers(1, 6)), d.draw(st.integers(1, 6))) if image else (d.draw(st.integers(1, 6)),)
+    rng = np.random.default_rng(d.draw(st.integers(0, 2**32)))
+    X = rng.normal(size=(n, *shape)).astype(np.float32)
+    y = np.arange(n) % classes  # every class present
+    layers = _valid_cnn(d, shape, classes) if image else _valid_mlp(d, shape[0], classes)
+    raw = d.draw(st.booleans())
+    request = training_pb2.CreateTrainingJobRequest(
+        network=nw.NetworkSpec(layers=layers), training=_valid_training(d, n), validate_only=True,
+        inline_dataset=datasets_pb2.InlineDataset(features=_tensor(X, raw), labels=_tensor(y, raw),
+                                                  label_kind=datasets_pb2.LABEL_KIND_CLASSES,
+                                                  class_names=[f"c{i}" for i in range(classes)]))
+    broken = _break(d, request) if d.draw(st.integers(0, 2**32)) % 3 == 0 else None  # a third invalid
+    return request, broken
+
+
+def test_fuzz_live_server(channel):
+    jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+    count = [0]
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(cases())
+    def check(case):
+        request, broken = case
+        count[0] += 1
+        create = count[0] % 10 == 0
+        if create:
+            request.validate_only = False
+        try:
+            job = jobs.CreateTrainingJob(request, timeout=30)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            code, job = error.code(), None
+            message = error.details()
+        ANSWERS[(code.name, broken or "valid")] += 1
+        assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (broken, message)
+        if broken is None:
+            assert code == grpc.StatusCode.OK, f"valid request refused: {message}\n{request.network}\n{request.training}"
+            if create:
+                assert job.state == State.QUEUED
+                try:
+                    jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=job.name), timeout=10)
+                except grpc.RpcError as error:  # it may have finished already: then FAILED_PRECONDITION
+                    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            else:
+                assert job.name == "" and job.parameter_count > 0
+        else:
+            assert code in REFUSALS, (broken, code, job)
+            assert "Traceback" not in message and "/tmp" not in message and "/work" not in message, message
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                assert ": " in message, message  # names a field path
+
+    check()
+    by_code = collections.Counter()
+    for (code, _), n in ANSWERS.items():
+        by_code[code] += n
+    print(f"fuzz: {sum(by_code.values())} examples; answers by status code: {dict(by_code)}; by case: {dict(ANSWERS)}")
+    assert sum(by_code.values()) >= EXAMPLES and by_code["OK"] > 0 and by_code["INVALID_ARGUMENT"] > 0
+    assert not by_code["UNKNOWN"] and not by_code["INTERNAL"]
+    # healthy afterwards, and still trains
+    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    X, y = iris(60)
+    job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(inline_dataset=inline(X, y), network=mlp(4, 3), training=config(epochs=1)), timeout=10)
+    assert watch_to_end(jobs, job.name)[-1].state == State.SUCCEEDED

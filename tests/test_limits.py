@@ -1,0 +1,256 @@
+"""Limits that hold: each one refuses with RESOURCE_EXHAUSTED (or fails the job) and names its setting.
+
+Servers here run without a worker unless a test needs one, so queued jobs stay queued.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+import gradwire as gw
+from conftest import start, wait_for
+from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire_server.config import Settings, parse_settings
+from gradwire_server.server import create_server
+from helpers import State, config, inline, iris, mlp, upload_requests
+
+
+def bare_server(tmp_path, **overrides):
+    """The RPC process alone (no worker): jobs stay QUEUED."""
+    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path / "data", poll_interval_s=0.05, grace_period_s=0.5, **overrides)
+    return create_server(settings)
+
+
+@pytest.fixture()
+def limited(tmp_path):
+    running = bare_server(
+        tmp_path, max_queued_jobs=2, max_epochs=50, max_parameters=1000, max_upload_bytes=64 * 1024, data_quota_bytes=512 * 1024
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    yield running, training_pb2_grpc.TrainingJobServiceStub(channel), datasets_pb2_grpc.DatasetServiceStub(channel)
+    channel.close()
+    running.stop(0)
+
+
+def create(jobs, **kw) -> training_pb2.TrainingJob:
+    X, y = iris(30)
+    kw.setdefault("network", mlp(4, 3))
+    kw.setdefault("training", config(epochs=2))
+    return jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(inline_dataset=inline(X, y), **kw), timeout=10)
+
+
+def refused(fn) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value
+
+
+def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(error)
+    out = []
+    for detail in status.details if status else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+def test_epochs_limit_names_field_and_setting(limited):
+    _, jobs, _ = limited
+    err = refused(lambda: create(jobs, training=config(epochs=51)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "GRADWIRE_MAX_EPOCHS" in err.details() and "51" in err.details()
+    assert violations(err) == [("training.epochs", err.details().split(": ", 1)[1])]
+
+
+def test_parameter_budget_is_counted_from_the_spec(limited):
+    running, jobs, _ = limited
+    create(jobs, network=mlp(4, 3))  # 4*4+4 + 4*3+3 = 35 parameters
+    before = len(list((running.state.settings.data_dir / "datasets").iterdir()))
+    err = refused(lambda: create(jobs, network=mlp(1000, 3)))  # 4*1000+1000 + 1000*3+3 = 8003 > 1000
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "8003 trainable parameters" in err.details() and "GRADWIRE_MAX_PARAMETERS" in err.details()
+    assert violations(err)[0][0] == "network"
+    # the refused job's inline dataset is not left behind
+    assert len(list((running.state.settings.data_dir / "datasets").iterdir())) == before
+
+
+def test_queue_limit_is_resource_exhausted(limited):
+    _, jobs, _ = limited
+    create(jobs)
+    create(jobs)
+    err = refused(lambda: create(jobs))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "GRADWIRE_MAX_QUEUED_JOBS=2" in err.details()
+    # cancelling a queued job frees a slot
+    queued = [j for j in jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=5).training_jobs if j.state == State.QUEUED]
+    jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=queued[0].name), timeout=5)
+    assert create(jobs).state == State.QUEUED
+
+
+def test_upload_size_and_data_quota(limited):
+    running, _, datasets = limited
+    big = np.zeros((2000, 8), np.float32)  # 64000 + 16000 bytes > 64 KiB
+    err = refused(lambda: datasets.UploadDataset(upload_requests(big, np.zeros(2000, np.int64)), timeout=10))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "GRADWIRE_MAX_UPLOAD_BYTES" in err.details()
+    X = np.random.default_rng(0).random((2000, 4), dtype=np.float32)
+    y = np.arange(2000) % 2
+    accepted = 0
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in range(100):  # 48000 bytes each; the SQLite files count too
+            datasets.UploadDataset(upload_requests(X, y), timeout=10)
+            accepted += 1
+    assert 0 < accepted < 11
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "GRADWIRE_DATA_QUOTA_BYTES" in info.value.details()
+    assert str(running.state.settings.data_dir) not in info.value.details()
+
+
+def test_concurrent_rpc_limit(tmp_path):
+    running = bare_server(tmp_path, max_concurrent_rpcs=2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+    try:
+        job = create(jobs)
+        # two Watch streams of a job that never starts (no worker) hold both slots
+        streams = [jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=30) for _ in range(2)]
+        for s in streams:
+            next(s)  # the QUEUED event: the stream is in flight
+        err = refused(lambda: jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=5))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for s in streams:
+            s.cancel()
+        wait_for(lambda: _ok(lambda: jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=5)), timeout=10)
+    finally:
+        channel.close()
+        running.stop(0)
+
+
+def _ok(fn) -> bool:
+    try:
+        fn()
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def test_message_size_limit_on_server_and_sdk(tmp_path):
+    running = bare_server(tmp_path, max_message_bytes=1024**2)
+    try:
+        X = np.zeros((40_000, 8), np.float32)  # 1.28 MB inline: over the server's 1 MiB
+        with gw.Client(f"127.0.0.1:{running.port}") as client:
+            with pytest.raises(gw.ResourceExhaustedError):
+                client.train([gw.Dense(2)], (X, np.arange(40_000) % 2), optimizer=gw.SGD(0.1), epochs=1, batch_size=8)
+        with gw.Client(f"127.0.0.1:{running.port}", max_message_bytes=1024**2) as client:
+            with pytest.raises(gw.ResourceExhaustedError):  # refused by the SDK before it is sent
+                client.train([gw.Dense(2)], (X, np.arange(40_000) % 2), optimizer=gw.SGD(0.1), epochs=1, batch_size=8)
+    finally:
+        running.stop(0)
+
+
+def test_idempotent_create(limited):
+    running, jobs, _ = limited
+    first = create(jobs, request_id="retry-me-1")
+    again = create(jobs, request_id="retry-me-1")
+    assert again == first and first.request_id == "retry-me-1"
+    assert len(jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=5).training_jobs) == 1
+    datasets_before = len(list((running.state.settings.data_dir / "datasets").iterdir()))
+    err = refused(lambda: create(jobs, request_id="retry-me-1", training=config(epochs=3)))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert first.name in err.details() and violations(err)[0][0] == "request_id"
+    assert len(list((running.state.settings.data_dir / "datasets").iterdir())) == datasets_before
+    err = refused(lambda: create(jobs, request_id="bad id/../x"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err)[0][0] == "request_id"
+
+
+def test_idempotent_create_under_concurrency(limited):
+    _, jobs, _ = limited
+    results, lock = [], threading.Lock()
+
+    def go():
+        job = create(jobs, request_id="race-1")
+        with lock:
+            results.append(job.name)
+
+    threads = [threading.Thread(target=go) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6 and len(set(results)) == 1
+
+
+def test_validate_only_stores_nothing(limited):
+    running, jobs, _ = limited
+    job = create(jobs, validate_only=True)
+    assert job.name == "" and job.parameter_count == 35 and job.state == State.STATE_UNSPECIFIED
+    assert not jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(), timeout=5).training_jobs
+    assert not list((running.state.settings.data_dir / "datasets").glob("*"))
+    err = refused(lambda: create(jobs, network=mlp(4, 5), validate_only=True))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err)[0][0].startswith("network.layers")
+
+
+def test_sdk_exposes_field_violations(limited):
+    running, _, _ = limited
+    X, y = iris(30)
+    with gw.Client(f"127.0.0.1:{running.port}") as client:
+        with pytest.raises(gw.InvalidArgumentError) as info:
+            client.train([gw.Dense(5)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=8)  # 3 classes
+    err = info.value
+    field, description = err.message.split(": ", 1)
+    assert field.startswith("network.layers[0]")
+    assert err.field_violations == [gw.FieldViolation(field, description)] and err.field == field
+
+
+def test_settings_refuse_bad_limits():
+    with pytest.raises(ValueError, match="GRADWIRE_MAX_QUEUED_JOBS"):
+        parse_settings([], {"GRADWIRE_MAX_QUEUED_JOBS": "0"})
+    with pytest.raises(ValueError, match="GRADWIRE_TLS_KEY_FILE"):
+        parse_settings([], {"GRADWIRE_TLS_CERT_FILE": __file__})
+    settings = parse_settings(["--max-job-seconds", "5"], {"GRADWIRE_AUTH_TOKENS": "abc,def"})
+    assert settings.max_job_seconds == 5 and settings.tokens() == ("abc", "def")
+    assert "abc" not in repr(settings)
+
+
+def test_job_over_its_wall_time_fails_with_a_clear_reason(tmp_path):
+    running, pool = start(tmp_path / "data", max_job_seconds=1.0)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+        X, y = iris()
+        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(32, 3), training=config(epochs=10_000, batch_size=1)), timeout=10)
+        final = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=5)).state
+                         in (State.FAILED, State.SUCCEEDED, State.CANCELLED) and j, timeout=60)
+        assert final.state == State.FAILED
+        assert final.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        assert "wall-time limit of 1 s (GRADWIRE_MAX_JOB_SECONDS)" in final.error.message
+        assert not (tmp_path / "data" / "checkpoints" / job.name.split("/")[1]).exists()
+        channel.close()
+    finally:
+        pool.stop(timeout=5)
+        running.stop(0)
+
+
+def test_readme_documents_every_setting():
+    import dataclasses
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        assert f"| `GRADWIRE_{field.name.upper()}` | `{flag}` |" in readme, field.name
+
+
+def test_failure_messages_carry_no_paths_or_tracebacks():
+    from gradwire_server.worker import safe_message
+
+    msg = safe_message(FileNotFoundError(2, "No such file or directory", "/srv/gradwire-data/datasets/ab12/features.bin"))
+    assert "/srv" not in msg and "features.bin" not in msg and msg.startswith("training failed: FileNotFoundError")
+    msg = safe_message(RuntimeError("line one\nTraceback (most recent call last):\n  File \"/x/y.py\", line 3" + "z" * 900))
+    assert "\n" not in msg and "/x/y.py" not in msg and len(msg) < 600
