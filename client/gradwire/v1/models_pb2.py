@@ -25,36 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from gradwire.v1 import datasets_pb2 as gradwire_dot_v1_dot_datasets__pb2
+from gradwire.v1 import evaluation_pb2 as gradwire_dot_v1_dot_evaluation__pb2
 from gradwire.v1 import network_pb2 as gradwire_dot_v1_dot_network__pb2
 from gradwire.v1 import training_pb2 as gradwire_dot_v1_dot_training__pb2
 from gradwire.v1 import tensor_pb2 as gradwire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gradwire/v1/models.proto\x12\x0bgradwire.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1agradwire/v1/datasets.proto\x1a\x19gradwire/v1/network.proto\x1a\x1agradwire/v1/training.proto\x1a\x18gradwire/v1/tensor.proto\"\xc9\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0ctraining_job\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12*\n\nlabel_kind\x18\x06 \x01(\x0e\x32\x16.gradwire.v1.LabelKind\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x13\n\x0boutput_size\x18\x08 \x01(\x05\x12<\n\x13input_normalization\x18\t \x01(\x0e\x32\x1f.gradwire.v1.InputNormalization\x12)\n\x07network\x18\n \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12\x17\n\x0fparameter_count\x18\x0b \x01(\x03\x12\x30\n\rfinal_metrics\x18\x0c \x01(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12\x16\n\x0e\x65pochs_trained\x18\r \x01(\x05\x12\x1b\n\x13parity_max_abs_diff\x18\x0e \x01(\x01\x12\x13\n\x0bspec_sha256\x18\x0f \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x10 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x11 \x01(\t\x12\x17\n\x0fonnx_size_bytes\x18\x12 \x01(\x03\x12\x15\n\ropset_version\x18\x13 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gradwire.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x13\x45xportModelResponse\x12\x12\n\nchunk_data\x18\x01 \x01(\x0c\"E\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x13.gradwire.v1.Tensor\"\x9c\x01\n\x0fPredictResponse\x12*\n\rprobabilities\x18\x01 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12\x19\n\x11predicted_classes\x18\x02 \x03(\x03\x12\x1d\n\x15predicted_class_names\x18\x03 \x03(\t\x12#\n\x06values\x18\x04 \x01(\x0b\x32\x13.gradwire.v1.Tensor2\xfd\x02\n\x0cModelService\x12<\n\x08GetModel\x12\x1c.gradwire.v1.GetModelRequest\x1a\x12.gradwire.v1.Model\x12M\n\nListModels\x12\x1e.gradwire.v1.ListModelsRequest\x1a\x1f.gradwire.v1.ListModelsResponse\x12\x46\n\x0b\x44\x65leteModel\x12\x1f.gradwire.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12R\n\x0b\x45xportModel\x12\x1f.gradwire.v1.ExportModelRequest\x1a .gradwire.v1.ExportModelResponse0\x01\x12\x44\n\x07Predict\x12\x1b.gradwire.v1.PredictRequest\x1a\x1c.gradwire.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gradwire/v1/models.proto\x12\x0bgradwire.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1agradwire/v1/datasets.proto\x1a\x1cgradwire/v1/evaluation.proto\x1a\x19gradwire/v1/network.proto\x1a\x1agradwire/v1/training.proto\x1a\x18gradwire/v1/tensor.proto\"\xfc\x05\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0ctraining_job\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12*\n\nlabel_kind\x18\x06 \x01(\x0e\x32\x16.gradwire.v1.LabelKind\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x13\n\x0boutput_size\x18\x08 \x01(\x05\x12<\n\x13input_normalization\x18\t \x01(\x0e\x32\x1f.gradwire.v1.InputNormalization\x12)\n\x07network\x18\n \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12\x17\n\x0fparameter_count\x18\x0b \x01(\x03\x12\x30\n\rfinal_metrics\x18\x0c \x01(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12\x16\n\x0e\x65pochs_trained\x18\r \x01(\x05\x12\x1b\n\x13parity_max_abs_diff\x18\x0e \x01(\x01\x12\x13\n\x0bspec_sha256\x18\x0f \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x10 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x11 \x01(\t\x12\x17\n\x0fonnx_size_bytes\x18\x12 \x01(\x03\x12\x15\n\ropset_version\x18\x13 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x10train_evaluation\x18\x15 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x36\n\x15validation_evaluation\x18\x16 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x30\n\x0ftest_evaluation\x18\x17 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x14\n\x0ctest_dataset\x18\x18 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gradwire.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x13\x45xportModelResponse\x12\x12\n\nchunk_data\x18\x01 \x01(\x0c\"E\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x13.gradwire.v1.Tensor\"\x9c\x01\n\x0fPredictResponse\x12*\n\rprobabilities\x18\x01 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12\x19\n\x11predicted_classes\x18\x02 \x03(\x03\x12\x1d\n\x15predicted_class_names\x18\x03 \x03(\t\x12#\n\x06values\x18\x04 \x01(\x0b\x32\x13.gradwire.v1.Tensor2\xfd\x02\n\x0cModelService\x12<\n\x08GetModel\x12\x1c.gradwire.v1.GetModelRequest\x1a\x12.gradwire.v1.Model\x12M\n\nListModels\x12\x1e.gradwire.v1.ListModelsRequest\x1a\x1f.gradwire.v1.ListModelsResponse\x12\x46\n\x0b\x44\x65leteModel\x12\x1f.gradwire.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12R\n\x0b\x45xportModel\x12\x1f.gradwire.v1.ExportModelRequest\x1a .gradwire.v1.ExportModelResponse0\x01\x12\x44\n\x07Predict\x12\x1b.gradwire.v1.PredictRequest\x1a\x1c.gradwire.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gradwire.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODEL']._serialized_start=213
-  _globals['_MODEL']._serialized_end=798
-  _globals['_GETMODELREQUEST']._serialized_start=800
-  _globals['_GETMODELREQUEST']._serialized_end=831
-  _globals['_LISTMODELSREQUEST']._serialized_start=833
-  _globals['_LISTMODELSREQUEST']._serialized_end=891
-  _globals['_LISTMODELSRESPONSE']._serialized_start=893
-  _globals['_LISTMODELSRESPONSE']._serialized_end=974
-  _globals['_DELETEMODELREQUEST']._serialized_start=976
-  _globals['_DELETEMODELREQUEST']._serialized_end=1010
-  _globals['_EXPORTMODELREQUEST']._serialized_start=1012
-  _globals['_EXPORTMODELREQUEST']._serialized_end=1046
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=1048
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=1089
-  _globals['_PREDICTREQUEST']._serialized_start=1091
-  _globals['_PREDICTREQUEST']._serialized_end=1160
-  _globals['_PREDICTRESPONSE']._serialized_start=1163
-  _globals['_PREDICTRESPONSE']._serialized_end=1319
-  _globals['_MODELSERVICE']._serialized_start=1322
-  _globals['_MODELSERVICE']._serialized_end=1703
+  _globals['_MODEL']._serialized_start=243
+  _globals['_MODEL']._serialized_end=1007
+  _globals['_GETMODELREQUEST']._serialized_start=1009
+  _globals['_GETMODELREQUEST']._serialized_end=1040
+  _globals['_LISTMODELSREQUEST']._serialized_start=1042
+  _globals['_LISTMODELSREQUEST']._serialized_end=1100
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1102
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1183
+  _globals['_DELETEMODELREQUEST']._serialized_start=1185
+  _globals['_DELETEMODELREQUEST']._serialized_end=1219
+  _globals['_EXPORTMODELREQUEST']._serialized_start=1221
+  _globals['_EXPORTMODELREQUEST']._serialized_end=1255
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=1257
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=1298
+  _globals['_PREDICTREQUEST']._serialized_start=1300
+  _globals['_PREDICTREQUEST']._serialized_end=1369
+  _globals['_PREDICTRESPONSE']._serialized_start=1372
+  _globals['_PREDICTRESPONSE']._serialized_end=1528
+  _globals['_MODELSERVICE']._serialized_start=1531
+  _globals['_MODELSERVICE']._serialized_end=1912
 # @@protoc_insertion_point(module_scope)

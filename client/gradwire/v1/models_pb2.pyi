@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from gradwire.v1 import datasets_pb2 as _datasets_pb2
+from gradwire.v1 import evaluation_pb2 as _evaluation_pb2
 from gradwire.v1 import network_pb2 as _network_pb2
 from gradwire.v1 import training_pb2 as _training_pb2
 from gradwire.v1 import tensor_pb2 as _tensor_pb2
@@ -15,7 +16,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "display_name", "training_job", "dataset", "input_shape", "label_kind", "class_names", "output_size", "input_normalization", "network", "parameter_count", "final_metrics", "epochs_trained", "parity_max_abs_diff", "spec_sha256", "dataset_sha256", "onnx_sha256", "onnx_size_bytes", "opset_version", "create_time")
+    __slots__ = ("name", "display_name", "training_job", "dataset", "input_shape", "label_kind", "class_names", "output_size", "input_normalization", "network", "parameter_count", "final_metrics", "epochs_trained", "parity_max_abs_diff", "spec_sha256", "dataset_sha256", "onnx_sha256", "onnx_size_bytes", "opset_version", "create_time", "train_evaluation", "validation_evaluation", "test_evaluation", "test_dataset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +37,10 @@ class Model(_message.Message):
     ONNX_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPSET_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    TEST_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     training_job: str
@@ -56,7 +61,11 @@ class Model(_message.Message):
     onnx_size_bytes: int
     opset_version: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., training_job: _Optional[str] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., label_kind: _Optional[_Union[_datasets_pb2.LabelKind, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., output_size: _Optional[int] = ..., input_normalization: _Optional[_Union[_network_pb2.InputNormalization, str]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., parameter_count: _Optional[int] = ..., final_metrics: _Optional[_Union[_training_pb2.EpochMetrics, _Mapping]] = ..., epochs_trained: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., spec_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., onnx_size_bytes: _Optional[int] = ..., opset_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    train_evaluation: _evaluation_pb2.Evaluation
+    validation_evaluation: _evaluation_pb2.Evaluation
+    test_evaluation: _evaluation_pb2.Evaluation
+    test_dataset: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., training_job: _Optional[str] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., label_kind: _Optional[_Union[_datasets_pb2.LabelKind, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., output_size: _Optional[int] = ..., input_normalization: _Optional[_Union[_network_pb2.InputNormalization, str]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., parameter_count: _Optional[int] = ..., final_metrics: _Optional[_Union[_training_pb2.EpochMetrics, _Mapping]] = ..., epochs_trained: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., spec_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., onnx_size_bytes: _Optional[int] = ..., opset_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., validation_evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., test_evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., test_dataset: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)

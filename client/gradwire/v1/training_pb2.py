@@ -28,7 +28,7 @@ from gradwire.v1 import datasets_pb2 as gradwire_dot_v1_dot_datasets__pb2
 from gradwire.v1 import network_pb2 as gradwire_dot_v1_dot_network__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agradwire/v1/training.proto\x12\x0bgradwire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1agradwire/v1/datasets.proto\x1a\x19gradwire/v1/network.proto\"\xe2\x04\n\x0bTrainingJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12)\n\x07network\x18\x04 \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12-\n\x08training\x18\x05 \x01(\x0b\x32\x1b.gradwire.v1.TrainingConfig\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.gradwire.v1.TrainingJob.State\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07history\x18\n \x03(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12!\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05model\x18\x0c \x01(\t\x12\x0c\n\x04seed\x18\r \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x17\n\x0fparameter_count\x18\x0f \x01(\x03\"q\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0e\n\nCANCELLING\x10\x05\x12\r\n\tCANCELLED\x10\x06\"\xad\x02\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\niterations\x18\x02 \x01(\x03\x12\x12\n\ntrain_loss\x18\x03 \x01(\x01\x12\x1c\n\x0fvalidation_loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13validation_accuracy\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0etrain_accuracy\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rlearning_rate\x18\x07 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x08 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\t \x01(\x01\x42\x12\n\x10_validation_lossB\x16\n\x14_validation_accuracyB\x11\n\x0f_train_accuracy\"\xf0\x01\n\x10TrainingJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.gradwire.v1.TrainingJob.State\x12(\n\x05\x65poch\x18\x04 \x01(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12\x0f\n\x07message\x18\x05 \x01(\t\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05model\x18\x07 \x01(\t\"\xdb\x01\n\x18\x43reateTrainingJobRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x11\n\x07\x64\x61taset\x18\x02 \x01(\tH\x00\x12\x34\n\x0einline_dataset\x18\x03 \x01(\x0b\x32\x1a.gradwire.v1.InlineDatasetH\x00\x12)\n\x07network\x18\x04 \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12-\n\x08training\x18\x05 \x01(\x0b\x32\x1b.gradwire.v1.TrainingConfigB\x06\n\x04\x64\x61ta\"%\n\x15GetTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x18ListTrainingJobsResponse\x12/\n\rtraining_jobs\x18\x01 \x03(\x0b\x32\x18.gradwire.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18\x43\x61ncelTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x17WatchTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xcc\x03\n\x12TrainingJobService\x12T\n\x11\x43reateTrainingJob\x12%.gradwire.v1.CreateTrainingJobRequest\x1a\x18.gradwire.v1.TrainingJob\x12N\n\x0eGetTrainingJob\x12\".gradwire.v1.GetTrainingJobRequest\x1a\x18.gradwire.v1.TrainingJob\x12_\n\x10ListTrainingJobs\x12$.gradwire.v1.ListTrainingJobsRequest\x1a%.gradwire.v1.ListTrainingJobsResponse\x12T\n\x11\x43\x61ncelTrainingJob\x12%.gradwire.v1.CancelTrainingJobRequest\x1a\x18.gradwire.v1.TrainingJob\x12Y\n\x10WatchTrainingJob\x12$.gradwire.v1.WatchTrainingJobRequest\x1a\x1d.gradwire.v1.TrainingJobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agradwire/v1/training.proto\x12\x0bgradwire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1agradwire/v1/datasets.proto\x1a\x19gradwire/v1/network.proto\"\x87\x05\n\x0bTrainingJob\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12)\n\x07network\x18\x04 \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12-\n\x08training\x18\x05 \x01(\x0b\x32\x1b.gradwire.v1.TrainingConfig\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.gradwire.v1.TrainingJob.State\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07history\x18\n \x03(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12!\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05model\x18\x0c \x01(\t\x12\x0c\n\x04seed\x18\r \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x0e \x01(\t\x12\x17\n\x0fparameter_count\x18\x0f \x01(\x03\x12\x14\n\x0ctest_dataset\x18\x10 \x01(\t\x12\r\n\x05\x66lops\x18\x11 \x01(\x03\"q\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x0e\n\nCANCELLING\x10\x05\x12\r\n\tCANCELLED\x10\x06\"\xf5\x02\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\niterations\x18\x02 \x01(\x03\x12\x12\n\ntrain_loss\x18\x03 \x01(\x01\x12\x1c\n\x0fvalidation_loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13validation_accuracy\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0etrain_accuracy\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\rlearning_rate\x18\x07 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x08 \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\t \x01(\x01\x12\x1e\n\x11max_gradient_norm\x18\n \x01(\x01H\x03\x88\x01\x01\x12\x10\n\x08\x65xamples\x18\x0b \x01(\x03\x42\x12\n\x10_validation_lossB\x16\n\x14_validation_accuracyB\x11\n\x0f_train_accuracyB\x14\n\x12_max_gradient_norm\"\xf0\x01\n\x10TrainingJobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.gradwire.v1.TrainingJob.State\x12(\n\x05\x65poch\x18\x04 \x01(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12\x0f\n\x07message\x18\x05 \x01(\t\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\x12\r\n\x05model\x18\x07 \x01(\t\"\xaa\x02\n\x18\x43reateTrainingJobRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x11\n\x07\x64\x61taset\x18\x02 \x01(\tH\x00\x12\x34\n\x0einline_dataset\x18\x03 \x01(\x0b\x32\x1a.gradwire.v1.InlineDatasetH\x00\x12)\n\x07network\x18\x04 \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12-\n\x08training\x18\x05 \x01(\x0b\x32\x1b.gradwire.v1.TrainingConfig\x12\x14\n\x0ctest_dataset\x18\x06 \x01(\t\x12\x37\n\x13inline_test_dataset\x18\x07 \x01(\x0b\x32\x1a.gradwire.v1.InlineDatasetB\x06\n\x04\x64\x61ta\"%\n\x15GetTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x17ListTrainingJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x18ListTrainingJobsResponse\x12/\n\rtraining_jobs\x18\x01 \x03(\x0b\x32\x18.gradwire.v1.TrainingJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18\x43\x61ncelTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\'\n\x17WatchTrainingJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xcc\x03\n\x12TrainingJobService\x12T\n\x11\x43reateTrainingJob\x12%.gradwire.v1.CreateTrainingJobRequest\x1a\x18.gradwire.v1.TrainingJob\x12N\n\x0eGetTrainingJob\x12\".gradwire.v1.GetTrainingJobRequest\x1a\x18.gradwire.v1.TrainingJob\x12_\n\x10ListTrainingJobs\x12$.gradwire.v1.ListTrainingJobsRequest\x1a%.gradwire.v1.ListTrainingJobsResponse\x12T\n\x11\x43\x61ncelTrainingJob\x12%.gradwire.v1.CancelTrainingJobRequest\x1a\x18.gradwire.v1.TrainingJob\x12Y\n\x10WatchTrainingJob\x12$.gradwire.v1.WatchTrainingJobRequest\x1a\x1d.gradwire.v1.TrainingJobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gradwire.v1.training_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAININGJOB']._serialized_start=157
-  _globals['_TRAININGJOB']._serialized_end=767
-  _globals['_TRAININGJOB_STATE']._serialized_start=654
-  _globals['_TRAININGJOB_STATE']._serialized_end=767
-  _globals['_EPOCHMETRICS']._serialized_start=770
-  _globals['_EPOCHMETRICS']._serialized_end=1071
-  _globals['_TRAININGJOBEVENT']._serialized_start=1074
-  _globals['_TRAININGJOBEVENT']._serialized_end=1314
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=1317
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=1536
-  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1538
-  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1575
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1577
-  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1641
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1643
-  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1743
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1745
-  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1785
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1787
-  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=1826
-  _globals['_TRAININGJOBSERVICE']._serialized_start=1829
-  _globals['_TRAININGJOBSERVICE']._serialized_end=2289
+  _globals['_TRAININGJOB']._serialized_end=804
+  _globals['_TRAININGJOB_STATE']._serialized_start=691
+  _globals['_TRAININGJOB_STATE']._serialized_end=804
+  _globals['_EPOCHMETRICS']._serialized_start=807
+  _globals['_EPOCHMETRICS']._serialized_end=1180
+  _globals['_TRAININGJOBEVENT']._serialized_start=1183
+  _globals['_TRAININGJOBEVENT']._serialized_end=1423
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=1426
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=1724
+  _globals['_GETTRAININGJOBREQUEST']._serialized_start=1726
+  _globals['_GETTRAININGJOBREQUEST']._serialized_end=1763
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_start=1765
+  _globals['_LISTTRAININGJOBSREQUEST']._serialized_end=1829
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_start=1831
+  _globals['_LISTTRAININGJOBSRESPONSE']._serialized_end=1931
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_start=1933
+  _globals['_CANCELTRAININGJOBREQUEST']._serialized_end=1973
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_start=1975
+  _globals['_WATCHTRAININGJOBREQUEST']._serialized_end=2014
+  _globals['_TRAININGJOBSERVICE']._serialized_start=2017
+  _globals['_TRAININGJOBSERVICE']._serialized_end=2477
 # @@protoc_insertion_point(module_scope)

@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "display_name", "dataset", "network", "training", "state", "create_time", "start_time", "end_time", "history", "error", "model", "seed", "device", "parameter_count")
+    __slots__ = ("name", "display_name", "dataset", "network", "training", "state", "create_time", "start_time", "end_time", "history", "error", "model", "seed", "device", "parameter_count", "test_dataset", "flops")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[TrainingJob.State]
@@ -46,6 +46,8 @@ class TrainingJob(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     dataset: str
@@ -61,10 +63,12 @@ class TrainingJob(_message.Message):
     seed: int
     device: str
     parameter_count: int
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ...) -> None: ...
+    test_dataset: str
+    flops: int
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., test_dataset: _Optional[str] = ..., flops: _Optional[int] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
-    __slots__ = ("epoch", "iterations", "train_loss", "validation_loss", "validation_accuracy", "train_accuracy", "learning_rate", "samples_per_second", "elapsed_seconds")
+    __slots__ = ("epoch", "iterations", "train_loss", "validation_loss", "validation_accuracy", "train_accuracy", "learning_rate", "samples_per_second", "elapsed_seconds", "max_gradient_norm", "examples")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +78,8 @@ class EpochMetrics(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     iterations: int
     train_loss: float
@@ -83,7 +89,9 @@ class EpochMetrics(_message.Message):
     learning_rate: float
     samples_per_second: float
     elapsed_seconds: float
-    def __init__(self, epoch: _Optional[int] = ..., iterations: _Optional[int] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+    max_gradient_norm: float
+    examples: int
+    def __init__(self, epoch: _Optional[int] = ..., iterations: _Optional[int] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., max_gradient_norm: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class TrainingJobEvent(_message.Message):
     __slots__ = ("sequence", "event_time", "state", "epoch", "message", "error", "model")
@@ -104,18 +112,22 @@ class TrainingJobEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., epoch: _Optional[_Union[EpochMetrics, _Mapping]] = ..., message: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
-    __slots__ = ("display_name", "dataset", "inline_dataset", "network", "training")
+    __slots__ = ("display_name", "dataset", "inline_dataset", "network", "training", "test_dataset", "inline_test_dataset")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATASET_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
+    TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
+    INLINE_TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     dataset: str
     inline_dataset: _datasets_pb2.InlineDataset
     network: _network_pb2.NetworkSpec
     training: _network_pb2.TrainingConfig
-    def __init__(self, display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., inline_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ...) -> None: ...
+    test_dataset: str
+    inline_test_dataset: _datasets_pb2.InlineDataset
+    def __init__(self, display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., inline_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., test_dataset: _Optional[str] = ..., inline_test_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ...) -> None: ...
 
 class GetTrainingJobRequest(_message.Message):
     __slots__ = ("name",)
