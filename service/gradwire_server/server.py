@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire.v1 import network_pb2, network_pb2_grpc
 
 from . import datasets, files, reflection, worker
 from .config import Settings
@@ -22,6 +23,7 @@ from .interceptors import ErrorInterceptor
 from .servicers.context import ServerState
 from .servicers.datasets import DatasetServicer
 from .servicers.models import ModelServicer
+from .servicers.network import NetworkServicer
 from .servicers.training import TrainingJobServicer
 from .store import Store
 
@@ -31,6 +33,7 @@ SERVICE_NAMES = (
     datasets_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
     training_pb2.DESCRIPTOR.services_by_name["TrainingJobService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
 )
 
 
@@ -87,6 +90,7 @@ def create_server(settings: Settings) -> Running:
     datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(state), server)
     training_pb2_grpc.add_TrainingJobServiceServicer_to_server(TrainingJobServicer(state), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(state), server)
+    network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

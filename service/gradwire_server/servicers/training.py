@@ -22,8 +22,8 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
 
-    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str) -> datasets_pb2.Dataset:
-        field = "inline_dataset"
+    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str,
+                      field: str = "inline_dataset") -> datasets_pb2.Dataset:
         if not inline.HasField("features"):
             raise errors.InvalidArgument("required", field=f"{field}.features")
         if not inline.HasField("labels"):
@@ -64,11 +64,26 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
         if not request.HasField("training"):
             raise errors.InvalidArgument("required", field="training")
         inline = source == "inline_dataset"
-        if inline:
-            dataset = self._store_inline(request.inline_dataset, request.display_name)
-        else:
-            dataset = self.s.store.get_dataset(resource_id(request.dataset, "datasets", field="dataset"))
+        if request.test_dataset and request.HasField("inline_test_dataset"):
+            raise errors.InvalidArgument("set at most one of test_dataset and inline_test_dataset",
+                                         field="inline_test_dataset")
+        made: list[datasets_pb2.Dataset] = []  # stored here; removed again if the job is refused
         try:
+            if inline:
+                dataset = self._store_inline(request.inline_dataset, request.display_name)
+                made.append(dataset)
+            else:
+                dataset = self.s.store.get_dataset(resource_id(request.dataset, "datasets", field="dataset"))
+            test = None
+            if request.HasField("inline_test_dataset"):
+                test = self._store_inline(request.inline_test_dataset, f"{request.display_name} (test)",
+                                          field="inline_test_dataset")
+                made.append(test)
+            elif request.test_dataset:
+                test = self.s.store.get_dataset(resource_id(request.test_dataset, "datasets", field="test_dataset"))
+            if test is not None:
+                _check_test_dataset(dataset, test, "inline_test_dataset" if request.HasField("inline_test_dataset")
+                                    else "test_dataset")
             summary = spec.validate_job(
                 request.network,
                 request.training,
@@ -86,11 +101,13 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 training=request.training,
                 seed=seed,
                 parameter_count=summary.parameter_count,
+                test_dataset=test.name if test is not None else "",
+                flops=summary.flops,
             )
             return self.s.store.insert_job(job)
         except BaseException:
-            if inline:  # nothing is left half-made: the inline dataset goes with the refused job
-                dataset_id = dataset.name.split("/", 1)[1]
+            for stored in made:  # nothing is left half-made: inline datasets go with the refused job
+                dataset_id = stored.name.split("/", 1)[1]
                 self.s.store.delete_dataset(dataset_id)
                 datasets.delete_files(self.s.settings.data_dir, dataset_id)
             raise
@@ -118,3 +135,20 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                     return
             if not events:
                 time.sleep(self.s.settings.poll_interval_s)
+
+
+def _check_test_dataset(train: datasets_pb2.Dataset, test: datasets_pb2.Dataset, field: str) -> None:
+    """A test dataset must look like the training data: same feature shape and label kind,
+    classes the model knows, the same number of regression targets."""
+    if list(test.feature_shape) != list(train.feature_shape):
+        raise errors.InvalidArgument(f"feature shape {list(test.feature_shape)} differs from the training dataset's "
+                                     f"{list(train.feature_shape)}", field=field)
+    if test.label_kind != train.label_kind:
+        raise errors.InvalidArgument(f"label kind {LabelKind.Name(test.label_kind)} differs from the training "
+                                     f"dataset's {LabelKind.Name(train.label_kind)}", field=field)
+    if test.label_kind == LabelKind.LABEL_KIND_CLASSES and test.class_count > train.class_count:
+        raise errors.InvalidArgument(f"has {test.class_count} classes but the training dataset has "
+                                     f"{train.class_count}", field=field)
+    if test.label_kind == LabelKind.LABEL_KIND_REGRESSION and test.target_count != train.target_count:
+        raise errors.InvalidArgument(f"has {test.target_count} regression targets but the training dataset has "
+                                     f"{train.target_count}", field=field)
