@@ -161,16 +161,32 @@ def _labels_tensor(data: TrainingData) -> torch.Tensor:
 # Optimizer, loss, penalty
 
 
+class _Tidy:
+    """A proto message whose float fields read back as typed: proto floats are
+    float32, so 0.01 arrives as 0.009999999776; 7 significant digits restore
+    0.01, and the optimizer steps exactly like torch.optim given 0.01."""
+
+    def __init__(self, message) -> None:
+        self._m = message
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - the protobuf spelling
+        return self._m.HasField(name)
+
+    def __getattr__(self, name: str):
+        value = getattr(self._m, name)
+        return float(f"{value:.7g}") if isinstance(value, float) else value
+
+
 ADAMW_WEIGHT_DECAY = 0.01  # AdamW's default decoupled decay, as torch.optim.AdamW
 
 
 def base_learning_rate(config: network_pb2.Optimizer) -> float:
-    return getattr(config, config.WhichOneof("kind")).learning_rate
+    return _Tidy(getattr(config, config.WhichOneof("kind"))).learning_rate
 
 
 def make_optimizer(config: network_pb2.Optimizer, params) -> torch.optim.Optimizer:
     kind = config.WhichOneof("kind")
-    p = getattr(config, kind)
+    p = _Tidy(getattr(config, kind))
     if kind == "sgd":
         nesterov = p.nesterov if p.HasField("nesterov") else False
         return torch.optim.SGD(params, lr=p.learning_rate, momentum=p.momentum, weight_decay=p.weight_decay,
@@ -244,7 +260,7 @@ def scheduled_learning_rate(training: network_pb2.TrainingConfig, epoch: int) ->
     if not training.HasField("schedule"):
         return None
     kind = training.schedule.WhichOneof("kind")
-    p = getattr(training.schedule, kind)
+    p = _Tidy(getattr(training.schedule, kind))
     if kind == "step":
         return base * p.gamma ** ((epoch - 1) // p.step_size)
     if kind == "exponential":
@@ -290,7 +306,7 @@ class _Plateau:
 def _plateau(training: network_pb2.TrainingConfig, has_validation: bool) -> _Plateau | None:
     if not (training.HasField("schedule") and training.schedule.WhichOneof("kind") == "reduce_on_plateau"):
         return None
-    p = training.schedule.reduce_on_plateau
+    p = _Tidy(training.schedule.reduce_on_plateau)
     return _Plateau(monitor=p.monitor if p.HasField("monitor") else _default_monitor(has_validation),
                     factor=p.factor, patience=p.patience, min_delta=p.min_delta, min_lr=p.min_learning_rate,
                     lr=base_learning_rate(training.optimizer))
