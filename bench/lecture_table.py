@@ -39,10 +39,10 @@ SEED = 0
 
 
 def vit() -> gw.Sequential:
-    """A small ViT for 8x8 digits: 2x2 patches -> 16 tokens of width 64, a class token, 4 blocks."""
+    """A small ViT for 8x8 digits: 2x2 patches -> 16 tokens of width 64, a class token, 2 blocks."""
     return gw.Sequential([
         gw.PatchEmbedding(2, embedding_dim=64), gw.ClassToken(), gw.PositionEmbedding(),
-        gw.TransformerEncoder(depth=4, heads=4, mlp_ratio=2.0, dropout=0.1),
+        gw.TransformerEncoder(depth=2, heads=4, mlp_ratio=2.0, dropout=0.1),
         gw.TokenPooling("class_token"), gw.Dense(10),
     ])
 
@@ -56,8 +56,8 @@ def resnet() -> gw.Sequential:
         ], activation="relu")
 
     return gw.Sequential([
-        gw.Conv2d(32, 3, padding="same"), gw.BatchNorm(), gw.ReLU(),
-        block(32), block(64, stride=2), block(64),
+        gw.Conv2d(16, 3, padding="same"), gw.BatchNorm(), gw.ReLU(),
+        block(16), block(32, stride=2),
         gw.GlobalAvgPool(), gw.Dropout(0.2), gw.Dense(10),
     ])
 
@@ -75,11 +75,11 @@ ROWS = [
         optimizer=gw.Adam(1e-3, weight_decay=1e-4), batch_size=32, epochs=30,
         early_stopping=gw.EarlyStopping(patience=5))),
     ("digits, small ViT", "digits_image", "classes", vit(), dict(
-        optimizer=gw.AdamW(2e-3, weight_decay=0.05), loss=gw.CrossEntropy(label_smoothing=0.1), batch_size=64,
-        epochs=80, schedule=gw.CosineDecay(warmup_epochs=5), gradient_clip_norm=1.0,
+        optimizer=gw.AdamW(3e-3, weight_decay=0.05), loss=gw.CrossEntropy(label_smoothing=0.1), batch_size=64,
+        epochs=40, schedule=gw.CosineDecay(warmup_epochs=3), gradient_clip_norm=1.0,
         input_normalization="standardize")),
     ("digits, small residual CNN", "digits_image", "classes", resnet(), dict(
-        optimizer=gw.AdamW(2e-3, weight_decay=0.05), batch_size=64, epochs=30,
+        optimizer=gw.AdamW(3e-3, weight_decay=0.05), batch_size=64, epochs=20,
         schedule=gw.CosineDecay(warmup_epochs=2), input_normalization="standardize")),
     ("iris", "iris", "classes", mlp(16, 3, activation="tanh"), dict(
         optimizer=gw.Adam(1e-2), batching="full", epochs=300, input_normalization="standardize",

@@ -466,7 +466,7 @@ _SHAPE_PRESERVING = {"dropout", "batch_norm", "relu", "leaky_relu", "sigmoid", "
 
 
 def _infer_layers(layers, shape: Shape, parent: str, *, top: bool) -> tuple[list[LayerSummary], Shape]:
-    _require(len(layers) > 0, "needs at least one layer", f"{parent}.layers" if parent != "network" else "network.layers")
+    _require(len(layers) > 0, "needs at least one layer", f"{parent}.layers")
     last = len(layers) - 1
     out: list[LayerSummary] = []
     seen: set[str] = set()
