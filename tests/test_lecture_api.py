@@ -111,3 +111,21 @@ def test_regression_evaluation_reports_r2(client):
     e = model.validation_evaluation
     assert e.accuracy is None and e.r2 > 0.9 and e.mse > 0 and e.mae > 0
     assert [m.learning_rate for m in job.history] == pytest.approx([0.05] * 10 + [0.025] * 10)
+
+
+def test_multi_label_dataset_trains_with_binary_cross_entropy(client):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 4)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 2] + X[:, 3] > 0], 1).astype(np.int64)
+    data = client.upload_dataset(X, Y, name="tags", class_names=["a", "b", "c"])
+    assert data.label_kind == "multi_label" and data.class_count == 3
+    with pytest.raises(gw.InvalidArgumentError, match="cross_entropy loss needs LABEL_KIND_CLASSES"):
+        client.train([gw.Dense(3)], data, optimizer=gw.Adam(), batch_size=16, epochs=1)
+    with pytest.raises(ValueError, match="must all be 0 or 1"):
+        client.upload_dataset(X, Y * 2, label_kind="multi_label")
+    model = client.train([gw.Dense(16, activation="relu"), gw.Dense(3)], data, loss="binary_cross_entropy",
+                         optimizer=gw.Adam(3e-2), batch_size=16, epochs=30, seed=0, test_data=(X[:40], Y[:40])).wait()
+    probs = client.predict(model, X[:40])
+    assert probs.shape == (40, 3) and not np.allclose(probs.sum(1), 1)  # independent sigmoids, not a softmax
+    assert ((probs > 0.5) == Y[:40]).all(1).mean() == pytest.approx(model.test_evaluation.accuracy)
+    assert model.test_evaluation.accuracy > 0.7 and [m["class_name"] for m in model.test_evaluation.per_class] == ["a", "b", "c"]

@@ -329,3 +329,40 @@ def test_regression_evaluation_matches_sklearn():
     assert e.mae == pytest.approx(metrics.mean_absolute_error(truth, guess), rel=1e-5)
     assert e.r2 == pytest.approx(metrics.r2_score(truth, guess), rel=1e-5)
     assert e.r2 > 0.5
+
+
+def multi_label(n: int = 120, seed: int = 0) -> train.TrainingData:
+    """Three independent labels, each a linear rule of the features: any number per example."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    labels = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] < -0.5], 1).astype(np.float32)
+    return train.TrainingData(x, labels, datasets_pb2.LABEL_KIND_MULTI_LABEL, 3)
+
+
+def test_multi_label_binary_cross_entropy_trains_sigmoids_and_exports_them(tmp_path):
+    import onnxruntime as ort
+
+    from gradwire_server import export
+
+    data = multi_label()
+    result = run("layers { dense { units: 16 activation { relu {} } } } layers { dense { units: 3 } }",
+                 "loss { binary_cross_entropy {} } optimizer { adam { learning_rate: 0.03 } } "
+                 "batching { mini_batch { batch_size: 16 } } epochs: 40 validation_split: 0.25", data)
+    assert result.multi_label and not result.binary
+    e = result.evaluations[1]  # validation: exact-match accuracy and per-label scores
+    with torch.no_grad():
+        logits = result.model(torch.from_numpy(data.features)).numpy()
+    _, val_idx = train.split_indices(120, cfg("validation_split: 0.25").validation_split, torch.Generator().manual_seed(0))
+    pred, truth = logits[val_idx.numpy()] > 0, data.labels[val_idx.numpy()] > 0.5
+    assert e.accuracy == pytest.approx((pred == truth).all(1).mean()) and e.accuracy > 0.6
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(truth, pred, zero_division=0)
+    np.testing.assert_allclose(e.f1, f1)
+    np.testing.assert_allclose(e.precision, precision)
+    assert e.support == support.tolist() and e.confusion_matrix is None
+
+    path = tmp_path / "m.onnx"
+    export.export_onnx(result, input_shape=(4,), label_kind=datasets_pb2.LABEL_KIND_MULTI_LABEL,
+                       class_names=["a", "b", "c"], path=path)
+    (probs,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"features": data.features[:7]})
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits[:7])), atol=1e-5)  # a sigmoid per label

@@ -56,12 +56,13 @@ from gradwire.v1 import (
 __all__ = ["Client"]
 
 T = TypeVar("T")
-LabelKindName = Literal["classes", "regression"]
+LabelKindName = Literal["classes", "regression", "multi_label"]
 DatasetRef = Union[Dataset, str, tuple[Any, Any]]
 NetworkRef = Union[Sequential, Sequence[Layer], network_pb2.NetworkSpec]
 
 
-_LABEL_KINDS = {"classes": datasets_pb2.LABEL_KIND_CLASSES, "regression": datasets_pb2.LABEL_KIND_REGRESSION}
+_LABEL_KINDS = {"classes": datasets_pb2.LABEL_KIND_CLASSES, "regression": datasets_pb2.LABEL_KIND_REGRESSION,
+                "multi_label": datasets_pb2.LABEL_KIND_MULTI_LABEL}
 _PAGE_SIZE = 200
 _MiB = 1 << 20
 
@@ -199,7 +200,9 @@ class Client:
                 ``[examples, targets]`` regression targets.
             name: display name.
             class_names: name of class i at index i (classification only).
-            label_kind: ``"classes"`` or ``"regression"``; ``None`` infers it from
+            label_kind: ``"classes"``, ``"regression"`` or ``"multi_label"`` (a
+                [examples, labels] matrix of 0 / 1; train it with
+                ``loss="binary_cross_entropy"``); ``None`` infers it from
                 the labels' dtype: integers are classes, floats regression targets.
             chunk_bytes: bytes per streamed message.
             timeout: deadline for the whole upload (default: none).
@@ -507,7 +510,9 @@ def _prepare_dataset(
         )
     labs = np.asarray(labels)
     if label_kind is None:
-        if labs.dtype.kind in "biu":
+        if labs.dtype.kind in "biu" and labs.ndim == 2:
+            label_kind = "multi_label"  # a 0 / 1 matrix: any number of labels per example
+        elif labs.dtype.kind in "biu":
             label_kind = "classes"
         elif labs.dtype.kind == "f":
             label_kind = "regression"
@@ -522,6 +527,14 @@ def _prepare_dataset(
         if labs.ndim != 1:
             raise ValueError(f"class labels must be [examples], got shape {labs.shape}")
         labs = as_wire_array(labs, np.int64)
+    elif label_kind == "multi_label":
+        if labs.ndim != 2 or labs.shape[1] < 1:
+            raise ValueError(f"multi-label labels must be [examples, labels] of 0 / 1, got shape {labs.shape}")
+        if labs.dtype.kind not in "biuf" or not np.isin(labs, (0, 1)).all():
+            raise ValueError("multi-label labels must all be 0 or 1")
+        if class_names is not None and len(class_names) != labs.shape[1]:
+            raise ValueError(f"{len(class_names)} class_names for {labs.shape[1]} labels")
+        labs = as_wire_array(labs, np.int64)
     elif label_kind == "regression":
         if class_names:
             raise ValueError("class_names only apply to label_kind='classes'")
@@ -529,7 +542,7 @@ def _prepare_dataset(
             raise ValueError(f"regression targets must be [examples] or [examples, targets], got shape {labs.shape}")
         labs = as_wire_array(labs, np.float32)
     else:
-        raise ValueError(f"label_kind must be 'classes', 'regression' or None, got {label_kind!r}")
+        raise ValueError(f"label_kind must be 'classes', 'regression', 'multi_label' or None, got {label_kind!r}")
     if labs.shape[0] != feats.shape[0]:
         raise ValueError(f"features have {feats.shape[0]} examples but labels have {labs.shape[0]}")
     return feats, labs, label_kind

@@ -47,7 +47,8 @@ class _Default:
 
 
 DEFAULT: Any = _Default()  # a ``timeout=`` that means "the client's default deadline" (None means none)
-_LABEL_KINDS = {datasets_pb2.LABEL_KIND_CLASSES: "classes", datasets_pb2.LABEL_KIND_REGRESSION: "regression"}
+_LABEL_KINDS = {datasets_pb2.LABEL_KIND_CLASSES: "classes", datasets_pb2.LABEL_KIND_REGRESSION: "regression",
+                datasets_pb2.LABEL_KIND_MULTI_LABEL: "multi_label"}
 _NORMALIZATIONS = {
     network_pb2.INPUT_NORMALIZATION_NONE: "none",
     network_pb2.INPUT_NORMALIZATION_MIN_MAX: "min_max",
@@ -245,7 +246,8 @@ class Dataset(_Resource[datasets_pb2.Dataset]):
         self._client.delete_dataset(self.name)
 
     def __repr__(self) -> str:
-        kind = f"classes={self.class_count}" if self.label_kind == "classes" else f"targets={self.target_count}"
+        kind = (f"classes={self.class_count}" if self.label_kind in ("classes", "multi_label")
+                else f"targets={self.target_count}")
         return (
             f"<Dataset {self.name}{_quoted(self.display_name)}: {self.example_count} x "
             f"{list(self.feature_shape)}, {kind}>"

@@ -91,7 +91,8 @@ class Evaluation:
         if e.HasField("classification"):
             c = e.classification
             k = len(c.per_class)
-            confusion = np.asarray(c.confusion_matrix, dtype=np.int64).reshape(k, k) if k else None
+            confusion = (np.asarray(c.confusion_matrix, dtype=np.int64).reshape(k, k)
+                         if len(c.confusion_matrix) == k * k and k else None)  # multi-label: none
             per_class = tuple({"class_name": m.class_name, "precision": m.precision, "recall": m.recall, "f1": m.f1,
                                "support": m.support} for m in c.per_class)
             return cls(e.split, e.example_count, e.loss, accuracy=c.accuracy, top_k=c.top_k,
@@ -105,7 +106,7 @@ class Evaluation:
             return (f"{self.split} ({self.example_count} examples): loss {self.loss:.4g}, MSE {self.mse:.4g}, "
                     f"MAE {self.mae:.4g}, R² {self.r2:.4f}")
         lines = [f"{self.split} ({self.example_count} examples): loss {self.loss:.4g}, accuracy {self.accuracy:.4f}, "
-                 f"top-{self.top_k} {self.top_k_accuracy:.4f}, macro F1 {self.macro_f1:.4f}",
+                 + (f"top-{self.top_k} {self.top_k_accuracy:.4f}, " if self.top_k else "") + f"macro F1 {self.macro_f1:.4f}",
                  f"  {'class':<12} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>7}"]
         lines += [f"  {m['class_name']:<12} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>7.3f} "
                   f"{m['support']:>7}" for m in self.per_class]

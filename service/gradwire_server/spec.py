@@ -524,20 +524,23 @@ def infer_network(network: network_pb2.NetworkSpec, feature_shape: Shape) -> Net
 # The whole job
 
 # Which labels each loss fits.
+CLASSES, REGRESSION, MULTI_LABEL = (datasets_pb2.LABEL_KIND_CLASSES, datasets_pb2.LABEL_KIND_REGRESSION,
+                                    datasets_pb2.LABEL_KIND_MULTI_LABEL)
 LOSS_LABEL_KINDS = {
-    "cross_entropy": datasets_pb2.LABEL_KIND_CLASSES,
-    "binary_cross_entropy": datasets_pb2.LABEL_KIND_CLASSES,
-    "mse": datasets_pb2.LABEL_KIND_REGRESSION,
-    "mae": datasets_pb2.LABEL_KIND_REGRESSION,
-    "huber": datasets_pb2.LABEL_KIND_REGRESSION,
+    "cross_entropy": (CLASSES,),
+    "binary_cross_entropy": (CLASSES, MULTI_LABEL),
+    "mse": (REGRESSION,),
+    "mae": (REGRESSION,),
+    "huber": (REGRESSION,),
 }
 DEFAULT_TOP_K = 5
 
 
-def output_width(loss_kind: str | None, output_size: int) -> int:
+def output_width(loss_kind: str | None, output_size: int, label_kind: int = CLASSES) -> int:
     """The network's final width for a loss: one logit for binary cross-entropy
-    (the log-odds of class 1), else one per class or regression target."""
-    return 1 if loss_kind == "binary_cross_entropy" else output_size
+    on two classes (the log-odds of class 1), else one per class, label or
+    regression target."""
+    return 1 if loss_kind == "binary_cross_entropy" and label_kind == CLASSES else output_size
 
 
 def top_k_of(training: network_pb2.TrainingConfig, classes: int) -> int:
@@ -557,14 +560,14 @@ def validate_job(
     ``example_count`` examples of ``feature_shape`` with ``label_kind`` labels
     (``output_size`` classes or regression targets). Returns the inferred
     shapes; raises InvalidArgument naming the offending field and value."""
-    if label_kind not in (datasets_pb2.LABEL_KIND_CLASSES, datasets_pb2.LABEL_KIND_REGRESSION):
-        raise InvalidArgument(f"must be LABEL_KIND_CLASSES or LABEL_KIND_REGRESSION, got "
+    if label_kind not in (CLASSES, REGRESSION, MULTI_LABEL):
+        raise InvalidArgument(f"must be LABEL_KIND_CLASSES, LABEL_KIND_REGRESSION or LABEL_KIND_MULTI_LABEL, got "
                               f"{_enum_name(datasets_pb2.LabelKind, label_kind)}", field="label_kind")
     _at_least(output_size, 1, "output_size")
 
     summary = infer_network(network, feature_shape)
     loss = _check_loss(training, label_kind=label_kind, output_size=output_size)
-    _check_output(summary, label_kind, output_width(loss, output_size), loss)
+    _check_output(summary, label_kind, output_width(loss, output_size, label_kind), loss)
     n_train, n_val = _check_training(training, label_kind=label_kind, example_count=example_count,
                                      output_size=output_size)
     _check_batch_norm_batches(summary, feature_shape, training, n_train)
@@ -578,8 +581,10 @@ def _check_output(summary: NetworkSummary, label_kind: int, width: int, loss: st
     producer = next((s for s in reversed(summary.layers) if s.kind not in _SHAPE_PRESERVING), summary.layers[-1])
     field = field_path("network", "layers", producer.index)
     out = summary.output_shape
-    if loss == "binary_cross_entropy":
+    if loss == "binary_cross_entropy" and label_kind == CLASSES:
         what, each = "binary_cross_entropy output (the log-odds of class 1)", "one logit for binary_cross_entropy"
+    elif label_kind == MULTI_LABEL:
+        what, each = f"{width} labels", "one logit per label"
     elif label_kind == datasets_pb2.LABEL_KIND_CLASSES:
         what, each = f"{width} classes", "one value per class"
     else:
@@ -593,7 +598,7 @@ def _check_output(summary: NetworkSummary, label_kind: int, width: int, loss: st
     _require(out[0] == width, f"final layer width {out[0]} does not match the dataset's {what}", field)
     if loss == "binary_cross_entropy":
         _require(summary.layers[-1].kind != "softmax",
-                 "binary_cross_entropy trains on one logit; a softmax over one value is always 1; drop it",
+                 "binary_cross_entropy trains on sigmoid logits; a softmax does not fit it; drop it",
                  field_path("network", "layers", summary.layers[-1].index))
 
 
@@ -604,9 +609,9 @@ def _check_loss(training: network_pb2.TrainingConfig, *, label_kind: int, output
     field = field_path("training", "loss", loss)
     wanted = LOSS_LABEL_KINDS[loss]
     _require(
-        wanted == label_kind,
-        f"{loss} loss needs {datasets_pb2.LabelKind.Name(wanted)} labels, but the dataset's labels are "
-        f"{_enum_name(datasets_pb2.LabelKind, label_kind)}",
+        label_kind in wanted,
+        f"{loss} loss needs {' or '.join(datasets_pb2.LabelKind.Name(w) for w in wanted)} labels, but the "
+        f"dataset's labels are {_enum_name(datasets_pb2.LabelKind, label_kind)}",
         field,
     )
     p = getattr(training.loss, loss)
@@ -619,7 +624,7 @@ def _check_loss(training: network_pb2.TrainingConfig, *, label_kind: int, output
             for i, w in enumerate(p.class_weights):
                 _finite(w, f"{field}.class_weights[{i}]")
                 _require(w > 0, f"must be > 0, got {_fmt(w)}", f"{field}.class_weights[{i}]")
-    if loss == "binary_cross_entropy":
+    if loss == "binary_cross_entropy" and label_kind == CLASSES:
         _require(output_size == 2,
                  f"binary_cross_entropy needs exactly 2 classes (labels 0 and 1), but the dataset has {output_size}; "
                  "use cross_entropy", field)
@@ -649,7 +654,8 @@ def _check_training(training: network_pb2.TrainingConfig, *, label_kind: int, ex
                  "training.gradient_clip_norm")
     if training.HasField("top_k"):
         _require(label_kind == datasets_pb2.LABEL_KIND_CLASSES,
-                 "top-k accuracy applies to classifiers only; leave top_k unset for regression", "training.top_k")
+                 f"top-k accuracy applies to single-label classifiers only, but the dataset's labels are "
+                 f"{_enum_name(datasets_pb2.LabelKind, label_kind)}; leave top_k unset", "training.top_k")
         _at_least(training.top_k, 1, "training.top_k")
         _require(training.top_k <= output_size,
                  f"must be <= the dataset's {output_size} classes, got {training.top_k}", "training.top_k")
@@ -722,7 +728,7 @@ def _check_monitor(monitor: int, field: str, *, label_kind: int, has_validation:
     if monitor in (network_pb2.METRIC_VALIDATION_LOSS, network_pb2.METRIC_VALIDATION_ACCURACY):
         _require(has_validation, f"{name} needs a validation split, but training.validation_split is 0", field)
     if monitor in (network_pb2.METRIC_VALIDATION_ACCURACY, network_pb2.METRIC_TRAIN_ACCURACY):
-        _require(label_kind == datasets_pb2.LABEL_KIND_CLASSES,
+        _require(label_kind != REGRESSION,
                  f"{name} needs class labels, but the dataset's labels are LABEL_KIND_REGRESSION", field)
 
 

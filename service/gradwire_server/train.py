@@ -120,6 +120,7 @@ class TrainResult:
     parameter_count: int
     holdout_features: np.ndarray  # up to 64 raw examples (validation split, else training split)
     binary: bool = False  # one sigmoid logit (binary cross-entropy): export emits [1 - p, p]
+    multi_label: bool = False  # one sigmoid per label: export emits sigmoid(logits)
     evaluations: list[Evaluation] = field(default_factory=list)  # train, validation, test (those present)
 
 
@@ -215,6 +216,8 @@ class _BinaryCrossEntropy(nn.Module):
                                          else torch.tensor(positive_weight))
 
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 2:  # multi-label: (batch, labels) of 0 / 1, one logit per label
+            return self.loss(out, target)
         return self.loss(out[:, 0], target.to(out.dtype))
 
 
@@ -238,6 +241,14 @@ def make_loss(config: network_pb2.Loss, output_size: int) -> nn.Module:
 def predicted_classes(out: torch.Tensor) -> torch.Tensor:
     """Class indices from logits: argmax, or logit > 0 for one binary logit."""
     return (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(dim=1)
+
+
+def _correct(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Examples classified right: the predicted class, or (multi-label, a
+    (batch, labels) target) every label's sigmoid decision (exact match)."""
+    if target.dim() == 2:
+        return ((out > 0) == (target > 0.5)).all(dim=1).sum()
+    return (predicted_classes(out) == target).sum()
 
 
 def class_probabilities(out: torch.Tensor) -> torch.Tensor:
@@ -395,7 +406,7 @@ def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
         target = y[start:start + EVAL_BATCH]
         loss_sum += loss_fn(out, target).double() * len(target)
         if classifier:
-            correct += (predicted_classes(out) == target).sum()
+            correct += _correct(out, target)
     n = len(x)
     return loss_sum.item() / n, (correct.item() / n if classifier else None)
 
@@ -418,6 +429,17 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Ten
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.where(ss_res == 0, 1.0, 0.0))
         return Evaluation(split=split, example_count=n, loss=loss, mse=float(((target - pred) ** 2).mean()),
                           mae=float(np.abs(target - pred).mean()), r2=float(r2.mean()))
+    if y.dim() == 2:  # multi-label: per-label scores of the sigmoid decisions, exact-match accuracy
+        pred, target = (out > 0).cpu().numpy(), (y > 0.5).cpu().numpy()
+        tp = (pred & target).sum(axis=0).astype(np.float64)
+        predicted, actual = pred.sum(axis=0), target.sum(axis=0)
+        precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
+        recall = np.divide(tp, actual, out=np.zeros(len(tp)), where=actual > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(tp)),
+                       where=precision + recall > 0)
+        return Evaluation(split=split, example_count=n, loss=loss, accuracy=float((pred == target).all(1).mean()),
+                          precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+                          support=actual.tolist())
     probs = class_probabilities(out).cpu()
     pred, target = predicted_classes(out).cpu().numpy(), y.cpu().numpy()
     top = torch.topk(probs, min(top_k, probs.shape[1]), dim=1).indices.numpy()
@@ -466,7 +488,7 @@ def _train_epoch(forward: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: 
         optimizer.step()
         loss_sum += loss.detach().double() * len(batch)
         if classifier:
-            correct += (predicted_classes(out.detach()) == yb).sum()
+            correct += _correct(out.detach(), yb)
     n = len(order)
     return (loss_sum.item() / n, (correct.item() / n if classifier else None),  # one sync per epoch
             max_norm.item() if clip_norm is not None else None)
@@ -567,7 +589,8 @@ def train(
     checkpoint after every epoch and resumes from one found at start. At the
     end the kept weights are evaluated on the training and validation splits
     and, once, on ``test_data``."""
-    classifier = data.label_kind == datasets_pb2.LABEL_KIND_CLASSES
+    classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
+    multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
     feature_shape = tuple(data.features.shape[1:])
     if len(data.labels) != n:
@@ -668,7 +691,7 @@ def train(
         model.load_state_dict(stopper.best_state)
         best_epoch = stopper.best_epoch
     binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
-    top_k = spec.top_k_of(training, data.output_size) if classifier else 0
+    top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
     score = dict(classifier=classifier, classes=data.output_size, top_k=top_k)
     evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
     if n_val:
@@ -687,6 +710,7 @@ def train(
         final_metrics=history[best_epoch - 1],
         parameter_count=nets.count_parameters(model),
         holdout_features=np.ascontiguousarray(data.features[holdout_idx]),
-        binary=binary,
+        binary=binary and not multi_label,
+        multi_label=multi_label,
         evaluations=evaluations,
     )

@@ -80,7 +80,7 @@ def evaluation_proto(e, class_names: list[str]) -> evaluation_pb2.Evaluation:
                                                    precision=e.precision[i], recall=e.recall[i], f1=e.f1[i],
                                                    support=e.support[i]) for i in range(len(e.precision))],
             macro_f1=sum(e.f1) / len(e.f1) if e.f1 else 0.0,
-            confusion_matrix=e.confusion_matrix.ravel().tolist(),
+            confusion_matrix=[] if e.confusion_matrix is None else e.confusion_matrix.ravel().tolist(),
         ))
     else:
         proto.regression.CopyFrom(evaluation_pb2.RegressionMetrics(mse=e.mse, mae=e.mae, r2=e.r2))

@@ -37,7 +37,9 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
         if features.dtype.kind in "iu":
             features = features.astype(np.float32)
         features = features.astype(np.float32, copy=False)
-        if inline.label_kind == LabelKind.LABEL_KIND_CLASSES and labels.dtype.kind == "f":
+        if inline.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL and labels.dtype.kind in "iu":
+            labels = labels.astype(np.int64)
+        elif inline.label_kind == LabelKind.LABEL_KIND_CLASSES and labels.dtype.kind == "f":
             if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
                 raise errors.InvalidArgument("class labels must be whole numbers", field=f"{field}.labels")
             labels = labels.astype(np.int64)
@@ -146,6 +148,9 @@ def _check_test_dataset(train: datasets_pb2.Dataset, test: datasets_pb2.Dataset,
     if test.label_kind != train.label_kind:
         raise errors.InvalidArgument(f"label kind {LabelKind.Name(test.label_kind)} differs from the training "
                                      f"dataset's {LabelKind.Name(train.label_kind)}", field=field)
+    if test.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL and test.class_count != train.class_count:
+        raise errors.InvalidArgument(f"has {test.class_count} labels but the training dataset has "
+                                     f"{train.class_count}", field=field)
     if test.label_kind == LabelKind.LABEL_KIND_CLASSES and test.class_count > train.class_count:
         raise errors.InvalidArgument(f"has {test.class_count} classes but the training dataset has "
                                      f"{train.class_count}", field=field)
