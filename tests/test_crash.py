@@ -69,7 +69,7 @@ def check_invariants(server: ServeProcess, data_dir, predictions: dict, acknowle
         assert predictions.setdefault(name, probs) == probs, f"{name} predicts differently after a restart"
 
 
-def in_flight(server: ServeProcess, stop: threading.Event, acknowledged: dict, events: dict, rng: random.Random) -> list[threading.Thread]:
+def in_flight(server: ServeProcess, stop: threading.Event, acknowledged: dict, events: dict, rng: random.Random, long_jobs: bool = False) -> list[threading.Thread]:
     """Clients that keep uploading, creating jobs and exporting until the server dies."""
     X, y = iris()
 
@@ -91,8 +91,9 @@ def in_flight(server: ServeProcess, stop: threading.Event, acknowledged: dict, e
         try:
             d = server.datasets.UploadDataset(upload_requests(X, y, names=["a", "b", "c"]), timeout=30)
             acknowledged[d.name] = "dataset"
-            for i in range(1):  # short jobs: the worker spends much of its time exporting them
-                epochs = rng.choice([1, 2, 4])
+            for i in range(1 if long_jobs else 4):  # short jobs: the worker spends much of its time exporting them
+                # a kill aimed at training needs a job that is still training when it lands
+                epochs = 40 if long_jobs else rng.choice([1, 2, 4])
                 job = server.jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
                     dataset=d.name, network=mlp(8, 3), training=config(epochs=epochs, batch_size=8)), timeout=10)
                 acknowledged[job.name] = "job"
@@ -130,7 +131,7 @@ def until(predicate, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.02)
+        time.sleep(0.005)
     return False
 
 
@@ -151,7 +152,7 @@ def test_ten_random_sigkills(tmp_path):
         check_invariants(server, data_dir, predictions, acknowledged, X)
         passed += 1
         stop, events = threading.Event(), {}
-        threads = in_flight(server, stop, acknowledged, events, rng)
+        threads = in_flight(server, stop, acknowledged, events, rng, long_jobs=target == "training")
         if target == "upload":
             time.sleep(rng.uniform(0.2, 0.8))
         elif target == "training":
@@ -159,7 +160,7 @@ def test_ten_random_sigkills(tmp_path):
             time.sleep(rng.uniform(0.0, 0.3))
         else:
             until(lambda: any(done >= total for _, done, total in running_jobs(data_dir)), timeout=15)
-            time.sleep(rng.uniform(0.0, 0.1))
+            time.sleep(rng.uniform(0.0, 0.01))  # an export takes ~30 ms here: kill inside it
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=30)
         killed = time.monotonic()

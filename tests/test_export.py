@@ -15,8 +15,10 @@ from google.protobuf import text_format
 from gradwire.v1 import datasets_pb2, network_pb2
 from gradwire_server import errors, export, spec, train
 
-IMAGE, VECTOR = (2, 6, 6), (5,)
+IMAGE, VECTOR, SEQUENCE = (2, 6, 6), (5,), (3, 10)
 HEAD = "layers { flatten {} } layers { dense { units: 3 } }"
+VIT_HEAD = "layers { token_pooling { mode: TOKEN_POOLING_MODE_MEAN } } layers { dense { units: 3 } }"
+PATCHES = "layers { patch_embedding { patch_size: 2 embedding_dim: 8 } }"
 
 # One case per kind of the Layer oneof (a new kind fails test_every_layer_kind_has_a_case until added).
 CASES = {
@@ -36,6 +38,38 @@ CASES = {
     "tanh": (VECTOR, "layers { dense { units: 8 } } layers { tanh {} } layers { dense { units: 3 } }"),
     "elu": (VECTOR, "layers { dense { units: 8 } } layers { elu { alpha: 0.7 } } layers { dense { units: 3 } }"),
     "softmax": (VECTOR, "layers { dense { units: 3 } } layers { softmax {} }"),
+    "maxout": (VECTOR, "layers { maxout { units: 4 pieces: 3 } } layers { dense { units: 3 } }"),
+    "gelu": (VECTOR, "layers { dense { units: 8 activation { gelu {} } } } layers { gelu {} } layers { dense { units: 3 } }"),
+    "silu": (IMAGE, "layers { conv2d { filters: 2 kernel_size: 3 activation { silu {} } } } layers { silu {} }" + HEAD),
+    "layer_norm": (IMAGE, "layers { layer_norm {} } layers { flatten {} } layers { dense { units: 6 } }"
+                          "layers { layer_norm { epsilon: 0.001 } } layers { dense { units: 3 } }"),
+    "instance_norm": (IMAGE, "layers { conv2d { filters: 4 kernel_size: 3 } } layers { instance_norm {} }" + HEAD),
+    "group_norm": (IMAGE, "layers { conv2d { filters: 4 kernel_size: 3 } } layers { group_norm { groups: 2 } }"
+                          "layers { flatten {} } layers { dense { units: 6 } } layers { group_norm { groups: 3 } }"
+                          "layers { dense { units: 3 } }"),
+    "conv1d": (SEQUENCE, "layers { conv1d { filters: 4 kernel_size: 3 dilation: 2 padding_mode: PADDING_MODE_SAME "
+                         "activation { relu {} } } } layers { instance_norm { affine: false } }"
+                         "layers { conv1d { filters: 2 kernel_size: 2 stride: 2 padding_size: 1 } }" + HEAD),
+    "max_pool1d": (SEQUENCE, "layers { max_pool1d { kernel_size: 3 stride: 2 } }" + HEAD),
+    "avg_pool1d": (SEQUENCE, "layers { avg_pool1d { kernel_size: 2 } } layers { batch_norm {} }" + HEAD),
+    "global_avg_pool": (IMAGE, "layers { conv2d { filters: 4 kernel_size: 3 } } layers { global_avg_pool {} }"
+                               "layers { dense { units: 3 } }"),
+    "spatial_dropout": (IMAGE, "layers { conv2d { filters: 4 kernel_size: 3 } } layers { spatial_dropout { rate: 0.3 } }"
+                               + HEAD),
+    "residual_block": (IMAGE, "layers { residual_block { layers { conv2d { filters: 2 kernel_size: 3 "
+                              "padding_mode: PADDING_MODE_SAME activation { relu {} } } } layers { batch_norm {} } "
+                              "activation { relu {} } } }"
+                              "layers { residual_block { layers { conv2d { filters: 4 kernel_size: 3 stride: 2 padding_size: 1 } } } }"
+                              "layers { flatten {} } layers { residual_block { layers { dense { units: 5 } } layers { tanh {} } } }"
+                              "layers { dense { units: 3 } }"),
+    "patch_embedding": (IMAGE, PATCHES + VIT_HEAD),
+    "class_token": (IMAGE, PATCHES + "layers { class_token {} } layers { token_pooling { mode: TOKEN_POOLING_MODE_CLASS_TOKEN } }"
+                                     "layers { dense { units: 3 } }"),
+    "position_embedding": (IMAGE, PATCHES + "layers { position_embedding {} }" + VIT_HEAD),
+    "transformer_encoder": (IMAGE, PATCHES + "layers { class_token {} } layers { position_embedding {} }"
+                                   "layers { transformer_encoder { depth: 2 heads: 2 mlp_ratio: 2 dropout: 0.1 } }"
+                                   "layers { token_pooling { mode: TOKEN_POOLING_MODE_CLASS_TOKEN } } layers { dense { units: 3 } }"),
+    "token_pooling": (IMAGE, PATCHES + "layers { transformer_encoder { depth: 1 heads: 4 } }" + VIT_HEAD),
 }
 LAYER_KINDS = [f.name for f in network_pb2.Layer.DESCRIPTOR.oneofs_by_name["kind"].fields]
 

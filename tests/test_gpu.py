@@ -36,3 +36,29 @@ def test_trains_on_the_gpu_and_serves_the_same_answers(gpu_target):
         probs = client.predict(model, X[600:700])
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         assert (probs.argmax(1) == y[600:700]).mean() > 0.8
+
+
+@pytest.mark.parametrize("net", [
+    gw.Sequential([gw.PatchEmbedding(2, embedding_dim=32), gw.ClassToken(), gw.PositionEmbedding(),
+                   gw.TransformerEncoder(depth=2, heads=4, dropout=0.1), gw.TokenPooling("class_token"), gw.Dense(10)]),
+    gw.Sequential([gw.Conv2d(16, 3, padding="same", activation="relu"),
+                   gw.ResidualBlock([gw.Conv2d(32, 3, stride=2, padding=1), gw.GroupNorm(4), gw.SiLU()],
+                                    activation="relu"),
+                   gw.SpatialDropout(0.1), gw.GlobalAvgPool(), gw.Dense(10)]),
+], ids=["vit", "residual"])
+def test_lecture_networks_train_on_the_gpu_and_export(gpu_target, net):
+    X, y = load_digits(return_X_y=True)
+    X = X.reshape(-1, 1, 8, 8).astype(np.float32)
+    with gw.Client(gpu_target, timeout=60) as client:
+        job = client.train(net, (X[:800], y[:800]), optimizer=gw.AdamW(3e-3), batch_size=64, epochs=8,
+                           schedule=gw.CosineDecay(warmup_epochs=1), gradient_clip_norm=1.0,
+                           input_normalization="standardize", validation_split=0.2, seed=0,
+                           test_data=(X[800:1000], y[800:1000]))
+        model = job.wait(timeout=300)
+        job.refresh()
+        assert job.proto.device.startswith("cuda"), job.proto.device
+        assert model.parity_max_abs_diff <= 1e-4  # trained on the GPU, exported and checked on the CPU
+        assert len({m.learning_rate for m in job.history}) > 1
+        probs = client.predict(model, X[800:1000])
+        assert (probs.argmax(1) == y[800:1000]).mean() == pytest.approx(model.test_evaluation.accuracy, abs=0.01)
+        assert model.test_evaluation.accuracy > 0.7

@@ -11,6 +11,7 @@ import pytest
 
 import gradwire as gw
 from gradwire import _client, _errors, _training
+from gradwire._training import training_config
 from gradwire.cli import main as cli_main
 from gradwire.v1 import datasets_pb2, network_pb2, tensor_pb2
 
@@ -122,6 +123,38 @@ LAYER_PROTOS = [
     (gw.ELU(), network_pb2.Layer(elu=network_pb2.ELU(alpha=1.0))),
     (gw.ELU(alpha=0.5), network_pb2.Layer(elu=network_pb2.ELU(alpha=0.5))),
     (gw.Softmax(), network_pb2.Layer(softmax=network_pb2.Softmax())),
+    (gw.Dense(4, activation="relu"),
+     network_pb2.Layer(dense=network_pb2.Dense(units=4, use_bias=True, activation=network_pb2.Activation(relu={})))),
+    (gw.Conv2d(4, 3, dilation=2, activation="gelu"),
+     network_pb2.Layer(conv2d=network_pb2.Conv2d(filters=4, kernel_size=3, stride=1, dilation=2, use_bias=True,
+                                                 padding_mode=network_pb2.PADDING_MODE_VALID,
+                                                 activation=network_pb2.Activation(gelu={})))),
+    (gw.Maxout(8, pieces=3), network_pb2.Layer(maxout=network_pb2.Maxout(units=8, pieces=3))),
+    (gw.GELU(), network_pb2.Layer(gelu=network_pb2.GELU())),
+    (gw.SiLU(), network_pb2.Layer(silu=network_pb2.SiLU())),
+    (gw.LayerNorm(epsilon=1e-6), network_pb2.Layer(layer_norm=network_pb2.LayerNorm(epsilon=1e-6))),
+    (gw.InstanceNorm(affine=False), network_pb2.Layer(instance_norm=network_pb2.InstanceNorm(affine=False))),
+    (gw.GroupNorm(4), network_pb2.Layer(group_norm=network_pb2.GroupNorm(groups=4))),
+    (gw.Conv1d(6, 5, padding="same", activation="silu"),
+     network_pb2.Layer(conv1d=network_pb2.Conv1d(filters=6, kernel_size=5, stride=1, use_bias=True,
+                                                 padding_mode=network_pb2.PADDING_MODE_SAME,
+                                                 activation=network_pb2.Activation(silu={})))),
+    (gw.MaxPool1d(2), network_pb2.Layer(max_pool1d=network_pb2.MaxPool1d(kernel_size=2))),
+    (gw.AvgPool1d(3, stride=1), network_pb2.Layer(avg_pool1d=network_pb2.AvgPool1d(kernel_size=3, stride=1))),
+    (gw.GlobalAvgPool(), network_pb2.Layer(global_avg_pool=network_pb2.GlobalAvgPool())),
+    (gw.SpatialDropout(0.2), network_pb2.Layer(spatial_dropout=network_pb2.SpatialDropout(rate=0.2))),
+    (gw.ResidualBlock([gw.Dense(4), gw.ReLU()], activation="relu"),
+     network_pb2.Layer(residual_block=network_pb2.ResidualBlock(
+         layers=[gw.Dense(4).to_proto(), gw.ReLU().to_proto()], activation=network_pb2.Activation(relu={})))),
+    (gw.PatchEmbedding(2, embedding_dim=16),
+     network_pb2.Layer(patch_embedding=network_pb2.PatchEmbedding(patch_size=2, embedding_dim=16))),
+    (gw.ClassToken(), network_pb2.Layer(class_token=network_pb2.ClassToken())),
+    (gw.PositionEmbedding(), network_pb2.Layer(position_embedding=network_pb2.PositionEmbedding())),
+    (gw.TransformerEncoder(depth=2, heads=4, mlp_ratio=2.0, dropout=0.1),
+     network_pb2.Layer(transformer_encoder=network_pb2.TransformerEncoder(depth=2, heads=4, mlp_ratio=2.0,
+                                                                          dropout=0.1))),
+    (gw.TokenPooling("mean"),
+     network_pb2.Layer(token_pooling=network_pb2.TokenPooling(mode=network_pb2.TOKEN_POOLING_MODE_MEAN))),
 ]
 
 
@@ -156,6 +189,22 @@ def test_every_layer_kind_has_a_builder():
         (lambda: gw.BatchNorm(epsilon=-1), ValueError, "epsilon"),
         (lambda: gw.LeakyReLU(float("nan")), ValueError, "finite"),
         (lambda: gw.Sequential([]), ValueError, "at least one layer"),
+        (lambda: gw.Dense(3, activation="swish"), ValueError, "activation must be one of .* got 'swish'"),
+        (lambda: gw.Dense(3, activation="softmax"), ValueError, "not an inline activation"),
+        (lambda: gw.Conv2d(3, 3, dilation=0), ValueError, "dilation must be >= 1, got 0"),
+        (lambda: gw.Conv2d(3, 3, stride=2, padding="same"), ValueError, "padding='same' needs stride=1, got stride=2"),
+        (lambda: gw.Conv1d(3, 0), ValueError, "kernel_size must be >= 1, got 0"),
+        (lambda: gw.Maxout(4, pieces=1), ValueError, "pieces must be >= 2, got 1"),
+        (lambda: gw.GroupNorm(0), ValueError, "groups must be >= 1, got 0"),
+        (lambda: gw.LayerNorm(epsilon=0), ValueError, "epsilon must be > 0.0, got 0.0"),
+        (lambda: gw.SpatialDropout(1), ValueError, "rate must be < 1.0, got 1.0"),
+        (lambda: gw.ResidualBlock([]), ValueError, "at least one layer"),
+        (lambda: gw.ResidualBlock([gw.Dense(3), gw.Softmax()]), ValueError, "cannot contain Softmax"),
+        (lambda: gw.PatchEmbedding(0, embedding_dim=8), ValueError, "patch_size must be >= 1, got 0"),
+        (lambda: gw.TransformerEncoder(depth=0, heads=2), ValueError, "depth must be >= 1, got 0"),
+        (lambda: gw.TransformerEncoder(depth=1, heads=2, dropout=1.5), ValueError, "dropout must be < 1.0, got 1.5"),
+        (lambda: gw.TransformerEncoder(depth=1, heads=2, mlp_ratio=0), ValueError, "mlp_ratio must be > 0.0, got 0"),
+        (lambda: gw.TokenPooling("max"), ValueError, "got 'max'"),
         (lambda: gw.Sequential([gw.ReLU]), TypeError, "call it"),
         (lambda: gw.Sequential([gw.Dense(2), "relu"]), TypeError, "layers\\[1\\]"),
         (lambda: gw.Sequential(gw.Dense(2)), TypeError, "list of layers"),
@@ -582,3 +631,61 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(f"gradwire.{module}"), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    "build, exc, text",
+    [
+        (lambda: gw.SGD(0.1, nesterov=True), ValueError, "nesterov=True needs momentum > 0"),
+        (lambda: gw.AdamW(weight_decay=-1), ValueError, "weight_decay must be >= 0.0, got -1.0"),
+        (lambda: gw.Adagrad(lr_decay=-0.5), ValueError, "lr_decay must be >= 0.0, got -0.5"),
+        (lambda: gw.CrossEntropy(label_smoothing=1.0), ValueError, "label_smoothing must be < 1.0, got 1.0"),
+        (lambda: gw.CrossEntropy(class_weights=[1, 0]), ValueError, "class_weights\\[1\\] must be > 0.0, got 0.0"),
+        (lambda: gw.CrossEntropy(class_weights=3), TypeError, "class_weights must be a list of numbers, got 3"),
+        (lambda: gw.BinaryCrossEntropy(positive_weight=0), ValueError, "positive_weight must be > 0.0"),
+        (lambda: gw.Huber(delta=0), ValueError, "delta must be > 0.0, got 0"),
+        (lambda: gw.StepDecay(0), ValueError, "step_size must be >= 1, got 0"),
+        (lambda: gw.StepDecay(2, gamma=1.5), ValueError, "gamma must be <= 1.0, got 1.5"),
+        (lambda: gw.ExponentialDecay(0), ValueError, "gamma must be > 0.0, got 0"),
+        (lambda: gw.CosineDecay(warmup_epochs=-1), ValueError, "warmup_epochs must be >= 0, got -1"),
+        (lambda: gw.ReduceOnPlateau(factor=1.0), ValueError, "factor must be < 1.0, got 1.0"),
+        (lambda: gw.ReduceOnPlateau(monitor="val_loss"), ValueError, "got 'val_loss'"),
+        (lambda: gw.EarlyStopping(patience=2, mode="up"), ValueError, "mode must be 'min', 'max' or None, got 'up'"),
+        (lambda: training_config(optimizer=gw.SGD(0.1), epochs=3, batching="full", drop_last=True), ValueError,
+         "drop_last=True applies to mini-batches only"),
+        (lambda: training_config(optimizer=gw.SGD(0.1), epochs=3, batch_size=4, schedule=gw.CosineDecay(warmup_epochs=3)),
+         ValueError, "warmup_epochs must be < epochs \\(3\\), got 3"),
+        (lambda: training_config(optimizer=gw.SGD(0.1), epochs=3, batch_size=4, schedule="cosine"), TypeError,
+         "schedule must be"),
+        (lambda: training_config(optimizer=gw.SGD(0.1), epochs=3, batch_size=4, gradient_clip_norm=0), ValueError,
+         "gradient_clip_norm must be > 0.0, got 0"),
+        (lambda: training_config(optimizer=gw.SGD(0.1), epochs=3, batch_size=4, top_k=0), ValueError,
+         "top_k must be >= 1, got 0"),
+        (lambda: training_config(optimizer=gw.SGD(0.1), epochs=3, batch_size=4, loss="bce"), ValueError, "got 'bce'"),
+    ],
+)
+def test_training_options_are_checked_early(build, exc, text):
+    with pytest.raises(exc, match=text):
+        build()
+
+
+def test_training_options_reach_the_config():
+    config = training_config(
+        optimizer=gw.AdamW(1e-3, weight_decay=0.05), epochs=10, batch_size=16, drop_last=True,
+        loss=gw.CrossEntropy(label_smoothing=0.1, class_weights=[1, 2, 3]),
+        schedule=gw.CosineDecay(warmup_epochs=2, min_learning_rate=1e-5), gradient_clip_norm=1.0, top_k=2,
+        early_stopping=gw.EarlyStopping(patience=3, monitor="train_accuracy", mode="max"),
+    )
+    assert config.optimizer.adamw.weight_decay == pytest.approx(0.05)
+    assert config.batching.mini_batch.drop_last and config.top_k == 2 and config.gradient_clip_norm == 1.0
+    assert list(config.loss.cross_entropy.class_weights) == [1, 2, 3]
+    assert config.schedule.cosine.warmup_epochs == 2
+    assert config.early_stopping.mode == network_pb2.METRIC_MODE_MAX
+    for name in ("binary_cross_entropy", "mae", "huber", "mse"):
+        assert training_config(optimizer=gw.Adam(), epochs=1, batch_size=1, loss=name).loss.WhichOneof("kind") == name
+    assert training_config(optimizer=gw.SGD(0.1, momentum=0.9, nesterov=True), epochs=1,
+                           batching="online").optimizer.sgd.nesterov
+    for schedule, kind in ((gw.StepDecay(3), "step"), (gw.ExponentialDecay(0.9), "exponential"),
+                           (gw.ReduceOnPlateau(patience=2, monitor="validation_loss"), "reduce_on_plateau")):
+        assert training_config(optimizer=gw.Adagrad(), epochs=5, batch_size=2,
+                               schedule=schedule).schedule.WhichOneof("kind") == kind

@@ -27,6 +27,8 @@ batching { mini_batch { batch_size: 10 } }
 epochs: 2
 validation_split: 0.2
 """
+HEAD10 = " layers { flatten {} } layers { dense { units: 10 } }"
+VIT10 = " layers { token_pooling { mode: TOKEN_POOLING_MODE_MEAN } } layers { dense { units: 10 } }"
 IMAGE = dict(feature_shape=(1, 8, 8), label_kind=CLASSES, output_size=10, example_count=100)
 
 
@@ -155,6 +157,65 @@ INVALID = [
     ("batchnorm1d-last-batch-of-one", "layers { flatten {} } layers { batch_norm {} } layers { dense { units: 10 } }",
      TRAINING.replace("batch_size: 10", "batch_size: 79"), {},
      "network.layers[1].batch_norm", ["batch of 1", "80 training examples"]),
+    # The lecture's and ViT's invalid combinations.
+    ("group-norm-groups", "layers { conv2d { filters: 6 kernel_size: 3 } } layers { group_norm { groups: 4 } }" + HEAD10,
+     TRAINING, {}, "network.layers[1].group_norm.groups", ["4 groups do not divide the 6 channels"]),
+    ("maxout-pieces", "layers { flatten {} } layers { maxout { units: 10 pieces: 1 } }", TRAINING, {},
+     "network.layers[1].maxout.pieces", [">= 2", "got 1"]),
+    ("patch-size", "layers { patch_embedding { patch_size: 3 embedding_dim: 8 } }" + VIT10, TRAINING, {},
+     "network.layers[0].patch_embedding.patch_size", ["patch size 3 does not divide", "8x8"]),
+    ("heads", "layers { patch_embedding { patch_size: 2 embedding_dim: 10 } } "
+              "layers { transformer_encoder { depth: 1 heads: 4 } }" + VIT10, TRAINING, {},
+     "network.layers[1].transformer_encoder.heads", ["4 heads do not divide the token width 10"]),
+    ("cls-without-token", "layers { patch_embedding { patch_size: 2 embedding_dim: 8 } } "
+                          "layers { token_pooling { mode: TOKEN_POOLING_MODE_CLASS_TOKEN } } layers { dense { units: 10 } }",
+     TRAINING, {}, "network.layers[1].token_pooling.mode", ["needs a class_token layer"]),
+    ("encoder-on-image", "layers { transformer_encoder { depth: 1 heads: 1 } }" + HEAD10, TRAINING, {},
+     "network.layers[0].transformer_encoder", ["(tokens, width)", "(1, 8, 8)"]),
+    ("residual-rank", "layers { residual_block { layers { flatten {} } } }" + HEAD10, TRAINING, {},
+     "network.layers[0].residual_block", ["(1, 8, 8) to (64,)", "not the rank"]),
+    ("residual-nested-error", "layers { residual_block { layers { conv2d { filters: 2 kernel_size: 0 } } } }" + HEAD10,
+     TRAINING, {}, "network.layers[0].residual_block.layers[0].conv2d.kernel_size", ["got 0"]),
+    ("dilation-too-wide", "layers { conv2d { filters: 2 kernel_size: 3 dilation: 4 } }" + HEAD10, TRAINING, {},
+     "network.layers[0].conv2d.kernel_size", ["dilation 4", "reach 9"]),
+    ("activation-unset", "layers { flatten {} } layers { dense { units: 10 activation {} } }", TRAINING, {},
+     "network.layers[1].dense.activation", ["activation kind is not set"]),
+    ("ce-on-regression", IMAGE_NET, TRAINING, {"label_kind": REGRESSION},
+     "training.loss.cross_entropy", ["needs LABEL_KIND_CLASSES", "LABEL_KIND_REGRESSION"]),
+    ("mae-on-classes", IMAGE_NET, TRAINING.replace("cross_entropy {}", "mae {}"), {},
+     "training.loss.mae", ["needs LABEL_KIND_REGRESSION"]),
+    ("bce-three-classes", IMAGE_NET.replace("units: 10", "units: 1"), TRAINING.replace("cross_entropy {}", "binary_cross_entropy {}"),
+     {"output_size": 3}, "training.loss.binary_cross_entropy", ["exactly 2 classes", "has 3"]),
+    ("bce-two-outputs", IMAGE_NET.replace("units: 10", "units: 2"), TRAINING.replace("cross_entropy {}", "binary_cross_entropy {}"),
+     {"output_size": 2}, "network.layers[4]", ["width 2", "log-odds"]),
+    ("class-weights-count", IMAGE_NET, TRAINING.replace("cross_entropy {}", "cross_entropy { class_weights: [1, 2] }"), {},
+     "training.loss.cross_entropy.class_weights", ["10 classes, got 2 weights"]),
+    ("class-weight-zero", IMAGE_NET, TRAINING.replace("cross_entropy {}", "cross_entropy { class_weights: [1, 1, 1, 1, 1, 1, 1, 1, 1, 0] }"),
+     {}, "training.loss.cross_entropy.class_weights[9]", ["> 0", "got 0"]),
+    ("label-smoothing", IMAGE_NET, TRAINING.replace("cross_entropy {}", "cross_entropy { label_smoothing: 1 }"), {},
+     "training.loss.cross_entropy.label_smoothing", ["[0, 1)", "got 1"]),
+    ("nesterov-no-momentum", IMAGE_NET, TRAINING.replace("learning_rate: 0.1", "learning_rate: 0.1 nesterov: true"), {},
+     "training.optimizer.sgd.nesterov", ["momentum > 0"]),
+    ("clip-zero", IMAGE_NET, TRAINING + "gradient_clip_norm: 0", {}, "training.gradient_clip_norm", ["> 0", "got 0"]),
+    ("warmup-too-long", IMAGE_NET, TRAINING + "schedule { cosine { warmup_epochs: 2 } }", {},
+     "training.schedule.cosine.warmup_epochs", ["< epochs (2)", "got 2"]),
+    ("step-gamma", IMAGE_NET, TRAINING + "schedule { step { step_size: 1 gamma: 0 } }", {},
+     "training.schedule.step.gamma", ["(0, 1]", "got 0"]),
+    ("plateau-monitor", IMAGE_NET, TRAINING.replace("validation_split: 0.2", "")
+     + "schedule { reduce_on_plateau { factor: 0.5 patience: 1 monitor: METRIC_VALIDATION_LOSS } }", {},
+     "training.schedule.reduce_on_plateau.monitor", ["needs a validation split"]),
+    ("top-k-too-big", IMAGE_NET, TRAINING + "top_k: 11", {}, "training.top_k", ["<= the dataset's 10 classes"]),
+    ("bce-multi-label-width", IMAGE_NET, TRAINING.replace("cross_entropy {}", "binary_cross_entropy {}"),
+     {"label_kind": datasets_pb2.LABEL_KIND_MULTI_LABEL, "output_size": 3}, "network.layers[4]",
+     ["width 10 does not match the dataset's 3 labels"]),
+    ("top-k-multi-label", IMAGE_NET.replace("units: 10", "units: 3"),
+     TRAINING.replace("cross_entropy {}", "binary_cross_entropy {}") + "top_k: 2",
+     {"label_kind": datasets_pb2.LABEL_KIND_MULTI_LABEL, "output_size": 3}, "training.top_k", ["single-label"]),
+    ("ce-on-multi-label", IMAGE_NET.replace("units: 10", "units: 3"), TRAINING,
+     {"label_kind": datasets_pb2.LABEL_KIND_MULTI_LABEL, "output_size": 3}, "training.loss.cross_entropy",
+     ["needs LABEL_KIND_CLASSES labels", "LABEL_KIND_MULTI_LABEL"]),
+    ("es-mode-unspecified", IMAGE_NET, TRAINING + "early_stopping { patience: 1 mode: METRIC_MODE_UNSPECIFIED }", {},
+     "training.early_stopping.mode", ["METRIC_MODE_UNSPECIFIED is not allowed"]),
 ]
 
 
@@ -218,6 +279,32 @@ SHAPE_SPECS = [
      layers { tanh {} }
      layers { dense { units: 3 } }"""),
     ((6,), "layers { dense { units: 5 } } layers { relu {} } layers { batch_norm {} } layers { flatten {} }"),
+    ((3, 8, 8), """
+     layers { residual_block { layers { conv2d { filters: 4 kernel_size: 3 stride: 2 padding_size: 1 activation { relu {} } } }
+                               layers { group_norm { groups: 2 } } activation { relu {} } } }
+     layers { residual_block { layers { conv2d { filters: 4 kernel_size: 3 dilation: 2 padding_mode: PADDING_MODE_SAME } }
+                               layers { instance_norm {} } } }
+     layers { spatial_dropout { rate: 0.1 } }
+     layers { layer_norm {} }
+     layers { global_avg_pool {} }
+     layers { maxout { units: 3 pieces: 4 } }
+     layers { residual_block { layers { dense { units: 5 activation { gelu {} } } } } }"""),
+    ((2, 8, 8), """
+     layers { patch_embedding { patch_size: 4 embedding_dim: 12 } }
+     layers { class_token {} }
+     layers { position_embedding {} }
+     layers { transformer_encoder { depth: 2 heads: 3 mlp_ratio: 1.5 } }
+     layers { token_pooling { mode: TOKEN_POOLING_MODE_CLASS_TOKEN } }
+     layers { layer_norm {} }
+     layers { dense { units: 3 } }"""),
+    ((3, 20), """
+     layers { conv1d { filters: 4 kernel_size: 4 padding_mode: PADDING_MODE_SAME activation { silu {} } } }
+     layers { batch_norm {} }
+     layers { max_pool1d { kernel_size: 2 } }
+     layers { conv1d { filters: 6 kernel_size: 3 stride: 2 dilation: 2 } }
+     layers { avg_pool1d { kernel_size: 2 stride: 1 } }
+     layers { residual_block { layers { conv1d { filters: 8 kernel_size: 1 } } } }
+     layers { flatten {} }"""),
 ]
 
 
@@ -245,3 +332,15 @@ def test_builder_defaults():
     assert pool.stride == 2
     assert isinstance(bn, torch.nn.BatchNorm2d) and bn.momentum == 0.1 and bn.eps == 1e-5
     assert leaky.negative_slope == 0.1 and elu.alpha == 1.0 and dense.bias is not None
+
+
+def test_summary_counts_flops_of_dense_and_conv():
+    summary = validate()
+    conv, _, pool, _, dense = summary.layers
+    assert conv.flops == 2 * (1 * 3 * 3) * (4 * 6 * 6)  # a multiply-add per tap per output element
+    assert dense.flops == 2 * 36 * 10
+    assert summary.flops == sum(layer.flops for layer in summary.layers) > conv.flops + dense.flops
+    vit = spec.infer_network(net(SHAPE_SPECS[-2][1]), SHAPE_SPECS[-2][0])
+    encoder = vit.layers[3]
+    n, d, h = 5, 12, 18
+    assert encoder.flops >= 2 * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * h)

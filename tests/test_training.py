@@ -242,7 +242,19 @@ def _without_timing(history):
     return [dataclasses.replace(h, samples_per_second=0, elapsed_seconds=0) for h in history]
 
 
-def test_resume_from_checkpoint_gives_identical_weights(tmp_path):
+# Runs with state beyond weights: a stateful schedule (reduce-on-plateau), a per-epoch one, clipping, AdamW.
+RESUMABLE_TRAININGS = [
+    RESUMABLE_TRAINING,
+    RESUMABLE_TRAINING.replace("adam {", "adamw {") + """ gradient_clip_norm: 0.5
+        schedule { reduce_on_plateau { factor: 0.5 patience: 1 min_delta: 0.5 monitor: METRIC_TRAIN_ACCURACY } }""",
+    RESUMABLE_TRAINING.replace("adam { learning_rate: 0.01 }", "sgd { learning_rate: 0.1 momentum: 0.9 nesterov: true }")
+    + " schedule { cosine { warmup_epochs: 1 min_learning_rate: 0.001 } }",
+]
+
+
+@pytest.mark.parametrize("training", RESUMABLE_TRAININGS, ids=["adam", "adamw-clip-plateau", "nesterov-cosine"])
+def test_resume_from_checkpoint_gives_identical_weights(tmp_path, training):
+    RESUMABLE_TRAINING = training  # noqa: N806 - the parametrized config, under the name the body uses
     data = blobs()
     uninterrupted = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7)
 

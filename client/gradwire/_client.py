@@ -27,15 +27,18 @@ import grpc
 import numpy as np
 
 from gradwire._errors import GradwireError, translate_rpc_errors
-from gradwire._layers import Layer, Sequential, network_proto
+from gradwire._layers import Layer, Sequential, check_int, network_proto
 from gradwire._resources import DEFAULT, Dataset, Model, Prediction, RegisteredModel, TrainingEvent, TrainingJob, _Resource
+from gradwire._summary import NetworkSummary
 from gradwire._tensors import DTYPES, as_wire_array, from_tensor, to_tensor
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
+    Loss,
     LossName,
     NormalizationName,
     Optimizer,
+    Schedule,
     training_config,
 )
 from gradwire.v1 import (
@@ -44,6 +47,7 @@ from gradwire.v1 import (
     models_pb2,
     models_pb2_grpc,
     network_pb2,
+    network_pb2_grpc,
     tensor_pb2,
     training_pb2,
     training_pb2_grpc,
@@ -52,13 +56,14 @@ from gradwire.v1 import (
 __all__ = ["Client"]
 
 T = TypeVar("T")
-LabelKindName = Literal["classes", "regression"]
+LabelKindName = Literal["classes", "regression", "multi_label"]
 PrecisionName = Literal["fp32", "tf32", "bf16"]
 DatasetRef = Union[Dataset, str, tuple[Any, Any]]
 NetworkRef = Union[Sequential, Sequence[Layer], network_pb2.NetworkSpec]
 
 
-_LABEL_KINDS = {"classes": datasets_pb2.LABEL_KIND_CLASSES, "regression": datasets_pb2.LABEL_KIND_REGRESSION}
+_LABEL_KINDS = {"classes": datasets_pb2.LABEL_KIND_CLASSES, "regression": datasets_pb2.LABEL_KIND_REGRESSION,
+                "multi_label": datasets_pb2.LABEL_KIND_MULTI_LABEL}
 _PAGE_SIZE = 200
 _MiB = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 64 * _MiB  # the server's default GRADWIRE_MAX_MESSAGE_BYTES
@@ -152,6 +157,7 @@ class Client:
         self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
         self._jobs = training_pb2_grpc.TrainingJobServiceStub(self._channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self._network = network_pb2_grpc.NetworkServiceStub(self._channel)
         self._input_shapes: dict[str, tuple[int, ...]] = {}  # models are immutable: cache per name
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -232,7 +238,9 @@ class Client:
                 ``[examples, targets]`` regression targets.
             name: display name.
             class_names: name of class i at index i (classification only).
-            label_kind: ``"classes"`` or ``"regression"``; ``None`` infers it from
+            label_kind: ``"classes"``, ``"regression"`` or ``"multi_label"`` (a
+                [examples, labels] matrix of 0 / 1; train it with
+                ``loss="binary_cross_entropy"``); ``None`` infers it from
                 the labels' dtype: integers are classes, floats regression targets.
             chunk_bytes: bytes per streamed message.
             timeout: deadline for the whole upload (default: none).
@@ -279,10 +287,15 @@ class Client:
         dataset: DatasetRef,
         *,
         optimizer: Optimizer,
-        loss: LossName = "cross_entropy",
+        loss: LossName | Loss = "cross_entropy",
         epochs: int,
         batch_size: int | None = None,
         batching: BatchingName | None = None,
+        drop_last: bool = False,
+        schedule: Schedule | None = None,
+        gradient_clip_norm: float | None = None,
+        top_k: int | None = None,
+        test_data: DatasetRef | None = None,
         validation_split: float = 0.0,
         early_stopping: EarlyStopping | None = None,
         seed: int | None = None,
@@ -304,11 +317,21 @@ class Client:
             dataset: a ``Dataset``, a ``"datasets/{id}"`` name, or a small
                 ``(features, labels)`` tuple sent inline.
             optimizer: ``gw.SGD(...)``, ``gw.Adam(...)`` or ``gw.RMSprop(...)``.
-            loss: ``"cross_entropy"`` (class labels) or ``"mse"`` (regression).
+            loss: ``"cross_entropy"`` or ``"binary_cross_entropy"`` (class labels;
+                binary needs 2 classes and ONE output), ``"mse"``, ``"mae"`` or
+                ``"huber"`` (regression), or a builder such as
+                ``gw.CrossEntropy(label_smoothing=0.1, class_weights=[...])``.
             epochs: passes over the training split.
             batch_size: examples per step (mini-batch gradient descent).
             batching: ``"full"`` (batch GD), ``"online"`` (one example per step) or
                 ``"mini_batch"`` (needs ``batch_size``). One of the two is required.
+            drop_last: skip each epoch's last, smaller mini-batch.
+            schedule: ``gw.StepDecay``, ``gw.ExponentialDecay``, ``gw.CosineDecay``
+                or ``gw.ReduceOnPlateau``; the rate of each epoch is in the history.
+            gradient_clip_norm: clip the global gradient L2 norm to this value.
+            top_k: k of the top-k accuracy in the evaluations (default min(5, classes)).
+            test_data: a dataset scored once at the end (``model.test_evaluation``):
+                a ``Dataset``, a name, or a ``(features, labels)`` tuple.
             validation_split: fraction held out for validation, in [0, 1).
             early_stopping: ``gw.EarlyStopping(patience=...)``.
             seed: for weight init, the split, shuffling and dropout (None: drawn).
@@ -337,6 +360,10 @@ class Client:
             epochs=epochs,
             batch_size=batch_size,
             batching=batching,
+            drop_last=drop_last,
+            schedule=schedule,
+            gradient_clip_norm=gradient_clip_norm,
+            top_k=top_k,
             validation_split=validation_split,
             early_stopping=early_stopping,
             seed=seed,
@@ -369,7 +396,39 @@ class Client:
                 f"dataset must be a gw.Dataset, a 'datasets/...' name or a (features, labels) tuple, "
                 f"got {type(dataset).__name__}"
             )
+        if isinstance(test_data, Dataset):
+            request.test_dataset = test_data.name
+        elif isinstance(test_data, str):
+            request.test_dataset = test_data
+        elif isinstance(test_data, tuple) and len(test_data) == 2:
+            request.inline_test_dataset.CopyFrom(_inline_dataset(*test_data, display_name=f"{name} (test)"))
+        elif test_data is not None:
+            raise TypeError(
+                f"test_data must be a gw.Dataset, a 'datasets/...' name, a (features, labels) tuple or None, "
+                f"got {type(test_data).__name__}"
+            )
         return TrainingJob(self, self._unary(self._jobs.CreateTrainingJob, request, timeout))
+
+    def summary(self, network: NetworkRef, input_shape: Sequence[int] | Dataset, *,
+                timeout: float | None = DEFAULT) -> NetworkSummary:
+        """Each layer's output shape, parameter count and FLOPs per example, without
+        training (like Keras' ``model.summary()``); ``print()`` it for a table.
+
+        Args:
+            network: a ``gw.Sequential``, a list of layers, or a NetworkSpec.
+            input_shape: one example's shape, e.g. ``(1, 8, 8)``, or a ``Dataset``.
+
+        >>> print(client.summary(net, (1, 8, 8)))                       # doctest: +SKIP
+        """
+        if isinstance(input_shape, Dataset):
+            input_shape = input_shape.feature_shape
+        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+            raise TypeError(f"input_shape must be a sequence of ints such as (1, 8, 8), got {input_shape!r}")
+        shape = [check_int(f"input_shape[{i}]", d, minimum=1) for i, d in enumerate(input_shape)]
+        if not shape:
+            raise ValueError("input_shape must name at least one axis, got ()")
+        request = network_pb2.SummarizeNetworkRequest(network=network_proto(network), input_shape=shape)
+        return NetworkSummary.from_proto(self._unary(self._network.SummarizeNetwork, request, timeout))
 
     def get_job(self, name: str | TrainingJob, *, timeout: float | None = DEFAULT) -> TrainingJob:
         """The job ``trainingJobs/{id}``, with its per-epoch history."""
@@ -596,7 +655,9 @@ def _prepare_dataset(
         )
     labs = np.asarray(labels)
     if label_kind is None:
-        if labs.dtype.kind in "biu":
+        if labs.dtype.kind in "biu" and labs.ndim == 2:
+            label_kind = "multi_label"  # a 0 / 1 matrix: any number of labels per example
+        elif labs.dtype.kind in "biu":
             label_kind = "classes"
         elif labs.dtype.kind == "f":
             label_kind = "regression"
@@ -611,6 +672,14 @@ def _prepare_dataset(
         if labs.ndim != 1:
             raise ValueError(f"class labels must be [examples], got shape {labs.shape}")
         labs = as_wire_array(labs, np.int64)
+    elif label_kind == "multi_label":
+        if labs.ndim != 2 or labs.shape[1] < 1:
+            raise ValueError(f"multi-label labels must be [examples, labels] of 0 / 1, got shape {labs.shape}")
+        if labs.dtype.kind not in "biuf" or not np.isin(labs, (0, 1)).all():
+            raise ValueError("multi-label labels must all be 0 or 1")
+        if class_names is not None and len(class_names) != labs.shape[1]:
+            raise ValueError(f"{len(class_names)} class_names for {labs.shape[1]} labels")
+        labs = as_wire_array(labs, np.int64)
     elif label_kind == "regression":
         if class_names:
             raise ValueError("class_names only apply to label_kind='classes'")
@@ -618,7 +687,7 @@ def _prepare_dataset(
             raise ValueError(f"regression targets must be [examples] or [examples, targets], got shape {labs.shape}")
         labs = as_wire_array(labs, np.float32)
     else:
-        raise ValueError(f"label_kind must be 'classes', 'regression' or None, got {label_kind!r}")
+        raise ValueError(f"label_kind must be 'classes', 'regression', 'multi_label' or None, got {label_kind!r}")
     if labs.shape[0] != feats.shape[0]:
         raise ValueError(f"features have {feats.shape[0]} examples but labels have {labs.shape[0]}")
     return feats, labs, label_kind

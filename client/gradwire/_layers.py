@@ -43,11 +43,73 @@ __all__ = [
     "Tanh",
     "ELU",
     "Softmax",
+    "Maxout",
+    "GELU",
+    "SiLU",
+    "LayerNorm",
+    "InstanceNorm",
+    "GroupNorm",
+    "Conv1d",
+    "MaxPool1d",
+    "AvgPool1d",
+    "GlobalAvgPool",
+    "SpatialDropout",
+    "ResidualBlock",
+    "PatchEmbedding",
+    "ClassToken",
+    "PositionEmbedding",
+    "TransformerEncoder",
+    "TokenPooling",
     "Sequential",
     "layer_from_proto",
 ]
 
 Padding = Union[Literal["valid", "same"], int]
+ActivationName = Literal["relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu", "silu"]
+ACTIVATION_NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu", "silu")
+
+
+def check_activation(value: Any) -> str | None:
+    """An inline activation name, or None."""
+    if value is None:
+        return None
+    if value == "softmax":
+        raise ValueError("activation='softmax' is not an inline activation: classifiers get a softmax in the "
+                         "exported graph anyway; add gw.Softmax() as the last layer if you want it explicit")
+    if value not in ACTIVATION_NAMES:
+        raise ValueError(f"activation must be one of {list(ACTIVATION_NAMES)} or None, got {value!r}")
+    return value
+
+
+def activation_proto(name: str) -> network_pb2.Activation:
+    activation = network_pb2.Activation()
+    getattr(activation, name).SetInParent()
+    return activation
+
+
+def activation_name(message: Any) -> str | None:
+    if not message.HasField("activation"):
+        return None
+    return message.activation.WhichOneof("kind")
+
+
+def _padding_from(message: Any) -> Padding:
+    which = message.WhichOneof("padding")
+    if which == "padding_size":
+        return message.padding_size
+    if which == "padding_mode" and message.padding_mode == network_pb2.PADDING_MODE_SAME:
+        return "same"
+    return "valid"
+
+
+def _check_padding(obj: Any) -> None:
+    if isinstance(obj.padding, str):
+        if obj.padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid', 'same' or an int >= 0, got {obj.padding!r}")
+        if obj.padding == "same" and obj.stride != 1:
+            raise ValueError(f"padding='same' needs stride=1, got stride={obj.stride}")
+    else:
+        object.__setattr__(obj, "padding", check_int("padding", obj.padding, minimum=0))
 
 
 # --- argument checks shared with _training.py --------------------------------------------
@@ -115,18 +177,42 @@ class Layer:
         message.SetInParent()  # an empty message (ReLU {}) must still select the oneof
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is not None:
+            if value is None or (field.name == "dilation" and value == 1):  # 1: the default, left off the wire
+                continue
+            if field.name == "activation":
+                message.activation.CopyFrom(activation_proto(value))
+            elif field.name == "padding":
+                if value == "same":
+                    message.padding_mode = network_pb2.PADDING_MODE_SAME
+                elif value == "valid":
+                    message.padding_mode = network_pb2.PADDING_MODE_VALID
+                else:
+                    message.padding_size = int(value)
+            elif field.name == "layers":
+                message.layers.extend(item.to_proto() for item in value)
+            elif field.name == "mode" and self._kind == "token_pooling":
+                message.mode = _POOLING_MODES[value]
+            else:
                 setattr(message, field.name, value)
         return layer
 
     @classmethod
     def _from_message(cls, message: Any) -> Layer:
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            has = message.HasField(field.name) if _is_optional(message, field.name) else True
-            if has:
+            if field.name == "activation":
+                kwargs["activation"] = activation_name(message)
+            elif field.name == "padding":
+                kwargs["padding"] = _padding_from(message)
+            elif field.name == "layers":
+                kwargs["layers"] = [layer_from_proto(layer) for layer in message.layers]
+            elif field.name == "mode" and cls._kind == "token_pooling":
+                kwargs["mode"] = {v: k for k, v in _POOLING_MODES.items()}.get(message.mode, "mean")
+            elif message.HasField(field.name) if _is_optional(message, field.name) else True:
                 value = getattr(message, field.name)
                 kwargs[field.name] = _tidy_float(value) if isinstance(value, float) else value
+        if "layers" in kwargs:
+            return cls(kwargs.pop("layers"), **kwargs)
         return cls(**kwargs)
 
 
@@ -151,10 +237,16 @@ class Dense(Layer):
     units: int
     _: KW_ONLY
     use_bias: bool = True
+    activation: ActivationName | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "units", check_int("units", self.units, minimum=1))
         check_bool("use_bias", self.use_bias)
+        check_activation(self.activation)
+
+    def __repr__(self) -> str:
+        extra = f", activation={self.activation!r}" if self.activation else ""
+        return f"Dense(units={self.units}, use_bias={self.use_bias}{extra})"
 
 
 @dataclass(frozen=True)
@@ -175,45 +267,47 @@ class Conv2d(Layer):
     stride: int = 1
     padding: Padding = "valid"
     use_bias: bool = True
+    dilation: int = 1
+    activation: ActivationName | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "filters", check_int("filters", self.filters, minimum=1))
         object.__setattr__(self, "kernel_size", check_int("kernel_size", self.kernel_size, minimum=1))
         object.__setattr__(self, "stride", check_int("stride", self.stride, minimum=1))
-        if isinstance(self.padding, str):
-            if self.padding not in ("valid", "same"):
-                raise ValueError(f"padding must be 'valid', 'same' or an int >= 0, got {self.padding!r}")
-        else:
-            object.__setattr__(self, "padding", check_int("padding", self.padding, minimum=0))
+        object.__setattr__(self, "dilation", check_int("dilation", self.dilation, minimum=1))
+        _check_padding(self)
         check_bool("use_bias", self.use_bias)
-
-    def to_proto(self) -> network_pb2.Layer:
-        conv = network_pb2.Conv2d(
-            filters=self.filters, kernel_size=self.kernel_size, stride=self.stride, use_bias=self.use_bias
-        )
-        if self.padding == "same":
-            conv.padding_mode = network_pb2.PADDING_MODE_SAME
-        elif self.padding == "valid":
-            conv.padding_mode = network_pb2.PADDING_MODE_VALID
-        else:
-            conv.padding_size = int(self.padding)
-        return network_pb2.Layer(conv2d=conv)
+        check_activation(self.activation)
 
     @classmethod
     def _from_message(cls, message: Any) -> Layer:
-        which = message.WhichOneof("padding")
-        padding: Padding = "valid"
-        if which == "padding_size":
-            padding = message.padding_size
-        elif which == "padding_mode" and message.padding_mode == network_pb2.PADDING_MODE_SAME:
-            padding = "same"
         return cls(
             message.filters,
             kernel_size=message.kernel_size,
             stride=message.stride if message.HasField("stride") else 1,
-            padding=padding,
+            padding=_padding_from(message),
             use_bias=message.use_bias if message.HasField("use_bias") else True,
+            dilation=message.dilation if message.HasField("dilation") else 1,
+            activation=activation_name(message),
         )
+
+    def __repr__(self) -> str:
+        extra = "".join([f", dilation={self.dilation}" if self.dilation != 1 else "",
+                         f", activation={self.activation!r}" if self.activation else ""])
+        return (f"{type(self).__name__}(filters={self.filters}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding!r}, use_bias={self.use_bias}{extra})")
+
+
+@dataclass(frozen=True, repr=False)
+class Conv1d(Conv2d):
+    """1-D convolution over (channels, length) sequences: ``filters`` (K) filters of
+    length ``kernel_size`` (F), ``stride``, ``dilation``, padding as for Conv2d.
+
+    >>> Conv1d(8, kernel_size=5, padding="same", activation="relu").to_proto().conv1d.activation.HasField("relu")
+    True
+    """
+
+    _kind: ClassVar[str] = "conv1d"
 
 
 @dataclass(frozen=True)
@@ -339,11 +433,220 @@ class Softmax(Layer):
     _kind: ClassVar[str] = "softmax"
 
 
+@dataclass(frozen=True)
+class GELU(Layer):
+    """Gaussian error linear unit, ``x * Phi(x)``."""
+
+    _kind: ClassVar[str] = "gelu"
+
+
+@dataclass(frozen=True)
+class SiLU(Layer):
+    """Sigmoid linear unit (swish), ``x * sigmoid(x)``."""
+
+    _kind: ClassVar[str] = "silu"
+
+
+@dataclass(frozen=True)
+class Maxout(Layer):
+    """Maxout: ``units`` outputs, each the max of ``pieces`` (k >= 2) affine maps of a vector.
+
+    >>> Maxout(16, pieces=3)
+    Maxout(units=16, pieces=3)
+    """
+
+    _kind: ClassVar[str] = "maxout"
+    units: int
+    pieces: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", check_int("units", self.units, minimum=1))
+        object.__setattr__(self, "pieces", check_int("pieces", self.pieces, minimum=2))
+
+
+def _check_epsilon(obj: Any) -> None:
+    if obj.epsilon is not None:
+        object.__setattr__(obj, "epsilon", check_float("epsilon", obj.epsilon, low=0.0, low_open=True))
+
+
+@dataclass(frozen=True)
+class LayerNorm(Layer):
+    """Layer normalization: over the last axis of vectors and token sequences, over
+    all of (channels, height, width) for images. ``epsilon`` > 0 (server default 1e-5)."""
+
+    _kind: ClassVar[str] = "layer_norm"
+    _: KW_ONLY
+    epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_epsilon(self)
+
+
+@dataclass(frozen=True)
+class InstanceNorm(Layer):
+    """Instance normalization per example and channel over the spatial axes;
+    ``affine`` learns a scale and shift per channel (default True)."""
+
+    _kind: ClassVar[str] = "instance_norm"
+    _: KW_ONLY
+    epsilon: float | None = None
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        _check_epsilon(self)
+        check_bool("affine", self.affine)
+
+
+@dataclass(frozen=True)
+class GroupNorm(Layer):
+    """Group normalization: the channels split into ``groups`` (which must divide them).
+
+    >>> GroupNorm(4).to_proto().group_norm.groups
+    4
+    """
+
+    _kind: ClassVar[str] = "group_norm"
+    groups: int
+    _: KW_ONLY
+    epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "groups", check_int("groups", self.groups, minimum=1))
+        _check_epsilon(self)
+
+
+@dataclass(frozen=True)
+class MaxPool1d(_Pool2d):
+    """1-D max pooling over (channels, length); ``stride`` defaults to ``kernel_size``."""
+
+    _kind: ClassVar[str] = "max_pool1d"
+
+
+@dataclass(frozen=True)
+class AvgPool1d(_Pool2d):
+    """1-D average pooling over (channels, length); ``stride`` defaults to ``kernel_size``."""
+
+    _kind: ClassVar[str] = "avg_pool1d"
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool(Layer):
+    """Global average pooling: (channels, ...) -> (channels,)."""
+
+    _kind: ClassVar[str] = "global_avg_pool"
+
+
+@dataclass(frozen=True)
+class SpatialDropout(Layer):
+    """Spatial dropout: zeroes whole channels of a feature map with probability ``rate``."""
+
+    _kind: ClassVar[str] = "spatial_dropout"
+    rate: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", check_float("rate", self.rate, low=0.0, high=1.0, high_open=True))
+
+
+@dataclass(frozen=True, init=False)
+class ResidualBlock(Layer):
+    """``activation(layers(x) + skip(x))``; the server adds a projection (1x1 conv or
+    dense) to the skip when the body changes the shape.
+
+    >>> block = ResidualBlock([Conv2d(8, 3, padding="same", activation="relu"), Conv2d(8, 3, padding="same")],
+    ...                       activation="relu")
+    >>> len(block.to_proto().residual_block.layers)
+    2
+    """
+
+    _kind: ClassVar[str] = "residual_block"
+    layers: tuple[Layer, ...]
+    activation: ActivationName | None = None
+
+    def __init__(self, layers: Iterable[Layer | network_pb2.Layer], *, activation: ActivationName | None = None) -> None:
+        items = Sequential(layers).layers  # the same checks as a network's layers
+        if any(isinstance(layer, Softmax) for layer in items):
+            raise ValueError("a residual block cannot contain Softmax; put it last in the network")
+        object.__setattr__(self, "layers", items)
+        object.__setattr__(self, "activation", check_activation(activation))
+
+
+@dataclass(frozen=True)
+class PatchEmbedding(Layer):
+    """ViT patch embedding: (C, H, W) -> (patches, ``embedding_dim``); ``patch_size`` must divide H and W.
+
+    >>> PatchEmbedding(4, embedding_dim=32).to_proto().patch_embedding.embedding_dim
+    32
+    """
+
+    _kind: ClassVar[str] = "patch_embedding"
+    patch_size: int
+    _: KW_ONLY
+    embedding_dim: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", check_int("patch_size", self.patch_size, minimum=1))
+        object.__setattr__(self, "embedding_dim", check_int("embedding_dim", self.embedding_dim, minimum=1))
+
+
+@dataclass(frozen=True)
+class ClassToken(Layer):
+    """Prepends a learned class token to a (tokens, width) sequence."""
+
+    _kind: ClassVar[str] = "class_token"
+
+
+@dataclass(frozen=True)
+class PositionEmbedding(Layer):
+    """Adds learned position embeddings to a (tokens, width) sequence."""
+
+    _kind: ClassVar[str] = "position_embedding"
+
+
+@dataclass(frozen=True)
+class TransformerEncoder(Layer):
+    """``depth`` pre-norm transformer blocks with ``heads`` attention heads (which must
+    divide the token width), an MLP of ``mlp_ratio`` x width, ``dropout``; then a layer norm.
+
+    >>> TransformerEncoder(depth=2, heads=4)
+    TransformerEncoder(depth=2, heads=4, mlp_ratio=4.0, dropout=0.0)
+    """
+
+    _kind: ClassVar[str] = "transformer_encoder"
+    _: KW_ONLY
+    depth: int
+    heads: int
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", check_int("depth", self.depth, minimum=1))
+        object.__setattr__(self, "heads", check_int("heads", self.heads, minimum=1))
+        object.__setattr__(self, "mlp_ratio", check_float("mlp_ratio", self.mlp_ratio, low=0.0, low_open=True))
+        object.__setattr__(self, "dropout", check_float("dropout", self.dropout, low=0.0, high=1.0, high_open=True))
+
+
+_POOLING_MODES = {"class_token": network_pb2.TOKEN_POOLING_MODE_CLASS_TOKEN, "mean": network_pb2.TOKEN_POOLING_MODE_MEAN}
+
+
+@dataclass(frozen=True)
+class TokenPooling(Layer):
+    """(tokens, width) -> (width,): ``"class_token"`` (needs ClassToken) or ``"mean"``."""
+
+    _kind: ClassVar[str] = "token_pooling"
+    mode: Literal["class_token", "mean"] = "class_token"
+
+    def __post_init__(self) -> None:
+        if self.mode not in _POOLING_MODES:
+            raise ValueError(f"mode must be one of {list(_POOLING_MODES)}, got {self.mode!r}")
+
+
 # The one table: oneof field name -> builder.
 LAYERS_BY_KIND: dict[str, type[Layer]] = {
     cls._kind: cls
     for cls in (Dense, Conv2d, MaxPool2d, AvgPool2d, Flatten, Dropout, BatchNorm, ReLU, LeakyReLU,
-                Sigmoid, Tanh, ELU, Softmax)
+                Sigmoid, Tanh, ELU, Softmax, Maxout, GELU, SiLU, LayerNorm, InstanceNorm, GroupNorm, Conv1d,
+                MaxPool1d, AvgPool1d, GlobalAvgPool, SpatialDropout, ResidualBlock, PatchEmbedding, ClassToken,
+                PositionEmbedding, TransformerEncoder, TokenPooling)
 }
 
 

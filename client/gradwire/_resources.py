@@ -28,6 +28,7 @@ from gradwire._errors import (
     status_code,
 )
 from gradwire._layers import Sequential
+from gradwire._summary import Evaluation
 from gradwire.v1 import datasets_pb2, models_pb2, network_pb2, training_pb2
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ class _Default:
 
 
 DEFAULT: Any = _Default()  # a ``timeout=`` that means "the client's default deadline" (None means none)
-_LABEL_KINDS = {datasets_pb2.LABEL_KIND_CLASSES: "classes", datasets_pb2.LABEL_KIND_REGRESSION: "regression"}
+_LABEL_KINDS = {datasets_pb2.LABEL_KIND_CLASSES: "classes", datasets_pb2.LABEL_KIND_REGRESSION: "regression",
+                datasets_pb2.LABEL_KIND_MULTI_LABEL: "multi_label"}
 _NORMALIZATIONS = {
     network_pb2.INPUT_NORMALIZATION_NONE: "none",
     network_pb2.INPUT_NORMALIZATION_MIN_MAX: "min_max",
@@ -94,6 +96,8 @@ class EpochMetrics:
     learning_rate: float
     samples_per_second: float
     elapsed_seconds: float
+    max_gradient_norm: float | None = None  # with gradient clipping: the largest pre-clipping norm
+    examples: int = 0  # examples that took part in steps (fewer with drop_last)
 
     @classmethod
     def from_proto(cls, m: training_pb2.EpochMetrics) -> EpochMetrics:
@@ -110,6 +114,8 @@ class EpochMetrics:
             learning_rate=m.learning_rate,
             samples_per_second=m.samples_per_second,
             elapsed_seconds=m.elapsed_seconds,
+            max_gradient_norm=opt("max_gradient_norm"),
+            examples=m.examples,
         )
 
 
@@ -240,7 +246,8 @@ class Dataset(_Resource[datasets_pb2.Dataset]):
         self._client.delete_dataset(self.name)
 
     def __repr__(self) -> str:
-        kind = f"classes={self.class_count}" if self.label_kind == "classes" else f"targets={self.target_count}"
+        kind = (f"classes={self.class_count}" if self.label_kind in ("classes", "multi_label")
+                else f"targets={self.target_count}")
         return (
             f"<Dataset {self.name}{_quoted(self.display_name)}: {self.example_count} x "
             f"{list(self.feature_shape)}, {kind}>"
@@ -296,6 +303,21 @@ class Model(_Resource[models_pb2.Model]):
     def final_metrics(self) -> EpochMetrics | None:
         """Metrics of the epoch whose weights the model holds."""
         return EpochMetrics.from_proto(self.proto.final_metrics) if self.proto.HasField("final_metrics") else None
+
+    @property
+    def train_evaluation(self) -> Evaluation | None:
+        """Scores on the training split with the model's weights."""
+        return Evaluation.from_proto(self.proto.train_evaluation)
+
+    @property
+    def validation_evaluation(self) -> Evaluation | None:
+        """Scores on the validation split (None without one)."""
+        return Evaluation.from_proto(self.proto.validation_evaluation)
+
+    @property
+    def test_evaluation(self) -> Evaluation | None:
+        """Scores on the job's test data, evaluated once at the end (None without any)."""
+        return Evaluation.from_proto(self.proto.test_evaluation)
 
     @property
     def epochs_trained(self) -> int:

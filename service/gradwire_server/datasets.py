@@ -86,9 +86,21 @@ class DatasetWriter:
             )
         if h.label_kind == LabelKind.LABEL_KIND_UNSPECIFIED:
             raise errors.InvalidArgument("must be LABEL_KIND_CLASSES or LABEL_KIND_REGRESSION, got LABEL_KIND_UNSPECIFIED", field=self._f("label_kind"))
-        if h.label_kind not in (LabelKind.LABEL_KIND_CLASSES, LabelKind.LABEL_KIND_REGRESSION):
+        if h.label_kind not in (LabelKind.LABEL_KIND_CLASSES, LabelKind.LABEL_KIND_REGRESSION,
+                                LabelKind.LABEL_KIND_MULTI_LABEL):
             raise errors.InvalidArgument(f"unknown label kind {h.label_kind}", field=self._f("label_kind"))
-        if h.label_kind == LabelKind.LABEL_KIND_CLASSES:
+        if h.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL:
+            if h.labels_dtype not in (*CLASS_LABEL_DTYPES, DataType.DATA_TYPE_FLOAT32):
+                raise errors.InvalidArgument(f"multi-label labels must be DATA_TYPE_INT64, DATA_TYPE_INT32 or "
+                                             f"DATA_TYPE_FLOAT32 0 / 1 values, got {DataType.Name(h.labels_dtype)}",
+                                             field=self._f("labels_dtype"))
+            if len(lshape) != 2 or lshape[1] < 1:
+                raise errors.InvalidArgument(f"multi-label labels must be [examples, labels], got {lshape}",
+                                             field=self._f("labels_shape"))
+            if h.class_names and len(h.class_names) != lshape[1]:
+                raise errors.InvalidArgument(f"{len(h.class_names)} class names for {lshape[1]} labels",
+                                             field=self._f("class_names"))
+        elif h.label_kind == LabelKind.LABEL_KIND_CLASSES:
             if h.labels_dtype not in CLASS_LABEL_DTYPES:
                 raise errors.InvalidArgument(f"class labels must be DATA_TYPE_INT64 or DATA_TYPE_INT32, got {DataType.Name(h.labels_dtype)}", field=self._f("labels_dtype"))
             if len(lshape) != 1:
@@ -200,6 +212,14 @@ class DatasetWriter:
                 bad = int(np.flatnonzero(~np.isfinite(labels))[0])
                 raise errors.InvalidArgument(f"regression targets must be finite; element {bad} is {float(labels[bad])}", field=f"{self._field}.labels")
             return 0, (h.labels_shape[1] if len(h.labels_shape) == 2 else 1)
+        if h.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL:
+            bad = np.flatnonzero((labels != 0) & (labels != 1))
+            if bad.size:
+                i = int(bad[0])
+                raise errors.InvalidArgument(
+                    f"multi-label labels must be 0 or 1; example {i // h.labels_shape[1]}, label "
+                    f"{i % h.labels_shape[1]} is {labels[i].item()}", field=f"{self._field}.labels")
+            return int(h.labels_shape[1]), 0
         class_count = len(h.class_names) or int(labels.max()) + 1
         bad = np.flatnonzero((labels < 0) | (labels >= class_count))
         if bad.size:
@@ -255,6 +275,8 @@ def load_arrays(store: Store, data_dir: pathlib.Path, dataset_id: str) -> tuple[
     labels = np.fromfile(root / LABELS_FILE, dtype=NUMPY_DTYPES[ldt]).reshape(json.loads(lshape))
     if dataset.label_kind == LabelKind.LABEL_KIND_CLASSES:
         labels = labels.astype(np.int64, copy=False)
+    elif dataset.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL:
+        labels = labels.astype(np.float32, copy=False)  # (n, labels) of 0 / 1
     return dataset, features.astype(np.float32, copy=False), labels
 
 

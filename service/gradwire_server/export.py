@@ -1,7 +1,10 @@
 """Exports a trained network to ONNX and checks the file against PyTorch.
 
 The graph is  features -> (features - offset) / scale -> network -> softmax
-(classifiers), so clients send raw features and get probabilities. Input
+(classifiers; a sigmoid per label for multi-label models), so clients send
+raw features and get probabilities. A binary
+cross-entropy network has one logit: its graph ends in a sigmoid and emits
+[1 - p, p], so predictions and class names work as for any classifier. Input
 ``features`` [batch, *input_shape]; output ``probabilities`` [batch, classes]
 or ``values`` [batch, targets]; the batch axis is dynamic.
 
@@ -59,8 +62,10 @@ class ExportResult:
 class ExportedModel(nn.Module):
     """What the ONNX graph computes: normalization, network, softmax."""
 
-    def __init__(self, network: nn.Sequential, normalization: Normalization, classifier: bool) -> None:
+    def __init__(self, network: nn.Sequential, normalization: Normalization, classifier: bool,
+                 binary: bool = False, multi_label: bool = False) -> None:
         super().__init__()
+        self.binary, self.multi_label = binary, multi_label
         # The graph applies its own softmax for classifiers; an explicit final one is dropped, not doubled.
         self.network = nets.logits_network(network) if classifier else network
         self.classifier = classifier
@@ -71,11 +76,16 @@ class ExportedModel(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = (features - self.offset) / self.scale if self.normalize else features  # (batch, *input_shape)
         y = self.network(x)  # (batch, outputs)
+        if self.multi_label:  # one independent probability per label
+            return torch.sigmoid(y)
+        if self.binary:  # one logit: sigmoid, then (batch, 2) probabilities of class 0 and class 1
+            p = torch.sigmoid(y)
+            return torch.cat([1 - p, p], dim=-1)
         return torch.softmax(y, dim=-1) if self.classifier else y
 
 
 def output_name(label_kind: int) -> str:
-    return "probabilities" if label_kind == datasets_pb2.LABEL_KIND_CLASSES else "values"
+    return "values" if label_kind == datasets_pb2.LABEL_KIND_REGRESSION else "probabilities"
 
 
 def export_onnx(
@@ -90,8 +100,9 @@ def export_onnx(
     """Writes ``result.model`` as ONNX to ``path`` (atomically) after checking
     that onnxruntime agrees with PyTorch on the holdout examples (raises
     errors.Internal when the max abs difference exceeds 1e-4)."""
-    classifier = label_kind == datasets_pb2.LABEL_KIND_CLASSES
-    wrapper = ExportedModel(result.model, result.normalization, classifier).to("cpu").eval()
+    classifier = label_kind != datasets_pb2.LABEL_KIND_REGRESSION
+    wrapper = ExportedModel(result.model, result.normalization, classifier, result.binary,
+                            result.multi_label).to("cpu").eval()
     output = output_name(label_kind)
     holdout = np.ascontiguousarray(result.holdout_features, dtype=np.float32)
     if holdout.ndim < 1 or len(holdout) == 0 or tuple(holdout.shape[1:]) != tuple(input_shape):

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gradwire.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire.v1 import network_pb2, network_pb2_grpc
 
 from . import datasets, files, reflection, worker
 from .config import Settings
@@ -25,6 +26,7 @@ from .servicers.context import ServerState
 from .servicers.datasets import DatasetServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelServicer
+from .servicers.network import NetworkServicer
 from .servicers.training import TrainingJobServicer
 from .store import Store
 
@@ -35,6 +37,7 @@ SERVICE_NAMES = (
     training_pb2.DESCRIPTOR.services_by_name["TrainingJobService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,  # KServe v2, same port
+    network_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
 )
 
 
@@ -121,6 +124,7 @@ def create_server(settings: Settings) -> Running:
     training_pb2_grpc.add_TrainingJobServiceServicer_to_server(TrainingJobServicer(state), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(state), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
+    network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

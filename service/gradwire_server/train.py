@@ -13,7 +13,8 @@ run. Every random draw comes from one of two places, both checkpointed:
     weight initialization, then dropout masks.
 
 Losses: cross-entropy on logits (an explicit final softmax is skipped while
-training) or MSE on (n, k) targets. The L1 penalty, l1_penalty * sum(|w|), is
+training; optional label smoothing and class weights), binary cross-entropy on
+one logit (two classes, labels 0/1), or MSE / MAE / Huber on (n, k) targets. The L1 penalty, l1_penalty * sum(|w|), is
 added to the loss that is differentiated, over weights only (parameters with
 dim > 1: dense and conv kernels, not biases or batch-norm scale/shift); the
 reported train loss leaves it out.
@@ -82,6 +83,30 @@ class EpochResult:
     learning_rate: float
     samples_per_second: float  # training examples per second of stepping
     elapsed_seconds: float  # since training started (across resumes)
+    max_gradient_norm: float | None = None  # largest pre-clipping global gradient norm (with clipping only)
+    examples: int = 0  # examples that took part in steps (fewer with drop_last)
+
+
+@dataclass
+class Evaluation:
+    """Scores of the final weights on one split (see evaluation.proto)."""
+
+    split: str
+    example_count: int
+    loss: float
+    # classifiers
+    accuracy: float | None = None
+    top_k: int = 0
+    top_k_accuracy: float | None = None
+    precision: list[float] = field(default_factory=list)
+    recall: list[float] = field(default_factory=list)
+    f1: list[float] = field(default_factory=list)
+    support: list[int] = field(default_factory=list)
+    confusion_matrix: np.ndarray | None = None  # (classes, classes): true class i predicted as j
+    # regression
+    mse: float | None = None
+    mae: float | None = None
+    r2: float | None = None
 
 
 @dataclass
@@ -94,6 +119,9 @@ class TrainResult:
     final_metrics: EpochResult  # the metrics of `model`'s weights
     parameter_count: int
     holdout_features: np.ndarray  # up to 64 raw examples (validation split, else training split)
+    binary: bool = False  # one sigmoid logit (binary cross-entropy): export emits [1 - p, p]
+    multi_label: bool = False  # one sigmoid per label: export emits sigmoid(logits)
+    evaluations: list[Evaluation] = field(default_factory=list)  # train, validation, test (those present)
 
 
 # --------------------------------------------------------------------------
@@ -134,19 +162,181 @@ def _labels_tensor(data: TrainingData) -> torch.Tensor:
 # Optimizer, loss, penalty
 
 
+class _Tidy:
+    """A proto message whose float fields read back as typed: proto floats are
+    float32, so 0.01 arrives as 0.009999999776; 7 significant digits restore
+    0.01, and the optimizer steps exactly like torch.optim given 0.01."""
+
+    def __init__(self, message) -> None:
+        self._m = message
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - the protobuf spelling
+        return self._m.HasField(name)
+
+    def __getattr__(self, name: str):
+        value = getattr(self._m, name)
+        return float(f"{value:.7g}") if isinstance(value, float) else value
+
+
+ADAMW_WEIGHT_DECAY = 0.01  # AdamW's default decoupled decay, as torch.optim.AdamW
+
+
+def base_learning_rate(config: network_pb2.Optimizer) -> float:
+    return _Tidy(getattr(config, config.WhichOneof("kind"))).learning_rate
+
+
 def make_optimizer(config: network_pb2.Optimizer, params) -> torch.optim.Optimizer:
     kind = config.WhichOneof("kind")
-    p = getattr(config, kind)
+    p = _Tidy(getattr(config, kind))
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=p.learning_rate, momentum=p.momentum, weight_decay=p.weight_decay)
-    if kind == "adam":
+        nesterov = p.nesterov if p.HasField("nesterov") else False
+        return torch.optim.SGD(params, lr=p.learning_rate, momentum=p.momentum, weight_decay=p.weight_decay,
+                               nesterov=nesterov)
+    if kind in ("adam", "adamw"):
         betas = (p.beta1 if p.HasField("beta1") else 0.9, p.beta2 if p.HasField("beta2") else 0.999)
+        if kind == "adamw":  # decoupled: w -= lr * weight_decay * w, outside the adaptive step
+            decay = p.weight_decay if p.HasField("weight_decay") else ADAMW_WEIGHT_DECAY
+            return torch.optim.AdamW(params, lr=p.learning_rate, betas=betas, weight_decay=decay)
         return torch.optim.Adam(params, lr=p.learning_rate, betas=betas, weight_decay=p.weight_decay)
+    if kind == "adagrad":
+        return torch.optim.Adagrad(params, lr=p.learning_rate, lr_decay=p.lr_decay, weight_decay=p.weight_decay)
     if kind == "rmsprop":
         alpha = p.alpha if p.HasField("alpha") else 0.99
         return torch.optim.RMSprop(params, lr=p.learning_rate, alpha=alpha, momentum=p.momentum,
                                    weight_decay=p.weight_decay)
     raise errors.Internal(f"unknown optimizer kind {kind}")
+
+
+class _BinaryCrossEntropy(nn.Module):
+    """BCE on one logit per example: out (batch, 1), labels (batch,) of 0 / 1."""
+
+    def __init__(self, positive_weight: float | None) -> None:
+        super().__init__()
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=None if positive_weight is None
+                                         else torch.tensor(positive_weight))
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.dim() == 2:  # multi-label: (batch, labels) of 0 / 1, one logit per label
+            return self.loss(out, target)
+        return self.loss(out[:, 0], target.to(out.dtype))
+
+
+def make_loss(config: network_pb2.Loss, output_size: int) -> nn.Module:
+    kind = config.WhichOneof("kind")
+    p = getattr(config, kind)
+    if kind == "cross_entropy":
+        weight = torch.tensor(list(p.class_weights), dtype=torch.float32) if len(p.class_weights) else None
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(f"{p.label_smoothing:.7g}"))
+    if kind == "binary_cross_entropy":
+        return _BinaryCrossEntropy(p.positive_weight if p.HasField("positive_weight") else None)
+    if kind == "mse":
+        return nn.MSELoss()
+    if kind == "mae":
+        return nn.L1Loss()
+    if kind == "huber":
+        return nn.HuberLoss(delta=p.delta if p.HasField("delta") else 1.0)
+    raise errors.Internal(f"unknown loss kind {kind}")
+
+
+def predicted_classes(out: torch.Tensor) -> torch.Tensor:
+    """Class indices from logits: argmax, or logit > 0 for one binary logit."""
+    return (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(dim=1)
+
+
+def _correct(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Examples classified right: the predicted class, or (multi-label, a
+    (batch, labels) target) every label's sigmoid decision (exact match)."""
+    if target.dim() == 2:
+        return ((out > 0) == (target > 0.5)).all(dim=1).sum()
+    return (predicted_classes(out) == target).sum()
+
+
+def class_probabilities(out: torch.Tensor) -> torch.Tensor:
+    """(batch, classes) probabilities: softmax, or [1 - p, p] for one binary logit."""
+    if out.shape[1] == 1:
+        p = torch.sigmoid(out)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(out, dim=1)
+
+
+# --------------------------------------------------------------------------
+# Learning-rate schedules (per epoch; epochs count from 1)
+
+
+def scheduled_learning_rate(training: network_pb2.TrainingConfig, epoch: int) -> float | None:
+    """The rate of ``epoch`` for step / exponential / cosine schedules (pure
+    functions of the epoch, so a resumed run needs no extra state); None for
+    no schedule or reduce-on-plateau (stateful, see _Plateau)."""
+    base = base_learning_rate(training.optimizer)
+    if not training.HasField("schedule"):
+        return None
+    kind = training.schedule.WhichOneof("kind")
+    p = _Tidy(getattr(training.schedule, kind))
+    if kind == "step":
+        return base * p.gamma ** ((epoch - 1) // p.step_size)
+    if kind == "exponential":
+        return base * p.gamma ** (epoch - 1)
+    if kind == "cosine":
+        warmup = p.warmup_epochs
+        if epoch <= warmup:
+            return base * epoch / (warmup + 1)
+        t = (epoch - 1 - warmup) / (training.epochs - warmup)
+        return p.min_learning_rate + (base - p.min_learning_rate) * (1 + math.cos(math.pi * t)) / 2
+    return None
+
+
+@dataclass
+class _Plateau:
+    """Reduce-on-plateau: multiply the rate by factor after `patience` epochs
+    without an improvement of more than min_delta."""
+
+    monitor: int
+    factor: float
+    patience: int
+    min_delta: float
+    min_lr: float
+    lr: float
+    best: float | None = None
+    bad_epochs: int = 0
+
+    def update(self, result: EpochResult) -> float:
+        """Records an epoch; returns the rate of the next one."""
+        value = _metric_value(self.monitor, result)
+        higher = self.monitor in _HIGHER_IS_BETTER
+        improved = self.best is None or (value > self.best + self.min_delta if higher
+                                         else value < self.best - self.min_delta)
+        if improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.lr, self.bad_epochs = max(self.lr * self.factor, self.min_lr), 0
+        return self.lr
+
+
+def _plateau(training: network_pb2.TrainingConfig, has_validation: bool) -> _Plateau | None:
+    if not (training.HasField("schedule") and training.schedule.WhichOneof("kind") == "reduce_on_plateau"):
+        return None
+    p = _Tidy(training.schedule.reduce_on_plateau)
+    return _Plateau(monitor=p.monitor if p.HasField("monitor") else _default_monitor(has_validation),
+                    factor=p.factor, patience=p.patience, min_delta=p.min_delta, min_lr=p.min_learning_rate,
+                    lr=base_learning_rate(training.optimizer))
+
+
+_HIGHER_IS_BETTER = {network_pb2.METRIC_VALIDATION_ACCURACY, network_pb2.METRIC_TRAIN_ACCURACY}
+
+
+def _default_monitor(has_validation: bool) -> int:
+    return network_pb2.METRIC_VALIDATION_LOSS if has_validation else network_pb2.METRIC_TRAIN_LOSS
+
+
+def _metric_value(monitor: int, result: EpochResult) -> float:
+    return {
+        network_pb2.METRIC_TRAIN_LOSS: result.train_loss,
+        network_pb2.METRIC_VALIDATION_LOSS: result.validation_loss,
+        network_pb2.METRIC_VALIDATION_ACCURACY: result.validation_accuracy,
+        network_pb2.METRIC_TRAIN_ACCURACY: result.train_accuracy,
+    }[monitor]
 
 
 def l1_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -163,22 +353,16 @@ class _EarlyStopping:
     patience: int
     min_delta: float
     restore_best: bool
+    higher_is_better: bool = False
     best: float | None = None
     best_epoch: int = 0
     bad_epochs: int = 0
     best_state: dict | None = None
 
-    def metric(self, result: EpochResult) -> float:
-        if self.monitor == network_pb2.METRIC_TRAIN_LOSS:
-            return result.train_loss
-        if self.monitor == network_pb2.METRIC_VALIDATION_ACCURACY:
-            return result.validation_accuracy
-        return result.validation_loss
-
     def update(self, result: EpochResult, model: nn.Module) -> bool:
         """Records an epoch; returns True when training should stop."""
-        value = self.metric(result)
-        if self.monitor == network_pb2.METRIC_VALIDATION_ACCURACY:  # higher is better
+        value = _metric_value(self.monitor, result)
+        if self.higher_is_better:
             improved = self.best is None or value > self.best + self.min_delta
         else:  # losses: lower is better
             improved = self.best is None or value < self.best - self.min_delta
@@ -195,12 +379,14 @@ def _early_stopping(training: network_pb2.TrainingConfig, has_validation: bool) 
     if not training.HasField("early_stopping"):
         return None
     es = training.early_stopping
-    default = network_pb2.METRIC_VALIDATION_LOSS if has_validation else network_pb2.METRIC_TRAIN_LOSS
+    monitor = es.monitor if es.HasField("monitor") else _default_monitor(has_validation)
+    higher = (es.mode == network_pb2.METRIC_MODE_MAX if es.HasField("mode") else monitor in _HIGHER_IS_BETTER)
     return _EarlyStopping(
-        monitor=es.monitor if es.HasField("monitor") else default,
+        monitor=monitor,
         patience=es.patience,
         min_delta=es.min_delta,
         restore_best=es.restore_best_weights if es.HasField("restore_best_weights") else True,
+        higher_is_better=higher,
     )
 
 
@@ -220,9 +406,54 @@ def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
         target = y[start:start + EVAL_BATCH]
         loss_sum += loss_fn(out, target).double() * len(target)
         if classifier:
-            correct += (out.argmax(dim=1) == target).sum()
+            correct += _correct(out, target)
     n = len(x)
     return loss_sum.item() / n, (correct.item() / n if classifier else None)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, *, split: str,
+             classifier: bool, classes: int = 0, top_k: int = 1) -> Evaluation:
+    """Scores ``model`` (logits out) on (x, y) in eval mode: loss, and accuracy,
+    top-k accuracy, per-class precision / recall / F1 and the confusion matrix
+    for classifiers, or MSE, MAE and R² (mean over targets) for regression."""
+    model.eval()
+    outs = [model(x[s:s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
+    out = torch.cat(outs) if outs else torch.zeros((0, 1))
+    n = len(x)
+    loss = float(loss_fn(out, y)) if n else float("nan")
+    if not classifier:
+        pred, target = out.double().cpu().numpy(), y.double().cpu().numpy().reshape(out.shape)
+        ss_res = ((target - pred) ** 2).sum(axis=0)
+        ss_tot = ((target - target.mean(axis=0)) ** 2).sum(axis=0)
+        r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.where(ss_res == 0, 1.0, 0.0))
+        return Evaluation(split=split, example_count=n, loss=loss, mse=float(((target - pred) ** 2).mean()),
+                          mae=float(np.abs(target - pred).mean()), r2=float(r2.mean()))
+    if y.dim() == 2:  # multi-label: per-label scores of the sigmoid decisions, exact-match accuracy
+        pred, target = (out > 0).cpu().numpy(), (y > 0.5).cpu().numpy()
+        tp = (pred & target).sum(axis=0).astype(np.float64)
+        predicted, actual = pred.sum(axis=0), target.sum(axis=0)
+        precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
+        recall = np.divide(tp, actual, out=np.zeros(len(tp)), where=actual > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(tp)),
+                       where=precision + recall > 0)
+        return Evaluation(split=split, example_count=n, loss=loss, accuracy=float((pred == target).all(1).mean()),
+                          precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+                          support=actual.tolist())
+    probs = class_probabilities(out).cpu()
+    pred, target = predicted_classes(out).cpu().numpy(), y.cpu().numpy()
+    top = torch.topk(probs, min(top_k, probs.shape[1]), dim=1).indices.numpy()
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (target, pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros(classes), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(classes), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(classes), where=precision + recall > 0)
+    return Evaluation(split=split, example_count=n, loss=loss, accuracy=float((pred == target).mean()),
+                      top_k=top_k, top_k_accuracy=float((top == target[:, None]).any(axis=1).mean()),
+                      precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+                      support=actual.tolist(), confusion_matrix=confusion)
 
 
 # --------------------------------------------------------------------------
@@ -231,13 +462,17 @@ def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
 
 def _train_epoch(forward: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
                  y: torch.Tensor, order: torch.Tensor, batch_size: int, *, l1: float, classifier: bool,
-                 should_stop: Callable[[], bool]) -> tuple[float, float | None]:
-    """One pass over the training split in ``order``: ceil(n / batch_size) steps.
-    Returns the mean loss (without the L1 term) and accuracy, measured on the
-    fly with the weights of each step, as Keras reports them."""
+                 should_stop: Callable[[], bool], clip_norm: float | None = None
+                 ) -> tuple[float, float | None, float | None]:
+    """One pass over the training split in ``order``: ceil(n / batch_size) steps
+    (the caller trims ``order`` for drop_last). Returns the mean loss (without
+    the L1 term) and accuracy, measured on the fly with the weights of each
+    step, as Keras reports them, and the largest pre-clipping gradient norm."""
     weights = l1_weights(forward) if l1 > 0 else []
+    params = [p for p in forward.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)  # summed on the device: no sync per step
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    max_norm = torch.zeros((), device=x.device)
     for start in range(0, len(order), batch_size):
         if should_stop():
             raise errors.Cancelled("cancelled")
@@ -248,12 +483,15 @@ def _train_epoch(forward: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: 
         total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 > 0 else loss
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if clip_norm is not None:  # rescale all gradients together so their global L2 norm is <= clip_norm
+            max_norm = torch.maximum(max_norm, nn.utils.clip_grad_norm_(params, clip_norm).detach())
         optimizer.step()
         loss_sum += loss.detach().double() * len(batch)
         if classifier:
-            correct += (out.detach().argmax(dim=1) == yb).sum()
+            correct += _correct(out.detach(), yb)
     n = len(order)
-    return loss_sum.item() / n, (correct.item() / n if classifier else None)  # one sync per epoch
+    return (loss_sum.item() / n, (correct.item() / n if classifier else None),  # one sync per epoch
+            max_norm.item() if clip_norm is not None else None)
 
 
 # --------------------------------------------------------------------------
@@ -269,6 +507,7 @@ class _Progress:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator  # the split / shuffle stream
     stopper: _EarlyStopping | None
+    plateau: _Plateau | None
     normalization: Normalization
     device: torch.device
     identity: dict  # seed and split sizes: a checkpoint of another job is refused
@@ -285,6 +524,9 @@ class _Progress:
             "early_stopping": None if stopper is None else {
                 "best": stopper.best, "best_epoch": stopper.best_epoch,
                 "bad_epochs": stopper.bad_epochs, "best_state": stopper.best_state},
+            # Step / exponential / cosine rates are functions of the epoch; reduce-on-plateau has state.
+            "plateau": None if self.plateau is None else {
+                "lr": self.plateau.lr, "best": self.plateau.best, "bad_epochs": self.plateau.bad_epochs},
             "normalization": {"kind": self.normalization.kind,
                               "offset": torch.from_numpy(self.normalization.offset),
                               "scale": torch.from_numpy(self.normalization.scale)},
@@ -315,6 +557,9 @@ class _Progress:
             saved = state["early_stopping"]
             es.best, es.best_epoch, es.bad_epochs = saved["best"], saved["best_epoch"], saved["bad_epochs"]
             es.best_state = saved["best_state"]
+        if self.plateau is not None and state.get("plateau") is not None:
+            pl, saved = self.plateau, state["plateau"]
+            pl.lr, pl.best, pl.bad_epochs = saved["lr"], saved["best"], saved["bad_epochs"]
         self.generator.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
@@ -374,13 +619,17 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     checkpoint_path: pathlib.Path | None = None,
     performance=None,  # training_pb2.TrainingPerformance | None (issue 5)
+    test_data: TrainingData | None = None,
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
     finished in this call; polls ``should_stop`` before every step and raises
     errors.Cancelled when it returns True. With ``checkpoint_path``, saves a
-    checkpoint after every epoch and resumes from one found at start."""
-    classifier = data.label_kind == datasets_pb2.LABEL_KIND_CLASSES
+    checkpoint after every epoch and resumes from one found at start. At the
+    end the kept weights are evaluated on the training and validation splits
+    and, once, on ``test_data``."""
+    classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
+    multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
     feature_shape = tuple(data.features.shape[1:])
     if len(data.labels) != n:
@@ -407,14 +656,17 @@ def train(
     forward = nets.logits_network(model) if classifier else model
     forward, x_train, x_val = apply_performance(performance, model, forward, x_train, x_val, device)  # issue 5
     optimizer = make_optimizer(training.optimizer, model.parameters())
-    loss_fn = nn.CrossEntropyLoss() if classifier else nn.MSELoss()
+    loss_fn = make_loss(training.loss, data.output_size).to(device)
 
     batch_size = spec.batch_size_of(training.batching, n_train)
-    iterations = math.ceil(n_train / batch_size)
+    iterations = spec.iterations_per_epoch(training.batching, n_train)
+    stepped = iterations * batch_size if spec.drop_last_of(training.batching) else n_train
     shuffle = training.shuffle if training.HasField("shuffle") else True
     stopper = _early_stopping(training, has_validation=n_val > 0)
+    plateau = _plateau(training, has_validation=n_val > 0)
+    clip_norm = training.gradient_clip_norm if training.HasField("gradient_clip_norm") else None
 
-    progress = _Progress(model, optimizer, generator, stopper, normalization, device,
+    progress = _Progress(model, optimizer, generator, stopper, plateau, normalization, device,
                          identity={"seed": seed, "n_train": n_train, "n_val": n_val})
     if checkpoint_path is not None and checkpoint_path.exists():
         progress.restore(checkpoint_path)  # finished epochs are not reported again
@@ -427,11 +679,18 @@ def train(
         if progress.stopped:
             break
         epoch_start = time.perf_counter()
+        lr = scheduled_learning_rate(training, epoch)
+        if plateau is not None:
+            lr = plateau.lr
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         model.train()
         order = torch.randperm(n_train, generator=generator) if shuffle else torch.arange(n_train)
-        order = order.to(device)
-        train_loss, train_acc = _train_epoch(forward, optimizer, loss_fn, x_train, y_train, order, batch_size,
-                                             l1=training.l1_penalty, classifier=classifier, should_stop=should_stop)
+        order = order[:stepped].to(device)  # drop_last: the examples of full batches only
+        train_loss, train_acc, grad_norm = _train_epoch(
+            forward, optimizer, loss_fn, x_train, y_train, order, batch_size, l1=training.l1_penalty,
+            classifier=classifier, should_stop=should_stop, clip_norm=clip_norm)
         step_seconds = time.perf_counter() - epoch_start
         if not math.isfinite(train_loss):
             raise errors.InvalidArgument(
@@ -450,12 +709,16 @@ def train(
             validation_loss=val_loss,
             validation_accuracy=val_acc,
             learning_rate=optimizer.param_groups[0]["lr"],
-            samples_per_second=n_train / step_seconds if step_seconds > 0 else float("inf"),
+            samples_per_second=stepped / step_seconds if step_seconds > 0 else float("inf"),
             elapsed_seconds=elapsed_before + time.perf_counter() - started,
+            max_gradient_norm=grad_norm,
+            examples=stepped,
         )
         history.append(result)
         if stopper is not None:
             progress.stopped = stopper.update(result, model)
+        if plateau is not None:
+            plateau.update(result)
         # Checkpoint before reporting: a crash in between loses the report of this
         # epoch rather than training it twice.
         if checkpoint_path is not None:
@@ -467,6 +730,16 @@ def train(
     if stopper is not None and stopper.restore_best and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
         best_epoch = stopper.best_epoch
+    binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
+    top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
+    score = dict(classifier=classifier, classes=data.output_size, top_k=top_k)
+    evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
+    if n_val:
+        evaluations.append(evaluate(forward, loss_fn, x_val, y_val, split="validation", **score))
+    if test_data is not None and len(test_data.features):
+        x_test = torch.from_numpy(normalization.apply(test_data.features)).to(device)
+        evaluations.append(evaluate(forward, loss_fn, x_test, _labels_tensor(test_data).to(device), split="test",
+                                    **score))
     model = model.to("cpu").eval()
     return TrainResult(
         model=model,
@@ -477,4 +750,7 @@ def train(
         final_metrics=history[best_epoch - 1],
         parameter_count=nets.count_parameters(model),
         holdout_features=np.ascontiguousarray(data.features[holdout_idx]),
+        binary=binary and not multi_label,
+        multi_label=multi_label,
+        evaluations=evaluations,
     )

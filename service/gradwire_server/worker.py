@@ -19,7 +19,7 @@ import time
 
 from google.rpc import status_pb2
 
-from gradwire.v1 import datasets_pb2, models_pb2, network_pb2, training_pb2
+from gradwire.v1 import datasets_pb2, evaluation_pb2, models_pb2, network_pb2, training_pb2
 
 from . import datasets, errors, files
 from .config import Settings
@@ -79,11 +79,31 @@ def epoch_proto(r) -> training_pb2.EpochMetrics:
         samples_per_second=r.samples_per_second,
         elapsed_seconds=r.elapsed_seconds,
     )
-    for name in ("validation_loss", "validation_accuracy", "train_accuracy"):
+    if r.examples:
+        m.examples = r.examples
+    for name in ("validation_loss", "validation_accuracy", "train_accuracy", "max_gradient_norm"):
         value = getattr(r, name)
         if value is not None:
             setattr(m, name, value)
     return m
+
+
+def evaluation_proto(e, class_names: list[str]) -> evaluation_pb2.Evaluation:
+    """train.Evaluation -> Evaluation."""
+    proto = evaluation_pb2.Evaluation(split=e.split, example_count=e.example_count, loss=e.loss)
+    if e.accuracy is not None:
+        names = list(class_names) or [str(i) for i in range(len(e.precision))]
+        proto.classification.CopyFrom(evaluation_pb2.ClassificationMetrics(
+            accuracy=e.accuracy, top_k=e.top_k, top_k_accuracy=e.top_k_accuracy,
+            per_class=[evaluation_pb2.ClassMetrics(class_name=names[i] if i < len(names) else str(i),
+                                                   precision=e.precision[i], recall=e.recall[i], f1=e.f1[i],
+                                                   support=e.support[i]) for i in range(len(e.precision))],
+            macro_f1=sum(e.f1) / len(e.f1) if e.f1 else 0.0,
+            confusion_matrix=[] if e.confusion_matrix is None else e.confusion_matrix.ravel().tolist(),
+        ))
+    else:
+        proto.regression.CopyFrom(evaluation_pb2.RegressionMetrics(mse=e.mse, mae=e.mae, r2=e.r2))
+    return proto
 
 
 def spec_sha256(network: network_pb2.NetworkSpec, training: network_pb2.TrainingConfig) -> str:
@@ -156,6 +176,12 @@ class Worker:
             dataset, features, labels = datasets.load_arrays(self.store, self.settings.data_dir, job.dataset.split("/", 1)[1])
             output_size = dataset.class_count or dataset.target_count
             data = TrainingData(features=features, labels=labels, label_kind=dataset.label_kind, output_size=output_size)
+            test_data = None
+            if job.test_dataset:  # scored once at the end, never trained on
+                _, test_features, test_labels = datasets.load_arrays(
+                    self.store, self.settings.data_dir, job.test_dataset.split("/", 1)[1])
+                test_data = TrainingData(features=test_features, labels=test_labels, label_kind=dataset.label_kind,
+                                         output_size=output_size)
             result = train(
                 job.network,
                 job.training,
@@ -166,6 +192,7 @@ class Worker:
                 should_stop=should_stop,
                 checkpoint_path=checkpoint,
                 performance=job.performance if job.HasField("performance") else None,  # issue 5
+                test_data=test_data,
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
@@ -200,7 +227,11 @@ class Worker:
                 onnx_size_bytes=exported.size_bytes,
                 opset_version=exported.opset_version,
                 create_time=timestamp(time.time()),
+                test_dataset=job.test_dataset,
             )
+            for evaluation in result.evaluations:
+                target = getattr(model, f"{evaluation.split}_evaluation")
+                target.CopyFrom(evaluation_proto(evaluation, list(dataset.class_names)))
             summary = f"trained {result.epochs_trained} epochs (best epoch {result.best_epoch}); ONNX parity {exported.parity_max_abs_diff:.2e}"
             self.store.finish_job(job_id, State.SUCCEEDED, summary, model=model)
             files.remove_tree(checkpoint.parent)

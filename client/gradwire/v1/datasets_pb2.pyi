@@ -17,9 +17,11 @@ class LabelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LABEL_KIND_UNSPECIFIED: _ClassVar[LabelKind]
     LABEL_KIND_CLASSES: _ClassVar[LabelKind]
     LABEL_KIND_REGRESSION: _ClassVar[LabelKind]
+    LABEL_KIND_MULTI_LABEL: _ClassVar[LabelKind]
 LABEL_KIND_UNSPECIFIED: LabelKind
 LABEL_KIND_CLASSES: LabelKind
 LABEL_KIND_REGRESSION: LabelKind
+LABEL_KIND_MULTI_LABEL: LabelKind
 
 class Dataset(_message.Message):
     __slots__ = ("name", "display_name", "feature_shape", "example_count", "label_kind", "class_names", "class_count", "target_count", "sha256", "size_bytes", "create_time")

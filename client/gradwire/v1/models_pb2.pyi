@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from gradwire.v1 import datasets_pb2 as _datasets_pb2
+from gradwire.v1 import evaluation_pb2 as _evaluation_pb2
 from gradwire.v1 import network_pb2 as _network_pb2
 from gradwire.v1 import training_pb2 as _training_pb2
 from gradwire.v1 import tensor_pb2 as _tensor_pb2
@@ -15,7 +16,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "display_name", "training_job", "dataset", "input_shape", "label_kind", "class_names", "output_size", "input_normalization", "network", "parameter_count", "final_metrics", "epochs_trained", "parity_max_abs_diff", "spec_sha256", "dataset_sha256", "onnx_sha256", "onnx_size_bytes", "opset_version", "create_time", "registered_model", "version", "aliases", "dynamic_batching")
+    __slots__ = ("name", "display_name", "training_job", "dataset", "input_shape", "label_kind", "class_names", "output_size", "input_normalization", "network", "parameter_count", "final_metrics", "epochs_trained", "parity_max_abs_diff", "spec_sha256", "dataset_sha256", "onnx_sha256", "onnx_size_bytes", "opset_version", "create_time", "train_evaluation", "validation_evaluation", "test_evaluation", "test_dataset", "registered_model", "version", "aliases", "dynamic_batching")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +37,10 @@ class Model(_message.Message):
     ONNX_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPSET_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    TEST_EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
@@ -60,11 +65,15 @@ class Model(_message.Message):
     onnx_size_bytes: int
     opset_version: int
     create_time: _timestamp_pb2.Timestamp
+    train_evaluation: _evaluation_pb2.Evaluation
+    validation_evaluation: _evaluation_pb2.Evaluation
+    test_evaluation: _evaluation_pb2.Evaluation
+    test_dataset: str
     registered_model: str
     version: int
     aliases: _containers.RepeatedScalarFieldContainer[str]
     dynamic_batching: DynamicBatching
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., training_job: _Optional[str] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., label_kind: _Optional[_Union[_datasets_pb2.LabelKind, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., output_size: _Optional[int] = ..., input_normalization: _Optional[_Union[_network_pb2.InputNormalization, str]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., parameter_count: _Optional[int] = ..., final_metrics: _Optional[_Union[_training_pb2.EpochMetrics, _Mapping]] = ..., epochs_trained: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., spec_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., onnx_size_bytes: _Optional[int] = ..., opset_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_model: _Optional[str] = ..., version: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., training_job: _Optional[str] = ..., dataset: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., label_kind: _Optional[_Union[_datasets_pb2.LabelKind, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., output_size: _Optional[int] = ..., input_normalization: _Optional[_Union[_network_pb2.InputNormalization, str]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., parameter_count: _Optional[int] = ..., final_metrics: _Optional[_Union[_training_pb2.EpochMetrics, _Mapping]] = ..., epochs_trained: _Optional[int] = ..., parity_max_abs_diff: _Optional[float] = ..., spec_sha256: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., onnx_size_bytes: _Optional[int] = ..., opset_version: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., train_evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., validation_evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., test_evaluation: _Optional[_Union[_evaluation_pb2.Evaluation, _Mapping]] = ..., test_dataset: _Optional[str] = ..., registered_model: _Optional[str] = ..., version: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ...) -> None: ...
 
 class RegisteredModel(_message.Message):
     __slots__ = ("name", "latest_version", "version_count", "aliases", "latest_model", "create_time", "update_time")

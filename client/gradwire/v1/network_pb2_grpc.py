@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from gradwire.v1 import network_pb2 as gradwire_dot_v1_dot_network__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,82 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class NetworkServiceStub:
+    """Describes networks without training them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SummarizeNetwork = channel.unary_unary(
+                '/gradwire.v1.NetworkService/SummarizeNetwork',
+                request_serializer=gradwire_dot_v1_dot_network__pb2.SummarizeNetworkRequest.SerializeToString,
+                response_deserializer=gradwire_dot_v1_dot_network__pb2.NetworkSummary.FromString,
+                _registered_method=True)
+
+
+class NetworkServiceServicer:
+    """Describes networks without training them.
+    """
+
+    def SummarizeNetwork(self, request, context):
+        """Infers each layer's output shape, parameter count and FLOPs per example
+        for a network on an input shape (like Keras' model.summary()), without
+        allocating weights. Refuses a network that does not fit the shape, with
+        the offending field path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NetworkServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SummarizeNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizeNetwork,
+                    request_deserializer=gradwire_dot_v1_dot_network__pb2.SummarizeNetworkRequest.FromString,
+                    response_serializer=gradwire_dot_v1_dot_network__pb2.NetworkSummary.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'gradwire.v1.NetworkService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('gradwire.v1.NetworkService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class NetworkService:
+    """Describes networks without training them.
+    """
+
+    @staticmethod
+    def SummarizeNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.NetworkService/SummarizeNetwork',
+            gradwire_dot_v1_dot_network__pb2.SummarizeNetworkRequest.SerializeToString,
+            gradwire_dot_v1_dot_network__pb2.NetworkSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

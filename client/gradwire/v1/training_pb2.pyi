@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "display_name", "dataset", "network", "training", "state", "create_time", "start_time", "end_time", "history", "error", "model", "seed", "device", "parameter_count", "registered_model", "aliases", "performance", "model_version", "request_id")
+    __slots__ = ("name", "display_name", "dataset", "network", "training", "state", "create_time", "start_time", "end_time", "history", "error", "model", "seed", "device", "parameter_count", "registered_model", "aliases", "performance", "model_version", "request_id", "test_dataset", "flops")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[TrainingJob.State]
@@ -51,6 +51,8 @@ class TrainingJob(_message.Message):
     PERFORMANCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     dataset: str
@@ -71,10 +73,12 @@ class TrainingJob(_message.Message):
     performance: TrainingPerformance
     model_version: int
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    test_dataset: str
+    flops: int
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ..., model_version: _Optional[int] = ..., request_id: _Optional[str] = ..., test_dataset: _Optional[str] = ..., flops: _Optional[int] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
-    __slots__ = ("epoch", "iterations", "train_loss", "validation_loss", "validation_accuracy", "train_accuracy", "learning_rate", "samples_per_second", "elapsed_seconds")
+    __slots__ = ("epoch", "iterations", "train_loss", "validation_loss", "validation_accuracy", "train_accuracy", "learning_rate", "samples_per_second", "elapsed_seconds", "max_gradient_norm", "examples")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +88,8 @@ class EpochMetrics(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     iterations: int
     train_loss: float
@@ -93,7 +99,9 @@ class EpochMetrics(_message.Message):
     learning_rate: float
     samples_per_second: float
     elapsed_seconds: float
-    def __init__(self, epoch: _Optional[int] = ..., iterations: _Optional[int] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+    max_gradient_norm: float
+    examples: int
+    def __init__(self, epoch: _Optional[int] = ..., iterations: _Optional[int] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_accuracy: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., max_gradient_norm: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class TrainingJobEvent(_message.Message):
     __slots__ = ("sequence", "event_time", "state", "epoch", "message", "error", "model")
@@ -114,12 +122,14 @@ class TrainingJobEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[TrainingJob.State, str]] = ..., epoch: _Optional[_Union[EpochMetrics, _Mapping]] = ..., message: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
-    __slots__ = ("display_name", "dataset", "inline_dataset", "network", "training", "request_id", "validate_only", "registered_model", "aliases", "performance")
+    __slots__ = ("display_name", "dataset", "inline_dataset", "network", "training", "test_dataset", "inline_test_dataset", "request_id", "validate_only", "registered_model", "aliases", "performance")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATASET_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
+    TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
+    INLINE_TEST_DATASET_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -130,12 +140,14 @@ class CreateTrainingJobRequest(_message.Message):
     inline_dataset: _datasets_pb2.InlineDataset
     network: _network_pb2.NetworkSpec
     training: _network_pb2.TrainingConfig
+    test_dataset: str
+    inline_test_dataset: _datasets_pb2.InlineDataset
     request_id: str
     validate_only: bool
     registered_model: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     performance: TrainingPerformance
-    def __init__(self, display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., inline_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ...) -> None: ...
+    def __init__(self, display_name: _Optional[str] = ..., dataset: _Optional[str] = ..., inline_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., network: _Optional[_Union[_network_pb2.NetworkSpec, _Mapping]] = ..., training: _Optional[_Union[_network_pb2.TrainingConfig, _Mapping]] = ..., test_dataset: _Optional[str] = ..., inline_test_dataset: _Optional[_Union[_datasets_pb2.InlineDataset, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ..., registered_model: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., performance: _Optional[_Union[TrainingPerformance, _Mapping]] = ...) -> None: ...
 
 class TrainingPerformance(_message.Message):
     __slots__ = ("precision", "channels_last")

@@ -23,8 +23,8 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
 
-    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str, publish: bool = True) -> datasets_pb2.Dataset:
-        field = "inline_dataset"
+    def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str,
+                      field: str = "inline_dataset", publish: bool = True) -> datasets_pb2.Dataset:
         if not inline.HasField("features"):
             raise errors.InvalidArgument("required", field=f"{field}.features")
         if not inline.HasField("labels"):
@@ -38,7 +38,9 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
         if features.dtype.kind in "iu":
             features = features.astype(np.float32)
         features = features.astype(np.float32, copy=False)
-        if inline.label_kind == LabelKind.LABEL_KIND_CLASSES and labels.dtype.kind == "f":
+        if inline.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL and labels.dtype.kind in "iu":
+            labels = labels.astype(np.int64)
+        elif inline.label_kind == LabelKind.LABEL_KIND_CLASSES and labels.dtype.kind == "f":
             if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
                 raise errors.InvalidArgument("class labels must be whole numbers", field=f"{field}.labels")
             labels = labels.astype(np.int64)
@@ -74,6 +76,9 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
             raise errors.InvalidArgument("required", field="network")
         if not request.HasField("training"):
             raise errors.InvalidArgument("required", field="training")
+        if request.test_dataset and request.HasField("inline_test_dataset"):
+            raise errors.InvalidArgument("set at most one of test_dataset and inline_test_dataset",
+                                         field="inline_test_dataset")
         request_id = check_request_id(request.request_id)
         fingerprint = request_sha256(request)
         if request_id and not request.validate_only:
@@ -82,13 +87,25 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 return existing
         self._check_limits(request)
         inline = source == "inline_dataset"
-        stored_inline = inline and not request.validate_only
-        if inline:
-            dataset = self._store_inline(request.inline_dataset, request.display_name, publish=stored_inline)
-        else:
-            dataset = self.s.store.get_dataset(resource_id(request.dataset, "datasets", field="dataset"))
+        publish = not request.validate_only
+        made: list[datasets_pb2.Dataset] = []  # stored here; removed again unless the job is created
         created = False
         try:
+            if inline:
+                dataset = self._store_inline(request.inline_dataset, request.display_name, publish=publish)
+                made.append(dataset)
+            else:
+                dataset = self.s.store.get_dataset(resource_id(request.dataset, "datasets", field="dataset"))
+            test = None
+            if request.HasField("inline_test_dataset"):
+                test = self._store_inline(request.inline_test_dataset, f"{request.display_name} (test)",
+                                          field="inline_test_dataset", publish=publish)
+                made.append(test)
+            elif request.test_dataset:
+                test = self.s.store.get_dataset(resource_id(request.test_dataset, "datasets", field="test_dataset"))
+            if test is not None:
+                _check_test_dataset(dataset, test, "inline_test_dataset" if request.HasField("inline_test_dataset")
+                                    else "test_dataset")
             summary = spec.validate_job(
                 request.network,
                 request.training,
@@ -113,20 +130,25 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 seed=seed,
                 parameter_count=summary.parameter_count,
                 request_id=request_id,
+                test_dataset=test.name if test is not None else "",
+                flops=summary.flops,
             )
             publish_options(request, job)  # registered model, aliases, performance
             if request.validate_only:
                 job.name = ""  # nothing was created
                 if inline:
                     job.dataset = ""
+                if request.HasField("inline_test_dataset"):
+                    job.test_dataset = ""
                 return job
             stored, created = self.s.store.insert_job(job, max_queued=self.s.settings.max_queued_jobs, request_sha256=fingerprint)
             return stored
         finally:
-            if stored_inline and not created:  # nothing is left half-made: the inline dataset goes with the refused job
-                dataset_id = dataset.name.split("/", 1)[1]
-                self.s.store.delete_dataset(dataset_id)
-                datasets.delete_files(self.s.settings.data_dir, dataset_id)
+            if publish and not created:  # nothing is left half-made: inline datasets go with the refused job
+                for stored_dataset in made:
+                    dataset_id = stored_dataset.name.split("/", 1)[1]
+                    self.s.store.delete_dataset(dataset_id)
+                    datasets.delete_files(self.s.settings.data_dir, dataset_id)
 
     def GetTrainingJob(self, request: training_pb2.GetTrainingJobRequest, context) -> training_pb2.TrainingJob:
         return self.s.store.get_job(resource_id(request.name, "trainingJobs"))
@@ -186,3 +208,23 @@ def request_sha256(request: training_pb2.CreateTrainingJobRequest) -> str:
     copy.CopyFrom(request)
     copy.ClearField("validate_only")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _check_test_dataset(train: datasets_pb2.Dataset, test: datasets_pb2.Dataset, field: str) -> None:
+    """A test dataset must look like the training data: same feature shape and label kind,
+    classes the model knows, the same number of regression targets."""
+    if list(test.feature_shape) != list(train.feature_shape):
+        raise errors.InvalidArgument(f"feature shape {list(test.feature_shape)} differs from the training dataset's "
+                                     f"{list(train.feature_shape)}", field=field)
+    if test.label_kind != train.label_kind:
+        raise errors.InvalidArgument(f"label kind {LabelKind.Name(test.label_kind)} differs from the training "
+                                     f"dataset's {LabelKind.Name(train.label_kind)}", field=field)
+    if test.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL and test.class_count != train.class_count:
+        raise errors.InvalidArgument(f"has {test.class_count} labels but the training dataset has "
+                                     f"{train.class_count}", field=field)
+    if test.label_kind == LabelKind.LABEL_KIND_CLASSES and test.class_count > train.class_count:
+        raise errors.InvalidArgument(f"has {test.class_count} classes but the training dataset has "
+                                     f"{train.class_count}", field=field)
+    if test.label_kind == LabelKind.LABEL_KIND_REGRESSION and test.target_count != train.target_count:
+        raise errors.InvalidArgument(f"has {test.target_count} regression targets but the training dataset has "
+                                     f"{train.target_count}", field=field)
