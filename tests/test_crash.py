@@ -156,10 +156,10 @@ def test_ten_random_sigkills(tmp_path):
         if target == "upload":
             time.sleep(rng.uniform(0.2, 0.8))
         elif target == "training":
-            until(lambda: any(done < total for _, done, total in running_jobs(data_dir)), timeout=15)
+            until(lambda: any(done < total for _, done, total in running_jobs(data_dir)), timeout=45)
             time.sleep(rng.uniform(0.0, 0.3))
         else:
-            until(lambda: any(done >= total for _, done, total in running_jobs(data_dir)), timeout=15)
+            until(lambda: any(done >= total for _, done, total in running_jobs(data_dir)), timeout=45)
             time.sleep(rng.uniform(0.0, 0.01))  # an export takes ~30 ms here: kill inside it
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=30)
