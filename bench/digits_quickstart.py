@@ -13,13 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import pathlib
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 
 import numpy as np
@@ -27,6 +20,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import gradwire as gw
+from _server import local_server
 
 EPOCHS, BATCH, LR, WD, PATIENCE, VAL_SPLIT, SEED = 30, 32, 1e-3, 1e-4, 5, 0.2, 0
 
@@ -37,29 +31,6 @@ def network() -> gw.Sequential:
         gw.Conv2d(32, kernel_size=3, padding="same"), gw.ReLU(), gw.MaxPool2d(2),
         gw.Flatten(), gw.Dropout(0.25), gw.Dense(10),
     ])
-
-
-@contextlib.contextmanager
-def local_server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data_dir = tempfile.mkdtemp(prefix="gradwire-bench-")
-    exe = shutil.which("gradwire", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    env = {**os.environ, "GRADWIRE_HOST": "127.0.0.1", "GRADWIRE_PORT": str(port), "GRADWIRE_DATA_DIR": data_dir}
-    proc = subprocess.Popen([exe, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        target = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while subprocess.run([exe, "health", "--target", target, "--timeout", "1"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
-        yield target
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def through_service(target: str, X_train, y_train, X_test, y_test) -> dict:
@@ -130,7 +101,7 @@ def main() -> None:
     X = X.reshape(-1, 1, 8, 8).astype(np.float32)
     split = train_test_split(X, y.astype(np.int64), test_size=0.2, stratify=y, random_state=0)
     X_train, X_test, y_train, y_test = split
-    with contextlib.nullcontext(args.target) if args.target else local_server() as target:
+    with contextlib.nullcontext(args.target) if args.target else local_server(quiet=True) as target:
         service = through_service(target, X_train, y_train, X_test, y_test)
     baseline = plain_pytorch(X_train, y_train, X_test, y_test)
     print(f"digits, stratified 80/20 split (random_state 0): {len(y_train)} train / {len(y_test)} test examples")

@@ -14,46 +14,15 @@ target is zero errors and a ratio <= 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
-import pathlib
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 
 import numpy as np
 from sklearn.datasets import load_digits
 
 import gradwire as gw
-
-
-@contextlib.contextmanager
-def local_server(extra_env: dict[str, str]):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data_dir = tempfile.mkdtemp(prefix="gradwire-load-")
-    exe = shutil.which("gradwire", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
-    env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=data_dir, GRADWIRE_LOG_LEVEL="WARNING")
-    env.update(extra_env)
-    proc = subprocess.Popen([exe, "serve"], env=env)
-    try:
-        target = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while subprocess.run([exe, "health", "--target", target, "--timeout", "1"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
-        yield target
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
+from _server import local_server
 
 
 def client_loop(target: str, token: str | None, model: str, start_at: float, seconds: float, seed: int, out) -> None:

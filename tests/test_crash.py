@@ -15,7 +15,6 @@ import threading
 import time
 
 import grpc
-import numpy as np
 
 from gradwire.v1 import datasets_pb2, models_pb2, training_pb2
 from helpers import State, config, iris, mlp, raw_tensor, upload_requests

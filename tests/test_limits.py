@@ -6,7 +6,6 @@ Servers here run without a worker unless a test needs one, so queued jobs stay q
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -16,7 +15,7 @@ from grpc_status import rpc_status
 
 import gradwire as gw
 from conftest import start, wait_for
-from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire.v1 import datasets_pb2_grpc, training_pb2, training_pb2_grpc
 from gradwire_server.config import Settings, parse_settings
 from gradwire_server.server import create_server
 from helpers import State, config, inline, iris, mlp, upload_requests

@@ -15,9 +15,9 @@ from sklearn import metrics
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from gradwire.v1 import datasets_pb2, network_pb2
+from gradwire.v1 import datasets_pb2
 from gradwire_server import nets, train
-from test_training import CPU, MLP, blobs, cfg, net, run, weights
+from test_training import MLP, blobs, cfg, net, run, weights
 
 SGD_FULL = """loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } } batching { full_batch {} }"""
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import wait_for
 from gradwire.v1 import datasets_pb2, training_pb2, training_pb2_grpc
-from helpers import State, config, inline, iris, mlp, raw_tensor, upload_requests
+from helpers import State, config, inline, iris, mlp, upload_requests
 from test_durability import ServeProcess, free_port, pytestmark, watch_to_end  # noqa: F401  (skip without the command)
 
 

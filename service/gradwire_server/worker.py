@@ -19,7 +19,7 @@ import time
 
 from google.rpc import status_pb2
 
-from gradwire.v1 import datasets_pb2, evaluation_pb2, models_pb2, network_pb2, training_pb2
+from gradwire.v1 import evaluation_pb2, models_pb2, network_pb2, training_pb2
 
 from . import datasets, errors, files
 from .config import Settings
