@@ -122,3 +122,23 @@ def test_a_store_from_before_the_registry_keeps_its_models(tmp_path):
         assert s.get_registered_model("registeredModels/legacy").aliases == {"latest": 1, "production": 1}
     finally:
         s.close()
+
+
+def test_alias_moved_to_another_input_shape_by_someone_else(client, target):
+    """The SDK caches an alias's input shape; when another client moves the alias to a version
+    with a different input shape, the next predict notices the server's shape error, looks the
+    alias up again and answers right."""
+    X, y = iris()
+    first = _train(client, 0, registered_model="shape-switch", aliases=["production"])
+    assert client.predict("registeredModels/shape-switch@production", X[0]).shape == (3,)  # caches (4,)
+    wide = np.hstack([X, X[:, :2]])  # 6 features
+    with gw.Client(target) as other:
+        second = other.train([gw.Dense(8), gw.ReLU(), gw.Dense(3)], (wide, y), optimizer=gw.Adam(0.05), epochs=2,
+                             batch_size=32, seed=0, registered_model="shape-switch").wait()
+        other.set_alias("shape-switch", "production", second.version)
+    single = client.predict("registeredModels/shape-switch@production", wide[0])
+    assert single.shape == (3,)
+    np.testing.assert_array_equal(single, client.predict(second, wide[:1])[0])
+    batch = client.predict("registeredModels/shape-switch@production", wide[:5])
+    np.testing.assert_array_equal(batch, client.predict(second, wide[:5]))
+    assert first.input_shape == (4,) and second.input_shape == (6,)

@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar, Union
 import grpc
 import numpy as np
 
-from gradwire._errors import GradwireError, translate_rpc_errors
+from gradwire._errors import GradwireError, InvalidArgumentError, translate_rpc_errors
 from gradwire._layers import Layer, Sequential, check_int, network_proto
 from gradwire._resources import DEFAULT, Dataset, Model, Prediction, RegisteredModel, TrainingEvent, TrainingJob, _Resource
 from gradwire._summary import NetworkSummary
@@ -502,7 +502,18 @@ class Client:
         """
         name = _name(model)
         feats = as_wire_array(features, np.float32)
-        input_shape = model.input_shape if isinstance(model, Model) else self._input_shape(name)
+        try:
+            return self._predict(name, feats, model.input_shape if isinstance(model, Model) else None, timeout)
+        except InvalidArgumentError as err:
+            # An alias (`registeredModels/x@production`) may have moved to a version with another
+            # input shape since its shape was cached: look it up again and retry once.
+            if err.field != "features.shape" or name.startswith("models/") or name not in self._input_shapes:
+                raise
+            del self._input_shapes[name]
+            return self._predict(name, feats, None, timeout)
+
+    def _predict(self, name: str, feats: np.ndarray, input_shape: tuple[int, ...] | None, timeout) -> Prediction:
+        input_shape = input_shape if input_shape is not None else self._input_shape(name)
         single = feats.shape == input_shape
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
@@ -579,7 +590,8 @@ class Client:
 
     def _input_shape(self, name: str) -> tuple[int, ...]:
         if name not in self._input_shapes:
-            # Alias names are cached too: a registered model's versions share one input shape.
+            # Alias names are cached too; predict_full looks one up again when the server says the
+            # shape no longer fits (the alias moved to a version with another input shape).
             self._input_shapes[name] = self.get_model(name).input_shape
         return self._input_shapes[name]
 
