@@ -62,3 +62,23 @@ def test_lecture_networks_train_on_the_gpu_and_export(gpu_target, net):
         probs = client.predict(model, X[800:1000])
         assert (probs.argmax(1) == y[800:1000]).mean() == pytest.approx(model.test_evaluation.accuracy, abs=0.01)
         assert model.test_evaluation.accuracy > 0.7
+
+
+def test_data_too_big_for_the_gpu_stays_in_host_memory(monkeypatch):
+    """Training data that would not fit the GPU stays in (pinned) host memory and is copied a batch
+    at a time; the run matches the one whose data lives on the GPU."""
+    from gradwire_server import train
+    from test_training import MLP, blobs, cfg, net
+
+    cuda = torch.device("cuda")
+    config = cfg("loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } } "
+                 "batching { mini_batch { batch_size: 8 } } epochs: 3 validation_split: 0.25")
+    data = blobs(80)
+    assert train.data_device(data.features.nbytes, cuda) == cuda
+    on_gpu = train.train(net(MLP), config, data, seed=0, device=cuda, on_epoch=lambda r: None)
+    monkeypatch.setattr(train, "DATA_ON_DEVICE_FRACTION", 0.0)  # nothing fits: the host path
+    assert train.data_device(1, cuda).type == "cpu"
+    on_host = train.train(net(MLP), config, data, seed=0, device=cuda, on_epoch=lambda r: None)
+    for a, b in zip(on_gpu.model.state_dict().values(), on_host.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert [r.train_loss for r in on_host.history] == pytest.approx([r.train_loss for r in on_gpu.history], rel=1e-4)

@@ -324,3 +324,8 @@ def test_divergence_fails_with_a_hint():
         run("layers { dense { units: 1 } }", """loss { mse {} } optimizer { sgd { learning_rate: 1000 } }
             batching { online {} } epochs: 5""", data)
     assert info.value.field == "training.optimizer"
+
+
+def test_data_lives_where_the_network_runs_on_the_cpu():
+    """On the CPU the data is simply where the network runs (the GPU's fit check is in test_gpu)."""
+    assert train.data_device(10**12, CPU) == CPU

@@ -42,6 +42,7 @@ from . import errors, files, nets, spec
 CHECKPOINT_VERSION = 1
 EVAL_BATCH = 4096  # examples per forward pass when evaluating (bounds memory, not results)
 HOLDOUT_EXAMPLES = 64  # raw examples kept for export's ONNX-vs-PyTorch parity check
+DATA_ON_DEVICE_FRACTION = 0.5  # the training data moves to the GPU when it takes at most this share of its free memory
 
 
 @dataclass
@@ -394,16 +395,35 @@ def _early_stopping(training: network_pb2.TrainingConfig, has_validation: bool) 
 # Evaluation
 
 
+def data_device(nbytes: int, device: torch.device) -> torch.device:
+    """Where a job's training data lives: on the GPU when it takes at most DATA_ON_DEVICE_FRACTION
+    of the GPU's free memory (batches are then index slices, no copies), else in host memory,
+    pinned, and copied to the GPU a batch at a time."""
+    if device.type != "cuda":
+        return device
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes <= DATA_ON_DEVICE_FRACTION * free else torch.device("cpu")
+
+
+def _place(t: torch.Tensor, home: torch.device, device: torch.device) -> torch.Tensor:
+    """Move to `home`; host-resident data for a GPU run is pinned so batch copies can overlap."""
+    if home.type == "cpu" and device.type == "cuda":
+        return t.contiguous().pin_memory()
+    return t.to(home)
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              classifier: bool) -> tuple[float, float | None]:
-    """Mean loss (and accuracy for classifiers) in eval mode."""
+              classifier: bool, device: torch.device | None = None) -> tuple[float, float | None]:
+    """Mean loss (and accuracy for classifiers) in eval mode, computed on ``device``
+    (default: where ``x`` lives; data kept in host memory is copied a batch at a time)."""
     model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    device = device or x.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     for start in range(0, len(x), EVAL_BATCH):
-        out = model(x[start:start + EVAL_BATCH])  # (batch, output_size)
-        target = y[start:start + EVAL_BATCH]
+        out = model(x[start:start + EVAL_BATCH].to(device))  # (batch, output_size)
+        target = y[start:start + EVAL_BATCH].to(device)
         loss_sum += loss_fn(out, target).double() * len(target)
         if classifier:
             correct += _correct(out, target)
@@ -413,13 +433,15 @@ def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, *, split: str,
-             classifier: bool, classes: int = 0, top_k: int = 1) -> Evaluation:
+             classifier: bool, classes: int = 0, top_k: int = 1, device: torch.device | None = None) -> Evaluation:
     """Scores ``model`` (logits out) on (x, y) in eval mode: loss, and accuracy,
     top-k accuracy, per-class precision / recall / F1 and the confusion matrix
     for classifiers, or MSE, MAE and R² (mean over targets) for regression."""
     model.eval()
-    outs = [model(x[s:s + EVAL_BATCH]) for s in range(0, len(x), EVAL_BATCH)]
+    device = device or x.device
+    outs = [model(x[s:s + EVAL_BATCH].to(device)) for s in range(0, len(x), EVAL_BATCH)]
     out = torch.cat(outs) if outs else torch.zeros((0, 1))
+    y = y.to(out.device)
     n = len(x)
     loss = float(loss_fn(out, y)) if n else float("nan")
     if not classifier:
@@ -462,22 +484,26 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Ten
 
 def _train_epoch(forward: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor,
                  y: torch.Tensor, order: torch.Tensor, batch_size: int, *, l1: float, classifier: bool,
-                 should_stop: Callable[[], bool], clip_norm: float | None = None
-                 ) -> tuple[float, float | None, float | None]:
+                 should_stop: Callable[[], bool], clip_norm: float | None = None,
+                 device: torch.device | None = None) -> tuple[float, float | None, float | None]:
     """One pass over the training split in ``order``: ceil(n / batch_size) steps
     (the caller trims ``order`` for drop_last). Returns the mean loss (without
     the L1 term) and accuracy, measured on the fly with the weights of each
-    step, as Keras reports them, and the largest pre-clipping gradient norm."""
+    step, as Keras reports them, and the largest pre-clipping gradient norm.
+    ``device`` is where the network runs; data kept in host memory (too big for
+    the GPU) is copied there a batch at a time, otherwise batches are slices."""
+    device = device or x.device
     weights = l1_weights(forward) if l1 > 0 else []
     params = [p for p in forward.parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)  # summed on the device: no sync per step
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    max_norm = torch.zeros((), device=x.device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    max_norm = torch.zeros((), device=device)
     for start in range(0, len(order), batch_size):
         if should_stop():
             raise errors.Cancelled("cancelled")
         batch = order[start:start + batch_size]
-        xb, yb = x[batch], y[batch]  # (batch, *feature_shape), (batch,) or (batch, k)
+        xb = x[batch].to(device, non_blocking=True)  # (batch, *feature_shape)
+        yb = y[batch].to(device, non_blocking=True)  # (batch,) or (batch, k)
         out = forward(xb)  # (batch, output_size)
         loss = loss_fn(out, yb)
         total = loss + l1 * sum(w.abs().sum() for w in weights) if l1 > 0 else loss
@@ -646,8 +672,9 @@ def train(
 
     features = torch.from_numpy(normalization.apply(data.features))
     labels = _labels_tensor(data)
-    x_train, y_train = features[train_idx].to(device), labels[train_idx].to(device)
-    x_val, y_val = features[val_idx].to(device), labels[val_idx].to(device)
+    home = data_device(features.nbytes + labels.nbytes, device)  # the GPU when the data fits there
+    x_train, y_train = _place(features[train_idx], home, device), _place(labels[train_idx], home, device)
+    x_val, y_val = _place(features[val_idx], home, device), _place(labels[val_idx], home, device)
 
     # --- network, optimizer, loss
     torch.manual_seed(seed)
@@ -687,10 +714,10 @@ def train(
                 group["lr"] = lr
         model.train()
         order = torch.randperm(n_train, generator=generator) if shuffle else torch.arange(n_train)
-        order = order[:stepped].to(device)  # drop_last: the examples of full batches only
+        order = order[:stepped].to(x_train.device)  # drop_last: the examples of full batches only
         train_loss, train_acc, grad_norm = _train_epoch(
             forward, optimizer, loss_fn, x_train, y_train, order, batch_size, l1=training.l1_penalty,
-            classifier=classifier, should_stop=should_stop, clip_norm=clip_norm)
+            classifier=classifier, should_stop=should_stop, clip_norm=clip_norm, device=device)
         step_seconds = time.perf_counter() - epoch_start
         if not math.isfinite(train_loss):
             raise errors.InvalidArgument(
@@ -700,7 +727,7 @@ def train(
 
         val_loss = val_acc = None
         if n_val:
-            val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier)
+            val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier, device)
         result = EpochResult(
             epoch=epoch,
             iterations=iterations,
@@ -732,7 +759,7 @@ def train(
         best_epoch = stopper.best_epoch
     binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
     top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
-    score = dict(classifier=classifier, classes=data.output_size, top_k=top_k)
+    score = dict(classifier=classifier, classes=data.output_size, top_k=top_k, device=device)
     evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
     if n_val:
         evaluations.append(evaluate(forward, loss_fn, x_val, y_val, split="validation", **score))
