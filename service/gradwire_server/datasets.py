@@ -280,7 +280,10 @@ def load_arrays(store: Store, data_dir: pathlib.Path, dataset_id: str) -> tuple[
     return dataset, features.astype(np.float32, copy=False), labels
 
 
-def delete_files(data_dir: pathlib.Path, dataset_id: str) -> None:
+def delete(store: Store, data_dir: pathlib.Path, dataset_id: str) -> None:
+    """Remove a dataset: its row first (refused while an unfinished job uses it), then its files.
+    A crash in between leaves only an orphaned directory, which start-up removes."""
+    store.delete_dataset(dataset_id)
     files.remove_tree(files.inside(data_dir, "datasets", dataset_id))
 
 

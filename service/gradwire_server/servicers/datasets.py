@@ -50,6 +50,5 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
 
     def DeleteDataset(self, request: datasets_pb2.DeleteDatasetRequest, context) -> empty_pb2.Empty:
         dataset_id = resource_id(request.name, "datasets")
-        self.s.store.delete_dataset(dataset_id)
-        datasets.delete_files(self.s.settings.data_dir, dataset_id)
+        datasets.delete(self.s.store, self.s.settings.data_dir, dataset_id)
         return empty_pb2.Empty()

@@ -147,8 +147,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
             if publish and not created:  # nothing is left half-made: inline datasets go with the refused job
                 for stored_dataset in made:
                     dataset_id = stored_dataset.name.split("/", 1)[1]
-                    self.s.store.delete_dataset(dataset_id)
-                    datasets.delete_files(self.s.settings.data_dir, dataset_id)
+                    datasets.delete(self.s.store, self.s.settings.data_dir, dataset_id)
 
     def GetTrainingJob(self, request: training_pb2.GetTrainingJobRequest, context) -> training_pb2.TrainingJob:
         return self.s.store.get_job(resource_id(request.name, "trainingJobs"))
