@@ -33,7 +33,8 @@ from sklearn.linear_model import Ridge
 import gradwire as gw
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from digits_quickstart import local_server, network as quickstart_cnn  # noqa: E402
+from _server import local_server  # noqa: E402
+from digits_quickstart import network as quickstart_cnn  # noqa: E402
 
 SEED = 0
 
