@@ -72,11 +72,24 @@ def _wrap_stream(behavior: Callable, method: str) -> Callable:
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        # method -> (registered handler, wrapped handler): wrap once, not on every call
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if method.startswith(OPEN_PREFIXES):
             # grpcio-health's Watch is "experimental_non_blocking" (called with a callback, returns
             # None): wrapping it as a generator broke it (UNKNOWN). It raises no domain errors.
