@@ -28,6 +28,7 @@ from .servicers.kserve import KServeServicer
 from .servicers.models import ModelServicer
 from .servicers.network import NetworkServicer
 from .servicers.training import TrainingJobServicer
+from .serving import ServingCache
 from .store import Store
 
 log = logging.getLogger("gradwire.server")
@@ -96,18 +97,15 @@ def create_server(settings: Settings) -> Running:
     """Build and start the gRPC server (no workers); returns it with the bound port."""
     store = Store(settings.database_path)
     prepare_data_dir(settings, store)
-    state = ServerState(
-        settings=settings,
-        store=store,
-        sessions=SessionCache(
-            settings.data_dir,
-            max_sessions=settings.max_sessions,
-            intra_op_threads=settings.inference_threads,
-            optimization=settings.inference_optimization,
-            device=settings.device,
-            batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
-        ),
+    sessions = SessionCache(
+        settings.data_dir,
+        max_sessions=settings.max_sessions,
+        intra_op_threads=settings.inference_threads,
+        optimization=settings.inference_optimization,
+        device=settings.device,
+        batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
     )
+    state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions))
     interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
     if settings.auth_enabled:
         interceptors.insert(0, AuthInterceptor(settings.tokens()))  # outermost: refused before anything runs

@@ -136,6 +136,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
+        self._commits = 0  # this connection's own commits (PRAGMA data_version counts only the others')
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -172,10 +173,19 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._commits += 1
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def change_stamp(self) -> tuple[int, int]:
+        """Changes whenever anything was committed since the last call saw it: by this process or by
+        any other connection to the file (a worker publishing a model). Cheap (a few microseconds):
+        what caches of the database's contents are checked against."""
+        with self._lock:
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+            return version, self._commits
 
     def integrity_check(self) -> str:
         return self._query("PRAGMA integrity_check")[0][0]

@@ -1,4 +1,4 @@
-"""What every servicer shares: settings, the store, the session cache."""
+"""What every servicer shares: settings, the store, the session cache, the serving cache."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 
 from ..config import Settings
 from ..inference import SessionCache
+from ..serving import ServingCache
 from ..store import Store
 
 
@@ -14,3 +15,4 @@ class ServerState:
     settings: Settings
     store: Store
     sessions: SessionCache
+    serving: ServingCache

@@ -22,6 +22,7 @@ from gradwire.v1 import datasets_pb2, models_pb2
 
 from .. import errors
 from ..inference import model_path
+from ..serving import Serving
 from .context import ServerState
 from .models import check_features, run_model
 
@@ -54,6 +55,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self._server_version = _version()
 
     # ---- naming ---------------------------------------------------------
+
+    def _served(self, name: str, version: str, field: str) -> Serving:
+        """`_resolve`, answered from the serving cache while the database is unchanged."""
+        return self.s.serving.get(("kserve", name, version), lambda: self._resolve(name, version, field))
 
     def _resolve(self, name: str, version: str, field: str) -> models_pb2.Model:
         if not name:
@@ -151,16 +156,17 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return array
 
     def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        model = self._resolve(request.model_name, request.model_version, "model_name")
+        served = self._served(request.model_name, request.model_version, "model_name")
+        model = served.model
         input_name, output_name = self._io_names(model)
-        features = check_features(model, self._input(request, input_name), "inputs[0].shape")
+        features = check_features(served, self._input(request, input_name), "inputs[0].shape")
         if features.dtype != np.float32:
             features = features.astype(np.float32)
         requested = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
         for i, out in enumerate(requested):
             if out.name != output_name:
                 raise errors.InvalidArgument(f"the model's output is {output_name!r}, got {out.name!r}", field=f"outputs[{i}].name")
-        output = run_model(self.s, model, features)  # (batch, output_size) float32
+        output = run_model(self.s, served, features)  # (batch, output_size) float32
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=str(model.version) if model.version else "", id=request.id
         )

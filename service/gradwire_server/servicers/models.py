@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import numpy as np
 from google.protobuf import empty_pb2
 
-from gradwire.v1 import datasets_pb2, models_pb2, models_pb2_grpc
+from gradwire.v1 import models_pb2, models_pb2_grpc
 
 from .. import errors, files
 from ..inference import model_path
+from ..serving import Serving
 from ..store import resource_id
 from .context import ServerState
 from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
@@ -24,22 +25,20 @@ from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
 EXPORT_CHUNK_BYTES = 1024 * 1024
 
 
-def check_features(model: models_pb2.Model, features: np.ndarray, field: str) -> np.ndarray:
+def check_features(served: Serving, features: np.ndarray, field: str) -> np.ndarray:
     """[batch, *input_shape] float32 (a view, never a copy, when it already is float32)."""
-    expected = list(model.input_shape)
-    if features.ndim != len(expected) + 1 or list(features.shape[1:]) != expected or features.shape[0] < 1:
+    expected = served.input_shape
+    if features.shape[1:] != expected or features.shape[0] < 1:
         raise errors.InvalidArgument(
-            f"must be [batch, {', '.join(map(str, expected))}] for model '{model.name}', got {list(features.shape)}",
+            f"must be [batch, {', '.join(map(str, expected))}] for model '{served.model.name}', got {list(features.shape)}",
             field=field,
         )
     return features.astype(np.float32, copy=False)
 
 
-def run_model(state: ServerState, model: models_pb2.Model, features: np.ndarray) -> np.ndarray:
+def run_model(state: ServerState, served: Serving, features: np.ndarray) -> np.ndarray:
     """Through the model's batcher, with its override of the server's batching defaults."""
-    model_id = model.name.split("/", 1)[1]
-    override = model.dynamic_batching if model.HasField("dynamic_batching") else None
-    return state.sessions.run(model_id, features, state.sessions.policy(override))
+    return state.sessions.run(served.model_id, features, served.policy)
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
@@ -70,20 +69,21 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                 yield models_pb2.ExportModelResponse(chunk_data=chunk)
 
     def Predict(self, request: models_pb2.PredictRequest, context) -> models_pb2.PredictResponse:
-        model = self._model(request.name)
+        name = request.name
+        served = self.s.serving.get(name, lambda: self._model(name))
         if not request.HasField("features"):
             raise errors.InvalidArgument("required", field="features")
-        features = check_features(model, tensor_to_numpy(request.features, "features"), "features.shape")
-        output = run_model(self.s, model, features)
+        features = check_features(served, tensor_to_numpy(request.features, "features"), "features.shape")
+        output = run_model(self.s, served, features)
         raw = is_raw(request.features)
-        if model.label_kind == datasets_pb2.LABEL_KIND_REGRESSION:
+        if served.regression:
             return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw))
-        classes = output.argmax(axis=1)
-        names = [model.class_names[i] for i in classes] if model.class_names else []
+        classes = output.argmax(axis=1).tolist()
+        names = served.class_names
         return models_pb2.PredictResponse(
             probabilities=numpy_to_tensor(output, raw=raw),
-            predicted_classes=classes.tolist(),
-            predicted_class_names=names,
+            predicted_classes=classes,
+            predicted_class_names=[names[i] for i in classes] if names else (),
         )
 
     # ---- registry -------------------------------------------------------
