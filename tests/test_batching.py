@@ -4,6 +4,7 @@ onnxruntime calls, and every caller gets exactly its own rows, bit-identical to 
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -113,6 +114,48 @@ def test_batcher_merges_up_to_max_batch_and_spreads_errors():
 
     call(-1)  # a failing run raises in its caller
     assert isinstance(errs[-1], ValueError)
+
+
+def test_one_call_at_a_time_and_max_delay_gathers_when_idle():
+    """While a call runs, a partial batch waits for it (never runs beside it, however long it
+    takes); with max_delay, a request to an idle model waits that long for company."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+    seen: list[int] = []
+
+    def run(x):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            seen.append(len(x))
+        time.sleep(0.05)  # 25x the old 2 ms delay that used to start overlapping calls
+        with lock:
+            running[0] -= 1
+        return x
+
+    batcher = Batcher(run)
+    policy = BatchingPolicy(enabled=True, max_batch_size=64, max_delay_s=0.0)
+    calls = [threading.Thread(target=batcher, args=(np.full((1, 2), i, dtype=np.float32), policy)) for i in range(12)]
+    for i, t in enumerate(calls):
+        t.start()
+        if i == 0:
+            wait_for(lambda: seen)  # the first call holds the model
+    for t in calls:
+        t.join()
+    assert most[0] == 1, most  # never two calls at once
+    assert seen[0] == 1 and sum(seen) == 12 and len(seen) <= 3, seen  # the rest merged behind it
+
+    seen.clear()
+    gather = BatchingPolicy(enabled=True, max_batch_size=64, max_delay_s=0.3)
+    t0 = time.monotonic()
+    idle = [threading.Thread(target=batcher, args=(np.zeros((1, 2), dtype=np.float32), gather)) for _ in range(4)]
+    for t in idle:
+        t.start()
+        time.sleep(0.02)
+    for t in idle:
+        t.join()
+    assert seen == [4], seen  # the idle model waited for company: one call of 4
+    assert time.monotonic() - t0 >= 0.3
 
 
 def test_model_override_and_disabled_batching(channel, model):

@@ -32,8 +32,9 @@ class Settings:
     """Training device: "auto" (CUDA when present, else CPU), "cpu", or "cuda" / "cuda:N"."""
     workers: int = 1
     """Training worker processes (each trains one job at a time)."""
-    rpc_threads: int = 16
-    """Threads serving RPCs."""
+    rpc_threads: int = 64
+    """Threads serving RPCs. Each in-flight call holds one (a Watch stream for its whole life, a
+    Predict while it waits for its batch), so this bounds the concurrent requests that can merge."""
     grace_period_s: float = 10.0
     """On SIGTERM: how long in-flight RPCs get to finish."""
     max_upload_bytes: int = 2 * 1024**3
@@ -52,8 +53,9 @@ class Settings:
     """Dynamic batching: merge concurrent small predictions to one model into one onnxruntime call."""
     batch_max_size: int = 64
     """Dynamic batching: most rows in one merged call (a model's override wins)."""
-    batch_max_delay_us: int = 2000
-    """Dynamic batching: longest a request waits for others while the model is busy, in microseconds."""
+    batch_max_delay_us: int = 0
+    """Dynamic batching: how long a batch may also wait for company when the model is free, in
+    microseconds (0: never; while the model is busy, requests always wait for it and merge)."""
     poll_interval_s: float = 0.2
     """How often the worker and Watch streams look at the store for news."""
     log_level: str = "INFO"

@@ -5,14 +5,17 @@ CUDA execution provider when onnxruntime-gpu and a GPU are present, the CPU
 otherwise. At most `max_sessions` stay loaded (least recently used evicted).
 
 Dynamic batching (`Batcher`, one per loaded model): concurrent small requests to
-one model are merged into one onnxruntime call of at most `max_batch_size` rows.
-A request that finds the model idle runs at once (no added latency when there is
-no concurrency); while a call is running, new requests queue, and the first of
-them (the leader) waits until the running call finishes, the queue holds
-`max_batch_size` rows, or `max_delay` has passed, then runs the queue as one
-batch. Every caller gets exactly its own rows: onnxruntime computes each row of
-these graphs independently of the others, so they are bit-identical to running
-the request alone (tests/test_batching.py checks it with concurrent clients).
+one model are merged into one onnxruntime call of at most `max_batch_size` rows,
+one call at a time per model (as one Triton model instance). A request that finds
+the model idle runs at once (no added latency when there is no concurrency);
+while a call is running, new requests queue, and the first of them (the leader)
+runs the queue as one batch as soon as the running call finishes or the queue
+holds `max_batch_size` rows. `max_delay` (Triton's max_queue_delay, 0 by
+default) lets the leader also wait that long after its arrival for more requests
+even when the model is free: larger batches for more latency. Every caller gets
+exactly its own rows: onnxruntime computes each row of these graphs independently
+of the others, so they are bit-identical to running the request alone
+(tests/test_batching.py checks it with concurrent clients).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class BatchingPolicy:
 
     enabled: bool = True
     max_batch_size: int = 64
-    max_delay_s: float = 0.002
+    max_delay_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -100,24 +103,32 @@ class Batcher:
     def __call__(self, features: np.ndarray, policy: BatchingPolicy) -> np.ndarray:
         if not policy.enabled or len(features) >= policy.max_batch_size:
             return self._direct(features)
-        me = _Pending(features)
         with self._cv:
-            self._queue.append(me)
-            self._queued_rows += len(features)
-            if self._has_leader:
-                self._cv.notify_all()  # the leader re-checks whether the batch is full
-                lead = False
+            if not self._running and not self._has_leader and not policy.max_delay_s:
+                self._running += 1  # the model is idle: run at once, with no batch to form
+                me = None
             else:
-                self._has_leader = lead = True
+                me = _Pending(features)
+                self._queue.append(me)
+                self._queued_rows += len(features)
+                if self._has_leader:
+                    self._cv.notify_all()  # the leader re-checks whether the batch is full
+                    lead = False
+                else:
+                    self._has_leader = lead = True
+        if me is None:
+            return self._direct(features, counted=True)
         if not lead:
             me.done.wait()
             if not me.lead:
                 return self._result(me)
         return self._lead(me, policy)
 
-    def _direct(self, features: np.ndarray) -> np.ndarray:
-        with self._cv:
-            self._running += 1
+    def _direct(self, features: np.ndarray, counted: bool = False) -> np.ndarray:
+        """A call of its own (`counted`: `_running` already counts it)."""
+        if not counted:
+            with self._cv:
+                self._running += 1
         try:
             out = self._run(features)
         finally:
@@ -132,12 +143,13 @@ class Batcher:
     def _lead(self, me: _Pending, policy: BatchingPolicy) -> np.ndarray:
         deadline = time.monotonic() + policy.max_delay_s
         with self._cv:
-            # Wait for company only while another call keeps the model busy.
-            while self._running and self._queued_rows < policy.max_batch_size:
+            # Wait for company while the model is busy (it frees up for this batch), and for at
+            # most max_delay after arriving when it is not; a full batch goes at once.
+            while self._queued_rows < policy.max_batch_size:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not self._running and remaining <= 0:
                     break
-                self._cv.wait(remaining)
+                self._cv.wait(remaining if remaining > 0 else None)
             batch, rows = [], 0
             while self._queue and (not batch or rows + len(self._queue[0].features) <= policy.max_batch_size):
                 p = self._queue.popleft()
