@@ -28,7 +28,7 @@ EXPORT_CHUNK_BYTES = 1024 * 1024
 def check_features(served: Serving, features: np.ndarray, field: str) -> np.ndarray:
     """[batch, *input_shape] float32 (a view, never a copy, when it already is float32)."""
     expected = served.input_shape
-    if features.shape[1:] != expected or features.shape[0] < 1:
+    if features.ndim != len(expected) + 1 or features.shape[1:] != expected or features.shape[0] < 1:
         raise errors.InvalidArgument(
             f"must be [batch, {', '.join(map(str, expected))}] for model '{served.model.name}', got {list(features.shape)}",
             field=field,
