@@ -19,18 +19,12 @@ NUMPY_TO_DTYPE = {v: k for k, v in NUMPY_DTYPES.items()}
 
 def tensor_to_numpy(t: tensor_pb2.Tensor, field: str) -> np.ndarray:
     """Decode a Tensor (raw bytes without copying, or typed numbers), checking shape x dtype."""
-    raw = t.raw_data  # (each read of a bytes field makes a new bytes object: read it once)
-    if raw and t.dtype in NUMPY_DTYPES and not t.float_values and not t.int_values:
-        # The common case (the SDK, tritonclient-style raw bytes), checked in a few microseconds.
-        dims = tuple(t.shape)
-        dtype = NUMPY_DTYPES[t.dtype]
-        if all(d >= 0 for d in dims) and len(raw) == math.prod(dims) * dtype.itemsize:
-            return np.frombuffer(raw, dtype=dtype).reshape(dims)
+    raw = t.raw_data  # each read of a bytes field copies it: read it once
     shape = list(t.shape)
     if any(d < 0 for d in shape):
         raise errors.InvalidArgument(f"dimensions must be >= 0, got {shape}", field=f"{field}.shape")
     count = math.prod(shape)
-    carriers = [name for name in ("raw_data", "float_values", "int_values") if len(getattr(t, name))]
+    carriers = [name for name, values in (("raw_data", raw), ("float_values", t.float_values), ("int_values", t.int_values)) if len(values)]
     if len(carriers) > 1:
         raise errors.InvalidArgument(f"set only one of raw_data, float_values, int_values; got {', '.join(carriers)}", field=field)
     if t.dtype not in NUMPY_DTYPES and t.dtype != DataType.DATA_TYPE_UNSPECIFIED:
@@ -39,12 +33,12 @@ def tensor_to_numpy(t: tensor_pb2.Tensor, field: str) -> np.ndarray:
         if t.dtype == DataType.DATA_TYPE_UNSPECIFIED:
             raise errors.InvalidArgument("required with raw_data, got DATA_TYPE_UNSPECIFIED", field=f"{field}.dtype")
         dtype = NUMPY_DTYPES[t.dtype]
-        if len(t.raw_data) != count * dtype.itemsize:
+        if len(raw) != count * dtype.itemsize:
             raise errors.InvalidArgument(
-                f"shape {shape} x {DataType.Name(t.dtype)} needs {count * dtype.itemsize} bytes, got {len(t.raw_data)}",
+                f"shape {shape} x {DataType.Name(t.dtype)} needs {count * dtype.itemsize} bytes, got {len(raw)}",
                 field=f"{field}.raw_data",
             )
-        return np.frombuffer(t.raw_data, dtype=dtype).reshape(shape)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
     if not carriers:
         if count != 0:
             raise errors.InvalidArgument(f"shape {shape} needs {count} values, got none", field=field)
