@@ -3,6 +3,7 @@
     python bench/inference.py                    # all of (a)-(f), about 2 minutes on 2 CPU cores
     python bench/inference.py --only a,b,e       # a subset (the GPU run)
     python bench/inference.py --scale 5          # 5x more requests / bytes / epochs
+    python bench/inference.py --server-cpus 0-7 --client-cpus 8-15   # (c)'s clients on their own cores
 
 It starts its own `gradwire serve` (and a bare gRPC echo server as a baseline) on free ports.
 
@@ -82,17 +83,29 @@ def echo_server(port: int) -> None:
 
 @contextlib.contextmanager
 def process(args: list[str], env: dict | None = None):
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """A child process for the run's length; its stderr's tail is printed if the run fails."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield proc
+        except BaseException:
+            log.seek(0)
+            print(f"--- stderr of {' '.join(args[-2:])} ---\n{log.read().decode(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
-def wait_ready(target: str) -> None:
+def wait_ready(target: str, proc: subprocess.Popen) -> None:
     with grpc.insecure_channel(target) as ch:
-        grpc.channel_ready_future(ch).result(timeout=120)
+        ready = grpc.channel_ready_future(ch)
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{target}: the process exited with status {proc.returncode} before serving")
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                return ready.result(timeout=0.5)
+        raise TimeoutError(f"{target}: not serving after 120 s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +201,20 @@ def wide_model(client, width: int = 4096):
     return client.train(net, (X, y), optimizer=gw.SGD(0.01), epochs=1, batch_size=128, seed=0, name=f"wide-{width}").wait(), X
 
 
+def cpu_list(text: str) -> set[int]:
+    """"0-3,8" -> {0, 1, 2, 3, 8}"""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def clients_worker(target: str, name: str, threads: int, start_at: float, seconds: float, row_file: str) -> None:
     """One client process: `threads` threads, each its own channel, one-row Predicts from
-    `start_at` for `seconds`; prints its latencies as JSON."""
+    `start_at` for `seconds`; prints its latencies as JSON. BENCH_CLIENT_CPUS pins it."""
+    if os.environ.get("BENCH_CLIENT_CPUS"):
+        os.sched_setaffinity(0, cpu_list(os.environ["BENCH_CLIENT_CPUS"]))
     request = models_pb2.PredictRequest(name=name, features=gw._tensors.to_tensor(np.load(row_file)))
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
@@ -344,6 +368,9 @@ def main() -> None:
     parser.add_argument("--only", default="a,b,c,d,e,f", help="which figures, e.g. a,b,e")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts, bytes and epochs")
     parser.add_argument("--device", default="auto", help="training device for the server and the plain loop")
+    parser.add_argument("--server-cpus", help="pin the server, the echo server and the in-process baselines to these CPUs, e.g. 0-7")
+    parser.add_argument("--client-cpus", help="pin (c)'s client processes to these CPUs, e.g. 8-15")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the figures to this file, after each one")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -354,6 +381,10 @@ def main() -> None:
         return clients_worker(target, name, int(threads), float(start_at), float(seconds), row_file)
     only = set(args.only.split(","))
     s = args.scale
+    if args.server_cpus:  # the server and echo processes inherit it
+        os.sched_setaffinity(0, cpu_list(args.server_cpus))
+    if args.client_cpus:
+        os.environ["BENCH_CLIENT_CPUS"] = args.client_cpus
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -361,13 +392,15 @@ def main() -> None:
     target, echo_target = f"127.0.0.1:{port}", f"127.0.0.1:{echo_port}"
     started = time.perf_counter()
     results: dict[str, dict] = {}
+    if args.json:
+        results = Saved(args.json, machine=machine(), server_cpus=args.server_cpus, client_cpus=args.client_cpus)
     with tempfile.TemporaryDirectory(prefix="gradwire-bench-") as data_dir, \
             process([sys.executable, "-c", "import sys; from gradwire.cli import main; sys.exit(main(sys.argv[1:]))", "serve"],
                     {"GRADWIRE_HOST": "127.0.0.1", "GRADWIRE_PORT": str(port), "GRADWIRE_DATA_DIR": data_dir,
-                     "GRADWIRE_DEVICE": args.device, "GRADWIRE_LOG_LEVEL": "WARNING"}), \
-            process([sys.executable, __file__, "--echo-server", str(echo_port)]):
-        wait_ready(target)
-        wait_ready(echo_target)
+                     "GRADWIRE_DEVICE": args.device, "GRADWIRE_LOG_LEVEL": "WARNING"}) as server, \
+            process([sys.executable, __file__, "--echo-server", str(echo_port)]) as echo:
+        wait_ready(target, server)
+        wait_ready(echo_target, echo)
         X, y = digits()
         with gw.Client(target, timeout=300) as client:
             if only & {"a", "b", "f"}:
@@ -393,7 +426,21 @@ def main() -> None:
             if "f" in only:
                 base = results.get("a") or bench_a(client, echo_target, model, onnx_path, X, 300)
                 results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
-    report(results, machine(), time.perf_counter() - started)
+    pinned = f"; server pinned to CPUs {args.server_cpus}, (c)'s clients to {args.client_cpus}" if args.server_cpus or args.client_cpus else ""
+    report(results, machine() + pinned, time.perf_counter() - started)
+
+
+class Saved(dict):
+    """The results dict, rewritten to a JSON file whenever a figure lands (a run cut short keeps
+    what it measured)."""
+
+    def __init__(self, path: pathlib.Path, **context):
+        super().__init__()
+        self.path, self.context = path, context
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.path.write_text(json.dumps({**self.context, **self}, indent=1, default=str))
 
 
 def report(r: dict, where: str, wall: float) -> None:
