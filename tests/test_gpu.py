@@ -82,3 +82,31 @@ def test_data_too_big_for_the_gpu_stays_in_host_memory(monkeypatch):
     for a, b in zip(on_gpu.model.state_dict().values(), on_host.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert [r.train_loss for r in on_host.history] == pytest.approx([r.train_loss for r in on_gpu.history], rel=1e-4)
+
+
+@pytest.mark.parametrize("text, reference", [
+    ("sgd { learning_rate: 0.1 momentum: 0.9 weight_decay: 0.01 }", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01)),
+    ("adam { learning_rate: 0.01 }", lambda p: torch.optim.Adam(p, lr=0.01)),
+    ("adamw { learning_rate: 0.01 weight_decay: 0.1 }", lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1)),
+], ids=["sgd", "adam", "adamw"])
+def test_gpu_optimizers_are_fused_and_match_torch_optim(text, reference):
+    """On CUDA, SGD / Adam / AdamW take torch's fused kernels; their steps match torch.optim's
+    default (foreach) implementation to float32 rounding."""
+    from test_options import cfg
+
+    from gradwire_server import train
+
+    config = cfg(f"optimizer {{ {text} }}").optimizer
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(64, 32, device="cuda")), torch.nn.Parameter(torch.randn(32, device="cuda"))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt_a, opt_b = train.make_optimizer(config, ours), reference(theirs)
+    assert opt_a.defaults["fused"] is True and not opt_b.defaults.get("fused")
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in ours]
+        for params, opt in ((ours, opt_a), (theirs, opt_b)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"step {step + 1}")
