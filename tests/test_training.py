@@ -329,3 +329,53 @@ def test_divergence_fails_with_a_hint():
 def test_data_lives_where_the_network_runs_on_the_cpu():
     """On the CPU the data is simply where the network runs (the GPU's fit check is in test_gpu)."""
     assert train.data_device(10**12, CPU) == CPU
+
+
+CNN = """
+layers { conv2d { filters: 4 kernel_size: 3 padding_mode: PADDING_MODE_SAME } }
+layers { relu {} }
+layers { max_pool2d { kernel_size: 2 } }
+layers { flatten {} }
+layers { dense { units: 3 } }
+"""
+
+
+def image_blobs(n: int = 48) -> train.TrainingData:
+    flat = blobs(n, features=72)
+    return dataclasses.replace(flat, features=flat.features.reshape(n, 2, 6, 6))  # 2 channels: NCHW != NHWC
+
+
+def performance(precision: str = "PRECISION_FP32", channels_last: bool = False):
+    from gradwire.v1 import training_pb2
+
+    return text_format.Parse(f"precision: {precision} channels_last: {str(channels_last).lower()}", training_pb2.TrainingPerformance())
+
+
+@pytest.mark.parametrize("device", [CPU, pytest.param(torch.device("cuda"), marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU on this machine")])], ids=["cpu", "cuda"])
+def test_precision_and_channels_last(device):
+    """TF32 and channels-last change how the arithmetic runs, not what it computes (TF32 exactly
+    on the CPU, where it does not exist; within TF32's 10-bit mantissa on a GPU); bf16 autocast
+    changes the results (it is really on) but still trains."""
+    training = "loss { cross_entropy {} } optimizer { adam { learning_rate: 0.01 } } batching { mini_batch { batch_size: 8 } } epochs: 4"
+    go = lambda perf: train.train(net(CNN), cfg(training), image_blobs(), seed=0, device=device,  # noqa: E731
+                                  on_epoch=lambda r: None, performance=perf)
+    fp32 = go(performance())
+    tf32 = go(performance("PRECISION_TF32"))
+    if device.type == "cuda":
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # on for the TF32 job
+    nhwc = go(performance(channels_last=True))
+    if device.type == "cuda":
+        assert not torch.backends.cuda.matmul.allow_tf32  # and off again for the next float32 job
+    bf16 = go(performance("PRECISION_BF16"))
+    losses = lambda r: [e.train_loss for e in r.history]  # noqa: E731
+    if device.type == "cpu":
+        assert losses(tf32) == losses(fp32)
+        assert_same_weights(weights(tf32.model), weights(fp32.model))
+    else:
+        assert losses(tf32) == pytest.approx(losses(fp32), rel=1e-2)
+    conv = next(m for m in nhwc.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert losses(nhwc) == pytest.approx(losses(fp32), rel=1e-4 if device.type == "cpu" else 1e-3)  # cuDNN picks other kernels
+    assert losses(bf16) != losses(fp32) and losses(bf16) == pytest.approx(losses(fp32), rel=0.05)
+    assert losses(bf16)[-1] < losses(bf16)[0]
