@@ -42,35 +42,39 @@ def through_service(target: str, X_train, y_train, X_test, y_test) -> dict:
                            early_stopping=gw.EarlyStopping(patience=PATIENCE), seed=SEED)
         model = job.wait()
         probs = client.predict(model, X_test)
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        job.refresh()
     return {"accuracy": float((probs.argmax(1) == y_test).mean()), "wall_s": wall,
-            "epochs": model.proto.epochs_trained, "parity": model.parity_max_abs_diff}
+            "epochs": model.proto.epochs_trained, "parity": model.parity_max_abs_diff, "device": job.proto.device}
 
 
-def plain_pytorch(X_train, y_train, X_test, y_test) -> dict:
-    """The oracle: the same network and hyperparameters as a hand-written PyTorch loop."""
+def plain_pytorch(X_train, y_train, X_test, y_test, device: str) -> dict:
+    """The oracle: the same network and hyperparameters as a hand-written PyTorch loop, on the
+    device the service trained on (its CUDA start-up before the clock, as the worker's is)."""
     import torch
     from torch import nn
 
+    dev = torch.device(device)
+    torch.zeros(1, device=dev)
     start = time.perf_counter()
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     order = rng.permutation(len(y_train))
     n_val = int(len(y_train) * VAL_SPLIT)
     tr, va = order[n_val:], order[:n_val]
-    xt, yt = torch.from_numpy(X_train[tr]), torch.from_numpy(y_train[tr])
-    xv, yv = torch.from_numpy(X_train[va]), torch.from_numpy(y_train[va])
+    xt, yt = torch.from_numpy(X_train[tr]).to(dev), torch.from_numpy(y_train[tr]).to(dev)
+    xv, yv = torch.from_numpy(X_train[va]).to(dev), torch.from_numpy(y_train[va]).to(dev)
     net = nn.Sequential(
         nn.Conv2d(1, 16, 3, padding="same"), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Dropout(0.25), nn.Linear(32 * 2 * 2, 10),
-    )
+    ).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=LR, weight_decay=WD)
     loss_fn = nn.CrossEntropyLoss()
     best, best_state, bad, epochs = float("inf"), None, 0, 0
     for _ in range(EPOCHS):
         net.train()
-        perm = torch.randperm(len(yt))
+        perm = torch.randperm(len(yt), device=dev)
         for i in range(0, len(yt), BATCH):
             idx = perm[i : i + BATCH]
             opt.zero_grad()
@@ -89,7 +93,7 @@ def plain_pytorch(X_train, y_train, X_test, y_test) -> dict:
     net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():
-        pred = net(torch.from_numpy(X_test)).argmax(1).numpy()
+        pred = net(torch.from_numpy(X_test).to(dev)).argmax(1).cpu().numpy()
     return {"accuracy": float((pred == y_test).mean()), "wall_s": time.perf_counter() - start, "epochs": epochs}
 
 
@@ -103,8 +107,9 @@ def main() -> None:
     X_train, X_test, y_train, y_test = split
     with contextlib.nullcontext(args.target) if args.target else local_server(quiet=True) as target:
         service = through_service(target, X_train, y_train, X_test, y_test)
-    baseline = plain_pytorch(X_train, y_train, X_test, y_test)
-    print(f"digits, stratified 80/20 split (random_state 0): {len(y_train)} train / {len(y_test)} test examples")
+    baseline = plain_pytorch(X_train, y_train, X_test, y_test, service["device"])
+    print(f"digits, stratified 80/20 split (random_state 0): {len(y_train)} train / {len(y_test)} test examples; "
+          f"both trained on {service['device']}")
     print(f"{'':24}{'test accuracy':>14}{'epochs':>8}{'wall s':>9}")
     print(f"{'gradwire (service)':24}{service['accuracy']:>14.4f}{service['epochs']:>8}{service['wall_s']:>9.1f}")
     print(f"{'plain PyTorch loop':24}{baseline['accuracy']:>14.4f}{baseline['epochs']:>8}{baseline['wall_s']:>9.1f}")
