@@ -181,6 +181,30 @@ def test_cancel_running_job_and_refuse_cancel_of_finished(stubs):
     assert "CANCELLED" in err.value.details()
 
 
+def test_an_unfinished_jobs_test_set_cannot_be_deleted(stubs):
+    """A dataset an unfinished job will be scored on is kept, like the one it trains on."""
+    datasets, jobs, _ = stubs
+    X, y = iris()
+    train_set = datasets.UploadDataset(upload_requests(X[:120], y[:120], names=["a", "b", "c"]), timeout=30)
+    test_set = datasets.UploadDataset(upload_requests(X[120:], y[120:], names=["a", "b", "c"]), timeout=30)
+    job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+        dataset=train_set.name, test_dataset=test_set.name, network=mlp(32, 3),
+        training=network_pb2.TrainingConfig(
+            loss=network_pb2.Loss(cross_entropy=network_pb2.CrossEntropyLoss()),
+            optimizer=network_pb2.Optimizer(sgd=network_pb2.SGD(learning_rate=0.01)),
+            batching=network_pb2.Batching(online=network_pb2.Online()), epochs=10_000, seed=0)), timeout=10)
+    for which, role in ((test_set, " as its test set"), (train_set, "")):
+        with pytest.raises(grpc.RpcError) as err:
+            datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=which.name), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.value.details().endswith(f"is used by unfinished job '{job.name}'{role}"), err.value.details()
+        assert datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=which.name), timeout=10) == which
+    jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=job.name), timeout=10)
+    assert list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=60))[-1].state == State.CANCELLED
+    for which in (test_set, train_set):
+        datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=which.name), timeout=10)
+
+
 # ---- bad input: each answered with its field path and value; the server keeps serving ----
 
 def _create(jobs, **kw):

@@ -134,3 +134,35 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
     assert code == 0  # SIGTERM is a clean shutdown
     health = subprocess.run([GRADWIRE, "health", "--target", second.target, "--timeout", "2"], capture_output=True, text=True, timeout=30)
     assert health.returncode == 1
+
+
+def test_jobs_stored_before_the_test_set_column_still_protect_their_test_set(tmp_path):
+    """A data directory written before jobs recorded their test set's id: opening it fills the
+    column in from each job's spec, so a queued job's test set still cannot be deleted."""
+    import sqlite3
+
+    from gradwire.v1 import network_pb2
+    from gradwire_server import errors
+    from gradwire_server import store as store_mod
+
+    path = tmp_path / "gradwire.db"
+    s = store_mod.Store(path)
+    for name in ("train", "test"):
+        with s._tx() as db:
+            db.execute("INSERT INTO datasets (id, proto, features_dtype, labels_dtype, labels_shape) VALUES (?, ?, 0, 0, '')",
+                       (name, datasets_pb2.Dataset(name=f"datasets/{name}").SerializeToString()))
+    s.insert_job(training_pb2.TrainingJob(name="trainingJobs/j1", dataset="datasets/train", test_dataset="datasets/test",
+                                          network=network_pb2.NetworkSpec()))
+    s.close()
+    old = sqlite3.connect(path)
+    old.execute("ALTER TABLE jobs DROP COLUMN test_dataset_id")  # as an older version left it
+    old.commit()
+    old.close()
+    s = store_mod.Store(path)
+    try:
+        with pytest.raises(errors.FailedPrecondition, match="unfinished job 'trainingJobs/j1' as its test set"):
+            s.delete_dataset("test")
+        with pytest.raises(errors.FailedPrecondition, match="unfinished job 'trainingJobs/j1'$"):
+            s.delete_dataset("train")
+    finally:
+        s.close()

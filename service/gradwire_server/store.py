@@ -153,9 +153,15 @@ class Store:
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with self._tx() as db:
             have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in (("request_id", "TEXT"), ("request_sha256", "TEXT"), ("run_seconds", "REAL NOT NULL DEFAULT 0")):
+            for column, kind in (("request_id", "TEXT"), ("request_sha256", "TEXT"), ("run_seconds", "REAL NOT NULL DEFAULT 0"),
+                                 ("test_dataset_id", "TEXT")):
                 if column not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            if "test_dataset_id" not in have:  # jobs stored before the column: read it from their spec
+                for job_id, blob in db.execute("SELECT id, spec FROM jobs").fetchall():
+                    test = training_pb2.TrainingJob.FromString(blob).test_dataset
+                    if test:
+                        db.execute("UPDATE jobs SET test_dataset_id = ? WHERE id = ?", (test.split("/", 1)[1], job_id))
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL")
 
     def close(self) -> None:
@@ -243,12 +249,15 @@ class Store:
             if not db.execute("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)).fetchall():
                 raise errors.NotFound(f"dataset 'datasets/{dataset_id}' not found")
             active = db.execute(
-                f"SELECT id FROM jobs WHERE dataset_id = ? AND state IN ({','.join('?' * len(ACTIVE_STATES))})",
-                (dataset_id, *ACTIVE_STATES),
+                f"SELECT id, dataset_id = ? FROM jobs WHERE (dataset_id = ? OR test_dataset_id = ?) "
+                f"AND state IN ({','.join('?' * len(ACTIVE_STATES))}) ORDER BY seq LIMIT 1",
+                (dataset_id, dataset_id, dataset_id, *ACTIVE_STATES),
             ).fetchall()
             if active:
+                job_id, as_training = active[0]
                 raise errors.FailedPrecondition(
-                    f"dataset 'datasets/{dataset_id}' is used by unfinished job 'trainingJobs/{active[0][0]}'"
+                    f"dataset 'datasets/{dataset_id}' is used by unfinished job 'trainingJobs/{job_id}'"
+                    + ("" if as_training else " as its test set")
                 )
             db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
 
@@ -288,8 +297,10 @@ class Store:
                             "retry when some have started"
                         )
                 db.execute(
-                    "INSERT INTO jobs (id, spec, dataset_id, state, create_time, request_id, request_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, spec.SerializeToString(), job.dataset.split("/", 1)[1], State.QUEUED, now,
+                    "INSERT INTO jobs (id, spec, dataset_id, test_dataset_id, state, create_time, request_id, request_sha256) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, spec.SerializeToString(), job.dataset.split("/", 1)[1],
+                     job.test_dataset.split("/", 1)[1] if job.test_dataset else None, State.QUEUED, now,
                      job.request_id or None, request_sha256),
                 )
                 self._event(db, job_id, State.QUEUED, "queued", now=now)

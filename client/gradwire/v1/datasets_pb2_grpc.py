@@ -88,7 +88,8 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDataset(self, request, context):
-        """Deletes a dataset. Refused while a queued or running job uses it.
+        """Deletes a dataset. Refused (FAILED_PRECONDITION) while a queued or running
+        job trains on it or will be scored on it (its test_dataset).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
