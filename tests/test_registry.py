@@ -142,3 +142,60 @@ def test_alias_moved_to_another_input_shape_by_someone_else(client, target):
     batch = client.predict("registeredModels/shape-switch@production", wide[:5])
     np.testing.assert_array_equal(batch, client.predict(second, wide[:5]))
     assert first.input_shape == (4,) and second.input_shape == (6,)
+
+
+def test_delete_registered_model(client, server):
+    X, _ = iris()
+    v1 = _train(client, 0, registered_model="doomed", aliases=["production"])
+    v2 = _train(client, 1, registered_model="doomed")
+    onnx_dirs = [server.state.settings.data_dir / "models" / m.name.split("/", 1)[1] for m in (v1, v2)]
+    assert all(d.is_dir() for d in onnx_dirs)
+
+    with pytest.raises(gw.FailedPreconditionError, match=r"still has 2 version\(s\) \(1, 2\)"):
+        client.delete_registered_model("doomed")
+    assert client.get_registered_model("doomed").version_count == 2  # refused: nothing went
+    assert client.predict("registeredModels/doomed@production", X[:2]).shape == (2, 3)
+    with pytest.raises(gw.InvalidArgumentError) as err:
+        client.delete_registered_model("registeredModels/doomed@1")
+    assert err.value.field == "name"
+    with pytest.raises(gw.NotFoundError):
+        client.delete_registered_model("never-registered")
+    with pytest.raises(TypeError):
+        client.delete_registered_model("doomed", force="yes")
+
+    client.delete_registered_model("doomed", force=True)  # its versions' models and files go too
+    for gone in (lambda: client.get_registered_model("doomed"), lambda: client.get_model(v1.name),
+                 lambda: client.get_model(v2.name), lambda: client.predict("registeredModels/doomed@production", X[:2])):
+        with pytest.raises(gw.NotFoundError):
+            gone()
+    assert not any(d.exists() for d in onnx_dirs)
+    assert "registeredModels/doomed" not in [r.name for r in client.list_registered_models()]
+
+    v3 = _train(client, 2, registered_model="doomed")  # the name again: numbering goes on, `doomed@1` never returns
+    assert (v3.version, client.get_registered_model("doomed").aliases) == (3, {"latest": 3})
+    client.delete_model(v3)  # with no versions left, no force is needed
+    client.get_registered_model("doomed").delete()
+    with pytest.raises(gw.NotFoundError):
+        client.get_registered_model("doomed")
+
+
+def test_a_store_from_before_deletion_gains_the_retired_names_table(tmp_path):
+    path = tmp_path / "gradwire.db"
+    store_mod.Store(path).close()
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE retired_registered_models")  # as schema version 1 left it
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    s = store_mod.Store(path)
+    try:
+        assert s._query("PRAGMA user_version")[0][0] == store_mod.SCHEMA_VERSION == 2
+        with s._tx() as db:
+            db.execute("INSERT INTO models (id, proto) VALUES ('m1', ?)", (models_pb2.Model(name="models/m1").SerializeToString(),))
+        assert s.publish_model("m1", "registeredModels/kept", []).version == 1
+        assert s.delete_registered_model("registeredModels/kept", force=True) == ["m1"]
+        with s._tx() as db:
+            db.execute("INSERT INTO models (id, proto) VALUES ('m2', ?)", (models_pb2.Model(name="models/m2").SerializeToString(),))
+        assert s.publish_model("m2", "registeredModels/kept", []).version == 2
+    finally:
+        s.close()

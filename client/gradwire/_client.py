@@ -568,6 +568,14 @@ class Client:
         request = models_pb2.DeleteModelAliasRequest(name=_registered(name), alias=alias)
         return RegisteredModel(self, self._unary(self._models.DeleteModelAlias, request, timeout))
 
+    def delete_registered_model(self, name: str, *, force: bool = False, timeout: float | None = DEFAULT) -> None:
+        """Deletes a registered model and its aliases. Refused while it still has versions unless
+        ``force=True``, which deletes every version's model (and ONNX file) with it."""
+        if not isinstance(force, bool):
+            raise TypeError(f"force must be a bool, got {force!r}")
+        request = models_pb2.DeleteRegisteredModelRequest(name=_registered(name), force=force)
+        self._unary(self._models.DeleteRegisteredModel, request, timeout)
+
     def set_batching(
         self,
         model: str | Model,

@@ -416,6 +416,10 @@ class RegisteredModel(_Resource[models_pb2.RegisteredModel]):
         self.proto = self._client.set_alias(self.name, alias, version).proto
         return self
 
+    def delete(self, *, force: bool = False) -> None:
+        """Deletes this registered model (``force=True``: with every version's model)."""
+        self._client.delete_registered_model(self.name, force=force)
+
     def refresh(self) -> RegisteredModel:
         self.proto = self._client.get_registered_model(self.name).proto
         return self

@@ -110,9 +110,14 @@ def publish(db: sqlite3.Connection, model_id: str, registered_model: str, aliase
     existing = db.execute("SELECT registered_model, version FROM model_versions WHERE model_id = ?", (model_id,)).fetchone()
     if existing is not None:
         raise errors.AlreadyExists(f"model 'models/{model_id}' is already version {existing[1]} of '{COLLECTION}/{existing[0]}'")
-    db.execute(
+    created = db.execute(
         "INSERT OR IGNORE INTO registered_models (name, create_time, update_time) VALUES (?, ?, ?)", (short, now, now)
-    )
+    ).rowcount
+    if created:  # a name deleted before goes on numbering where it stopped: `name@3` never means two models
+        retired = db.execute("SELECT next_version FROM retired_registered_models WHERE name = ?", (short,)).fetchone()
+        if retired is not None:
+            db.execute("UPDATE registered_models SET next_version = ? WHERE name = ?", (retired[0], short))
+            db.execute("DELETE FROM retired_registered_models WHERE name = ?", (short,))
     (version,) = db.execute("SELECT next_version FROM registered_models WHERE name = ?", (short,)).fetchone()
     db.execute("UPDATE registered_models SET next_version = ?, update_time = ? WHERE name = ?", (version + 1, now, short))
     db.execute("INSERT INTO model_versions (registered_model, version, model_id) VALUES (?, ?, ?)", (short, version, model_id))
@@ -136,6 +141,30 @@ def unpublish(db: sqlite3.Connection, model_id: str, now: float) -> None:
         )
     db.execute("DELETE FROM model_versions WHERE model_id = ?", (model_id,))
     db.execute("UPDATE registered_models SET update_time = ? WHERE name = ?", (now, short))
+
+
+def delete(db: sqlite3.Connection, name: str, force: bool) -> list[str]:
+    """Drop a registered model with its aliases; returns the ids of its versions' models, which
+    the caller deletes too. Refused while it has versions, unless ``force``. Its next version
+    number is kept: registered again, the name goes on from there."""
+    short, selector = split_name(name, "name")
+    if selector is not None:
+        raise errors.InvalidArgument(f"expected '{COLLECTION}/{{name}}' without '@{selector}'", field="name")
+    _row(db, short, name)
+    (next_version,) = db.execute("SELECT next_version FROM registered_models WHERE name = ?", (short,)).fetchone()
+    versions = db.execute("SELECT version, model_id FROM model_versions WHERE registered_model = ? ORDER BY version",
+                          (short,)).fetchall()
+    if versions and not force:
+        listed = ", ".join(str(v) for v, _ in versions[:10]) + (", ..." if len(versions) > 10 else "")
+        raise errors.FailedPrecondition(
+            f"registered model '{COLLECTION}/{short}' still has {len(versions)} version(s) ({listed}); delete them "
+            "first, or set force to delete them with it"
+        )
+    db.execute("DELETE FROM model_aliases WHERE registered_model = ?", (short,))
+    db.execute("DELETE FROM model_versions WHERE registered_model = ?", (short,))
+    db.execute("DELETE FROM registered_models WHERE name = ?", (short,))
+    db.execute("INSERT OR REPLACE INTO retired_registered_models (name, next_version) VALUES (?, ?)", (short, next_version))
+    return [model_id for _, model_id in versions]
 
 
 def get(db: sqlite3.Connection, name: str, field: str = "name") -> models_pb2.RegisteredModel:

@@ -104,7 +104,13 @@ CREATE TABLE IF NOT EXISTS model_batching (
     proto BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = 1
+SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS retired_registered_models (
+    name TEXT PRIMARY KEY,
+    next_version INTEGER NOT NULL
+);
+"""
+SCHEMA_VERSION = 2
 LATEST = "latest"
 
 
@@ -150,6 +156,9 @@ class Store:
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             if version < 1:
                 self._db.executescript(SCHEMA_V1)
+            if version < 2:  # a deleted registered model's next version number, kept for its name's return
+                self._db.executescript(SCHEMA_V2)
+            if version < SCHEMA_VERSION:
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with self._tx() as db:
             have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
@@ -593,6 +602,16 @@ class Store:
         with self._tx() as db:
             registry.delete_alias(db, name, alias, time.time())
         return self.get_registered_model(name)
+
+    def delete_registered_model(self, name: str, force: bool) -> list[str]:
+        """Deletes a registered model (with ``force``, its versions' models too, in the same
+        transaction); returns those models' ids, whose files the caller removes."""
+        with self._tx() as db:
+            model_ids = registry.delete(db, name, force)
+            for model_id in model_ids:
+                db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
+                db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        return model_ids
 
     def set_batching(self, model_id: str, batching: models_pb2.DynamicBatching | None) -> models_pb2.Model:
         with self._tx() as db:

@@ -238,6 +238,14 @@ class DeleteModelAliasRequest(_message.Message):
     alias: str
     def __init__(self, name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
+class DeleteRegisteredModelRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
 class UpdateModelBatchingRequest(_message.Message):
     __slots__ = ("name", "dynamic_batching")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -96,6 +96,11 @@ class ModelServiceStub:
                 request_serializer=gradwire_dot_v1_dot_models__pb2.UpdateModelBatchingRequest.SerializeToString,
                 response_deserializer=gradwire_dot_v1_dot_models__pb2.Model.FromString,
                 _registered_method=True)
+        self.DeleteRegisteredModel = channel.unary_unary(
+                '/gradwire.v1.ModelService/DeleteRegisteredModel',
+                request_serializer=gradwire_dot_v1_dot_models__pb2.DeleteRegisteredModelRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -188,6 +193,15 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRegisteredModel(self, request, context):
+        """Deletes a registered model and its aliases. Refused (FAILED_PRECONDITION)
+        while it still has versions, unless `force`: then every version's model and
+        ONNX file are deleted with it. The name can then be registered afresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +264,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.UpdateModelBatching,
                     request_deserializer=gradwire_dot_v1_dot_models__pb2.UpdateModelBatchingRequest.FromString,
                     response_serializer=gradwire_dot_v1_dot_models__pb2.Model.SerializeToString,
+            ),
+            'DeleteRegisteredModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRegisteredModel,
+                    request_deserializer=gradwire_dot_v1_dot_models__pb2.DeleteRegisteredModelRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +596,33 @@ class ModelService:
             '/gradwire.v1.ModelService/UpdateModelBatching',
             gradwire_dot_v1_dot_models__pb2.UpdateModelBatchingRequest.SerializeToString,
             gradwire_dot_v1_dot_models__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRegisteredModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradwire.v1.ModelService/DeleteRegisteredModel',
+            gradwire_dot_v1_dot_models__pb2.DeleteRegisteredModelRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,9 +58,13 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def DeleteModel(self, request: models_pb2.DeleteModelRequest, context) -> empty_pb2.Empty:
         model_id = resource_id(request.name, "models")  # deleting by alias would be too easy a mistake
         self.s.store.delete_model(model_id)
+        self._remove_files(model_id)
+        return empty_pb2.Empty()
+
+    def _remove_files(self, model_id: str) -> None:
+        """After a model's row is gone: its loaded session, then its directory."""
         self.s.sessions.evict(model_id)
         files.remove_tree(model_path(self.s.settings.data_dir, model_id).parent)
-        return empty_pb2.Empty()
 
     def ExportModel(self, request: models_pb2.ExportModelRequest, context) -> Iterator[models_pb2.ExportModelResponse]:
         model_id = self._model(request.name).name.split("/", 1)[1]
@@ -110,6 +114,11 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     def DeleteModelAlias(self, request: models_pb2.DeleteModelAliasRequest, context) -> models_pb2.RegisteredModel:
         return self.s.store.delete_alias(request.name, request.alias)
+
+    def DeleteRegisteredModel(self, request: models_pb2.DeleteRegisteredModelRequest, context) -> empty_pb2.Empty:
+        for model_id in self.s.store.delete_registered_model(request.name, request.force):
+            self._remove_files(model_id)
+        return empty_pb2.Empty()
 
     def UpdateModelBatching(self, request: models_pb2.UpdateModelBatchingRequest, context) -> models_pb2.Model:
         model_id = self.s.store.resolve_model(request.name)
