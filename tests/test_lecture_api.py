@@ -128,4 +128,8 @@ def test_multi_label_dataset_trains_with_binary_cross_entropy(client):
     probs = client.predict(model, X[:40])
     assert probs.shape == (40, 3) and not np.allclose(probs.sum(1), 1)  # independent sigmoids, not a softmax
     assert ((probs > 0.5) == Y[:40]).all(1).mean() == pytest.approx(model.test_evaluation.accuracy)
+    full = client.predict_full(model, X[:40])  # the label set of each example, as the evaluation counts it
+    assert full.label_sets == [np.flatnonzero(p > 0.5).tolist() for p in probs]
+    assert full.label_set_names == [[["a", "b", "c"][i] for i in s] for s in full.label_sets]
+    assert any(len(s) > 1 for s in full.label_sets) and full.classes.tolist() == probs.argmax(1).tolist()
     assert model.test_evaluation.accuracy > 0.7 and [m["class_name"] for m in model.test_evaluation.per_class] == ["a", "b", "c"]

@@ -44,6 +44,7 @@ def test_train_and_predict(client, trained):
     full = model.predict_full(X[:5])
     np.testing.assert_array_equal(full.classes, probs.argmax(axis=1))
     assert full.class_names == [model.class_names[i] for i in full.classes]
+    assert full.label_sets is None and full.label_set_names is None  # one class each: no label sets
     assert client.predict(model.name, X[0]).shape == (3,)  # one example without the batch axis
 
 

@@ -736,11 +736,14 @@ def _inline_dataset(features: Any, labels: Any, *, display_name: str = "") -> da
 
 def _prediction(response: models_pb2.PredictResponse) -> Prediction:
     if response.HasField("probabilities"):
+        sets = response.predicted_label_sets
         return Prediction(
             probabilities=from_tensor(response.probabilities),
             classes=np.asarray(response.predicted_classes, dtype=np.int64),
             class_names=list(response.predicted_class_names),
             values=None,
+            label_sets=[list(s.indices) for s in sets] if sets else None,
+            label_set_names=[list(s.names) for s in sets] if sets else None,
         )
     values = from_tensor(response.values) if response.HasField("values") else None
     return Prediction(probabilities=None, classes=None, class_names=[], values=values)
@@ -753,4 +756,6 @@ def _first(p: Prediction) -> Prediction:
         classes=None if p.classes is None else p.classes[0],
         class_names=p.class_names[:1],
         values=None if p.values is None else p.values[0],
+        label_sets=None if p.label_sets is None else p.label_sets[:1],
+        label_set_names=None if p.label_set_names is None else p.label_set_names[:1],
     )

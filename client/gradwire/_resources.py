@@ -155,14 +155,19 @@ class Prediction:
 
     Classifiers fill ``probabilities`` (n, classes; rows sum to 1), ``classes``
     (n,) int64 indices and ``class_names`` (n names, when the model has names);
-    regression models fill ``values`` (n, targets). Arrays are read-only views of
-    the response bytes.
+    regression models fill ``values`` (n, targets). Multi-label models fill
+    ``probabilities`` with one independent probability per label, ``classes`` with
+    the most probable label, and ``label_sets`` / ``label_set_names``: per example,
+    the labels above 0.5 (possibly none). Arrays are read-only views of the
+    response bytes.
     """
 
     probabilities: np.ndarray | None
     classes: np.ndarray | None
     class_names: list[str]
     values: np.ndarray | None
+    label_sets: list[list[int]] | None = None
+    label_set_names: list[list[str]] | None = None
 
 
 def _quoted(display_name: str) -> str:

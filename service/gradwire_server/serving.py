@@ -33,6 +33,7 @@ class Serving:
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     regression: bool
+    multi_label: bool
     policy: BatchingPolicy
 
     @classmethod
@@ -44,6 +45,7 @@ class Serving:
             input_shape=tuple(model.input_shape),
             class_names=tuple(model.class_names),
             regression=model.label_kind == datasets_pb2.LABEL_KIND_REGRESSION,
+            multi_label=model.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL,
             policy=sessions.policy(override),
         )
 

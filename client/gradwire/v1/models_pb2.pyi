@@ -159,16 +159,26 @@ class PredictRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("probabilities", "predicted_classes", "predicted_class_names", "values")
+    __slots__ = ("probabilities", "predicted_classes", "predicted_class_names", "values", "predicted_label_sets")
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LABEL_SETS_FIELD_NUMBER: _ClassVar[int]
     probabilities: _tensor_pb2.Tensor
     predicted_classes: _containers.RepeatedScalarFieldContainer[int]
     predicted_class_names: _containers.RepeatedScalarFieldContainer[str]
     values: _tensor_pb2.Tensor
-    def __init__(self, probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ..., predicted_class_names: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    predicted_label_sets: _containers.RepeatedCompositeFieldContainer[LabelSet]
+    def __init__(self, probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predicted_classes: _Optional[_Iterable[int]] = ..., predicted_class_names: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predicted_label_sets: _Optional[_Iterable[_Union[LabelSet, _Mapping]]] = ...) -> None: ...
+
+class LabelSet(_message.Message):
+    __slots__ = ("indices", "names")
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PublishModelRequest(_message.Message):
     __slots__ = ("name", "registered_model", "aliases")

@@ -84,11 +84,16 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw))
         classes = output.argmax(axis=1).tolist()
         names = served.class_names
-        return models_pb2.PredictResponse(
+        response = models_pb2.PredictResponse(
             probabilities=numpy_to_tensor(output, raw=raw),
             predicted_classes=classes,
             predicted_class_names=[names[i] for i in classes] if names else (),
         )
+        if served.multi_label:  # above 0.5, as the evaluations count a label (logit > 0)
+            for row in output > 0.5:
+                indices = np.flatnonzero(row).tolist()
+                response.predicted_label_sets.add(indices=indices, names=[names[i] for i in indices] if names else ())
+        return response
 
     # ---- registry -------------------------------------------------------
 
