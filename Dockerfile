@@ -35,6 +35,21 @@ RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-
  && python -c "import gradwire, gradwire_server" \
  && command -v gradwire
 
+# Inference on the GPU too: onnxruntime-gpu in place of onnxruntime (the same `onnxruntime` module,
+# plus the CUDA execution provider), built for the base image's CUDA: PyPI's onnxruntime-gpu is
+# built for CUDA 12 up to 1.26 and for CUDA 13 from 1.27. Its CUDA and cuDNN libraries are the
+# nvidia-* wheels torch brought, which the server loads first. With no GPU at run time, or a
+# provider that does not load, a session runs on the CPU and the server's log says so.
+RUN cuda_major="$(python -c 'import torch; print(torch.version.cuda.split(".")[0])')" \
+ && case "$cuda_major" in \
+        12) ort_gpu='onnxruntime-gpu>=1.18,<1.27' ;; \
+        13) ort_gpu='onnxruntime-gpu>=1.27' ;; \
+        *) echo "no onnxruntime-gpu build known for CUDA $cuda_major" >&2; exit 1 ;; \
+    esac \
+ && pip uninstall --yes onnxruntime \
+ && pip install --no-cache-dir "$ort_gpu" \
+ && python -c "import onnxruntime as o; p = o.get_available_providers(); assert 'CUDAExecutionProvider' in p, p; print('onnxruntime', o.__version__, p)"
+
 # Every setting is a GRADWIRE_* variable (service/gradwire_server/config.py); compose adds more.
 ENV GRADWIRE_DATA_DIR=/data \
     GRADWIRE_HOST=[::] \

@@ -384,3 +384,28 @@ def test_dockerignore_keeps_what_the_install_needs() -> None:
         assert not any(fnmatch.fnmatch(needed, p.lstrip("/")) for p in patterns), f".dockerignore drops {needed}"
     for dropped in (".git", ".venv"):
         assert dropped in patterns, f".dockerignore should drop {dropped}"
+
+
+def test_dockerfile_swaps_in_onnxruntime_gpu_for_the_base_cuda(dockerfile: list[Instruction]) -> None:
+    """The image serves on the GPU too: after the server extra, onnxruntime gives way to the
+    onnxruntime-gpu built for the base image's CUDA (PyPI's builds: CUDA 12 up to 1.26, CUDA 13 from
+    1.27), inside pyproject's range, and the build fails without its CUDA provider."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ort_req = next(Requirement(r) for r in pyproject["project"]["optional-dependencies"]["server"] if Requirement(r).name == "onnxruntime")
+    runs = [i.args for i in _all(dockerfile, "RUN")]
+    server_at = next(k for k, r in enumerate(runs) if "'.[server]'" in r)
+    swap_at = next(k for k, r in enumerate(runs) if "onnxruntime-gpu" in r)
+    assert swap_at > server_at, "swap onnxruntime after the server extra installed it"
+    swap = runs[swap_at]
+    assert re.search(r"pip uninstall (--yes|-y) onnxruntime\b", swap), "uninstall onnxruntime first: both ship the onnxruntime module"
+    by_cuda = {m.group(1): Requirement(m.group(2)) for m in re.finditer(r"(\d+)\) ort_gpu='(onnxruntime-gpu[^']*)'", swap)}
+    assert set(by_cuda) == {"12", "13"}, by_cuda
+    assert by_cuda["12"].specifier.contains("1.26.0") and not by_cuda["12"].specifier.contains("1.27.0")
+    assert by_cuda["13"].specifier.contains("1.27.0") and not by_cuda["13"].specifier.contains("1.26.0")
+    for req in by_cuda.values():
+        lowest = min((s.version for s in req.specifier if s.operator == ">="), default=None)
+        assert lowest is not None and ort_req.specifier.contains(lowest), f"{req} reaches below pyproject's {ort_req}"
+    assert '"$ort_gpu"' in swap and "CUDAExecutionProvider" in swap and "assert" in swap, "install it; fail the build without the CUDA provider"
+    m = re.search(r"cuda(\d+)\.", _base_image(dockerfile))
+    assert m and m.group(1) in by_cuda, f"the base image's CUDA has no onnxruntime-gpu here: {_base_image(dockerfile)}"

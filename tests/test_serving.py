@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pytest
 
 from gradwire.v1 import datasets_pb2, models_pb2
@@ -83,3 +84,47 @@ def test_change_stamp_moves_on_any_commit(stores):
     assert after_worker != before
     _insert(rpc, "r", 2)
     assert rpc.change_stamp() != after_worker
+
+
+def _tiny_onnx(path: pathlib.Path) -> np.ndarray:
+    """A 4 -> 3 softmax classifier with input `features`; returns its weight matrix."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])], [numpy_helper.from_array(w, "w")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return w
+
+
+def test_a_gpu_provider_that_does_not_load_falls_back_to_the_cpu_and_says_so(tmp_path, monkeypatch, caplog):
+    """onnxruntime-gpu on a host whose CUDA libraries do not load: the session runs on the CPU, and
+    the log says so instead of leaving the operator to guess. (This onnxruntime has only the CPU
+    provider; it is made to claim CUDA, as onnxruntime-gpu does.)"""
+    import logging
+
+    import onnxruntime as ort
+
+    from gradwire_server import inference
+
+    w = _tiny_onnx(inference.model_path(tmp_path, "m1"))
+    x = np.eye(4, dtype=np.float32)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    sessions = SessionCache(tmp_path, device="cuda:1")
+    assert sessions._providers == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    with caplog.at_level(logging.INFO, "gradwire.inference"), pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+        probs = sessions.run("m1", x)  # onnxruntime's own warning, then ours
+    assert "model m1: CUDAExecutionProvider did not load" in caplog.text and "serving it on CPUExecutionProvider" in caplog.text
+    e = np.exp(w - w.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-6)
+
+    caplog.clear()
+    cpu = SessionCache(tmp_path, device="cpu")  # asked for the CPU: no CUDA provider, nothing to warn about
+    assert cpu._providers == ["CPUExecutionProvider"]
+    with caplog.at_level(logging.INFO, "gradwire.inference"):
+        cpu.run("m1", x)
+    assert "model m1 loaded on CPUExecutionProvider" in caplog.text and "did not load" not in caplog.text

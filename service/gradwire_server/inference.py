@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
+import logging
 import pathlib
 import threading
 import time
@@ -31,6 +33,7 @@ import onnxruntime as ort
 
 from . import errors
 
+log = logging.getLogger("gradwire.inference")
 MODEL_FILE = "model.onnx"
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -51,10 +54,26 @@ def providers(device: str = "auto") -> list:
     available = ort.get_available_providers()
     out: list = []
     if device != "cpu" and "CUDAExecutionProvider" in available:
+        _load_cuda_libraries()
         device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
         out.append(("CUDAExecutionProvider", {"device_id": device_id}))
     out.append("CPUExecutionProvider")
     return out
+
+
+@functools.cache
+def _load_cuda_libraries() -> None:
+    """onnxruntime-gpu's CUDA provider needs the CUDA runtime, cuBLAS and cuDNN loaded when a session
+    starts. In the image they are the nvidia-* wheels PyTorch depends on, outside the loader's path:
+    importing torch loads them, and onnxruntime then uses those (as its documentation advises)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:  # the SDK-only install has no torch; onnxruntime then searches on its own
+        log.info("CUDA libraries not preloaded (%s); onnxruntime looks for them on the loader's path", exc)
+
+
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +263,14 @@ class SessionCache:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a Sequential network: nothing to run in parallel
         if self._threads:
             options.intra_op_num_threads = self._threads
-        return _Loaded(ort.InferenceSession(str(path), sess_options=options, providers=self._providers))
+        session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+        asked, got = _provider_name(self._providers[0]), session.get_providers()[0]
+        if got != asked:  # onnxruntime falls back to the CPU when a provider does not load: say so
+            log.warning("model %s: %s did not load (onnxruntime's own message says why); serving it on %s",
+                        model_id, asked, got)
+        else:
+            log.info("model %s loaded on %s", model_id, got)
+        return _Loaded(session)
 
     def _get(self, model_id: str) -> _Loaded:
         with self._lock:
