@@ -130,6 +130,44 @@ def test_concurrent_rpc_limit(tmp_path):
         running.stop(0)
 
 
+def test_watch_streams_leave_threads_for_everything_else(tmp_path):
+    """Each WatchTrainingJob stream holds an RPC thread for its job's whole run. Past
+    GRADWIRE_MAX_WATCH_STREAMS a watch is refused, so with every slot taken health checks and other
+    calls still answer, and the SDK's job.wait() follows its job by polling instead."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running, pool = start(tmp_path / "data", rpc_threads=4, max_watch_streams=2, workers=2)
+    target = f"127.0.0.1:{running.port}"
+    channel = grpc.insecure_channel(target)
+    jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+    try:
+        X, y = iris()
+        long_job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(32, 3), training=config(epochs=10_000, batch_size=1)), timeout=10)
+        watch = lambda: jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=long_job.name), timeout=120)  # noqa: E731
+        streams = [watch() for _ in range(2)]
+        for stream in streams:
+            next(stream)  # the QUEUED event: both slots are held
+        err = refused(lambda: next(watch()))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 WatchTrainingJob streams are already open" in err.details() and "GRADWIRE_MAX_WATCH_STREAMS" in err.details()
+        # the threads left still answer: a health check, and a whole job followed by job.wait()
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with gw.Client(target, timeout=10) as client:
+            model = client.train([gw.Dense(8), gw.ReLU(), gw.Dense(3)], (X, y), optimizer=gw.Adam(0.05), epochs=3,
+                                 batch_size=32, seed=0).wait(timeout=120, progress=True)  # refused a stream: it polls
+            assert client.predict(model, X[:2]).shape == (2, 3)
+        jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=long_job.name), timeout=10)
+        for stream in streams:  # the watchers see the end, and give their slots back
+            assert list(stream)[-1].state == State.CANCELLED
+        assert wait_for(lambda: _ok(lambda: list(watch())), timeout=10)
+    finally:
+        channel.close()
+        pool.stop(timeout=5)
+        running.stop(0)
+
+
 def _ok(fn) -> bool:
     try:
         fn()
@@ -209,6 +247,8 @@ def test_sdk_exposes_field_violations(limited):
 def test_settings_refuse_bad_limits():
     with pytest.raises(ValueError, match="GRADWIRE_MAX_QUEUED_JOBS"):
         parse_settings([], {"GRADWIRE_MAX_QUEUED_JOBS": "0"})
+    with pytest.raises(ValueError, match="GRADWIRE_MAX_WATCH_STREAMS"):  # watchers must leave threads for the rest
+        parse_settings(["--rpc-threads", "8", "--max-watch-streams", "8"], {})
     with pytest.raises(ValueError, match="GRADWIRE_TLS_KEY_FILE"):
         parse_settings([], {"GRADWIRE_TLS_CERT_FILE": __file__})
     settings = parse_settings(["--max-job-seconds", "5"], {"GRADWIRE_AUTH_TOKENS": "abc,def"})

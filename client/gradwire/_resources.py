@@ -22,6 +22,7 @@ import numpy as np
 
 from gradwire._errors import (
     DeadlineExceededError,
+    ResourceExhaustedError,
     TrainingCancelledError,
     TrainingFailedError,
     UnavailableError,
@@ -57,6 +58,8 @@ _NORMALIZATIONS = {
 # Reconnecting a broken Watch stream: exponential backoff, give up after this many failures in a row.
 _RECONNECT_ATTEMPTS = 10
 _RECONNECT_MAX_DELAY_S = 4.0
+_POLL_FIRST_DELAY_S = 0.2  # wait() polling GetTrainingJob when the server has no watch stream to spare
+_POLL_MAX_DELAY_S = 2.0
 
 
 class JobState(str, enum.Enum):
@@ -567,6 +570,9 @@ class TrainingJob(_Resource[training_pb2.TrainingJob]):
                         bar.on_event(event)
                     if event.state.terminal:
                         return
+            except ResourceExhaustedError:  # the server has no watch stream to spare: follow by polling
+                self._poll(deadline, timeout, bar)
+                return
             except UnavailableError:
                 failures += 1
                 if failures >= _RECONNECT_ATTEMPTS:
@@ -582,6 +588,23 @@ class TrainingJob(_Resource[training_pb2.TrainingJob]):
             # The stream ended without a terminal event (e.g. the server shut it down): look, then re-watch.
             if self.refresh().done:
                 return
+
+    def _poll(self, deadline: float | None, timeout: float | None, bar: _ProgressBar | None) -> None:
+        """Follows the job with GetTrainingJob until it is terminal: every 0.2 s at first, backing
+        off to 2 s (what ``wait`` does when the server refuses another watch stream)."""
+        delay = _POLL_FIRST_DELAY_S
+        while not self.refresh().done:
+            if bar is not None:
+                bar.on_job(self)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.name} is still {self.state} after {timeout}s"
+                )
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(_POLL_MAX_DELAY_S, delay * 1.5)
+        if bar is not None:
+            bar.on_job(self)
 
     def _apply(self, event: TrainingEvent) -> None:
         """Keeps ``proto`` current between refreshes: state and history."""
@@ -612,12 +635,19 @@ class _ProgressBar:
         self._postfix: dict[str, str] = {}
 
     def on_event(self, event: TrainingEvent) -> None:
+        self._show(event.state, event.epoch)
+
+    def on_job(self, job: TrainingJob) -> None:
+        """The same from a polled job: its state and its latest epoch."""
+        history = job.history
+        self._show(job.state, history[-1] if history else None)
+
+    def _show(self, state: JobState, m) -> None:
         # The postfix keeps the latest metrics; the state shows only when it is not RUNNING.
-        if event.state == JobState.RUNNING:
+        if state == JobState.RUNNING:
             self._postfix.pop("state", None)
         else:
-            self._postfix["state"] = str(event.state)
-        m = event.epoch
+            self._postfix["state"] = str(state)
         if m is not None:
             self._postfix["loss"] = f"{m.train_loss:.4f}"
             if m.validation_loss is not None:

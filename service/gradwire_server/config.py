@@ -35,6 +35,10 @@ class Settings:
     rpc_threads: int = 64
     """Threads serving RPCs. Each in-flight call holds one (a Watch stream for its whole life, a
     Predict while it waits for its batch), so this bounds the concurrent requests that can merge."""
+    max_watch_streams: int = 0
+    """WatchTrainingJob streams open at once (0: a quarter of rpc_threads). Each holds an RPC thread
+    for its job's whole run; past the limit a watch is RESOURCE_EXHAUSTED (the SDK's job.wait() then
+    polls), so watchers can never take every thread from predictions and health checks."""
     grace_period_s: float = 10.0
     """On SIGTERM: how long in-flight RPCs get to finish."""
     max_upload_bytes: int = 2 * 1024**3
@@ -96,6 +100,7 @@ class Settings:
             "port": 0 <= self.port <= 65535,
             "workers": self.workers >= 1,
             "rpc_threads": self.rpc_threads >= 1,
+            "max_watch_streams": self.max_watch_streams == 0 or 1 <= self.max_watch_streams < self.rpc_threads,
             "grace_period_s": self.grace_period_s >= 0,
             "max_upload_bytes": self.max_upload_bytes > 0,
             "max_inline_examples": self.max_inline_examples > 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 
@@ -22,6 +23,8 @@ LabelKind = datasets_pb2.LabelKind
 class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
+        self._watch_limit = state.settings.max_watch_streams or max(1, state.settings.rpc_threads // 4)
+        self._watch_slots = threading.BoundedSemaphore(self._watch_limit)
 
     def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str,
                       field: str = "inline_dataset", publish: bool = True) -> datasets_pb2.Dataset:
@@ -162,16 +165,25 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def WatchTrainingJob(self, request: training_pb2.WatchTrainingJobRequest, context) -> Iterator[training_pb2.TrainingJobEvent]:
         job_id = resource_id(request.name, "trainingJobs")
         self.s.store.job_state(job_id)  # NOT_FOUND before the stream starts
-        last = 0
-        while context.is_active():
-            events = self.s.store.events_after(job_id, last)
-            for event in events:
-                yield event
-                last = event.sequence
-                if event.state in TERMINAL_STATES:
-                    return
-            if not events:
-                time.sleep(self.s.settings.poll_interval_s)
+        # A stream holds an RPC thread for the job's whole run: past the limit, refuse rather than
+        # let watchers take every thread from predictions and health checks.
+        if not self._watch_slots.acquire(blocking=False):
+            raise errors.ResourceExhausted(
+                f"{self._watch_limit} WatchTrainingJob streams are already open, the server's limit "
+                "(GRADWIRE_MAX_WATCH_STREAMS); poll GetTrainingJob instead, or watch again later")
+        try:
+            last = 0
+            while context.is_active():
+                events = self.s.store.events_after(job_id, last)
+                for event in events:
+                    yield event
+                    last = event.sequence
+                    if event.state in TERMINAL_STATES:
+                        return
+                if not events:
+                    time.sleep(self.s.settings.poll_interval_s)
+        finally:
+            self._watch_slots.release()
 
 
 def publish_options(request: training_pb2.CreateTrainingJobRequest, job: training_pb2.TrainingJob) -> None:
