@@ -92,7 +92,7 @@ def test_data_too_big_for_the_gpu_stays_in_host_memory(monkeypatch):
 def test_gpu_optimizers_are_fused_and_match_torch_optim(text, reference):
     """On CUDA, SGD / Adam / AdamW take torch's fused kernels; their steps match torch.optim's
     default (foreach) implementation to float32 rounding."""
-    from test_options import cfg
+    from test_options import cfg, same_steps
 
     from gradwire_server import train
 
@@ -102,11 +102,4 @@ def test_gpu_optimizers_are_fused_and_match_torch_optim(text, reference):
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     opt_a, opt_b = train.make_optimizer(config, ours), reference(theirs)
     assert opt_a.defaults["fused"] is True and not opt_b.defaults.get("fused")
-    for step in range(5):
-        grads = [torch.randn_like(p) for p in ours]
-        for params, opt in ((ours, opt_a), (theirs, opt_b)):
-            for p, g in zip(params, grads):
-                p.grad = g.clone()
-            opt.step()
-        for a, b in zip(ours, theirs):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"step {step + 1}")
+    same_steps(ours, opt_a, theirs, opt_b, steps=5, rtol=1e-5, atol=1e-6)

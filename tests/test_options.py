@@ -139,15 +139,19 @@ def test_optimizer_matches_torch_optim(text, reference):
     torch.manual_seed(0)
     ours = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(4))]
     theirs = [nn.Parameter(p.detach().clone()) for p in ours]
-    opt_a, opt_b = train.make_optimizer(config, ours), reference(theirs)
-    for step in range(4):
+    same_steps(ours, train.make_optimizer(config, ours), theirs, reference(theirs), steps=4, rtol=0, atol=0)
+
+
+def same_steps(ours, opt_a, theirs, opt_b, *, steps: int, **tolerance) -> None:
+    """Steps both optimizers with the same random gradients; their parameters must agree after each."""
+    for step in range(steps):
         grads = [torch.randn_like(p) for p in ours]
         for params, opt in ((ours, opt_a), (theirs, opt_b)):
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             opt.step()
         for a, b in zip(ours, theirs):
-            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"step {step + 1}")
+            torch.testing.assert_close(a, b, msg=f"step {step + 1}", **tolerance)
 
 
 def test_gradient_clipping_bounds_the_update():
