@@ -448,6 +448,10 @@ class Client:
     def watch_job(self, name: str | TrainingJob, *, timeout: float | None = None) -> Iterator[TrainingEvent]:
         """The job's events: its history replayed, then live ones until it ends.
 
+        Each stream holds one of the server's RPC threads; when the server already has its limit
+        of them open (``GRADWIRE_MAX_WATCH_STREAMS``) this raises ``ResourceExhaustedError``.
+        ``job.wait()`` then follows the job by polling instead.
+
         >>> for event in client.watch_job(job):                   # doctest: +SKIP
         ...     print(event.sequence, event.state, event.epoch)
         """
