@@ -83,7 +83,7 @@ def in_flight(server: ServeProcess, stop: threading.Event, acknowledged: dict, e
             try:
                 d = server.datasets.UploadDataset(slow(upload_requests(X, y, chunk=64, names=["a", "b", "c"])), timeout=30)
                 acknowledged[d.name] = "dataset"
-            except grpc.RpcError:
+            except (grpc.RpcError, ValueError):  # the server died, or the test closed the channel after the kill
                 return
 
     def jobs():
@@ -96,7 +96,7 @@ def in_flight(server: ServeProcess, stop: threading.Event, acknowledged: dict, e
                 job = server.jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
                     dataset=d.name, network=mlp(8, 3), training=config(epochs=epochs, batch_size=8)), timeout=10)
                 acknowledged[job.name] = "job"
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):
             return
 
     def exports():
@@ -106,7 +106,7 @@ def in_flight(server: ServeProcess, stop: threading.Event, acknowledged: dict, e
                     events["export_started"] = time.monotonic()
                     b"".join(c.chunk_data for c in server.models.ExportModel(models_pb2.ExportModelRequest(name=m.name), timeout=10))
                 time.sleep(0.01)
-            except grpc.RpcError:
+            except (grpc.RpcError, ValueError):  # the server died, or the test closed the channel after the kill
                 return
 
     threads = [threading.Thread(target=f, daemon=True) for f in (uploads, jobs, exports)]
