@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (
 README_COMMANDS = [
     "grpcurl -plaintext localhost:50051 list",
     "grpcurl -plaintext localhost:50051 describe gradwire.v1.Conv2d",
+    "grpcurl -plaintext localhost:50051 describe gradwire.v1.ModelService.Predict",
     "grpcurl -plaintext -d @ localhost:50051 gradwire.v1.TrainingJobService/CreateTrainingJob < examples/iris_job.json",
     "grpcurl -plaintext -d '{\"name\": \"trainingJobs/",
     "gradwire.v1.TrainingJobService/WatchTrainingJob",
@@ -59,6 +60,9 @@ def test_list_and_describe_through_reflection(target):
     described = grpcurl(target, "describe", "gradwire.v1.Conv2d")
     assert "K: number of filters" in described and "int32 kernel_size" in described
     assert "Creates a job" in grpcurl(target, "describe", "gradwire.v1.TrainingJobService")
+    method = grpcurl(target, "describe", "gradwire.v1.ModelService.Predict")  # a method, with its comment
+    assert "is a method" in method and "rpc Predict ( .gradwire.v1.PredictRequest )" in method and "Runs the model" in method
+    assert "rpc Check" in grpcurl(target, "describe", "grpc.health.v1.Health.Check")
 
 
 def test_health(target):

@@ -48,7 +48,19 @@ class CommentedPool:
         return _File(self._pool.FindFileByName(name), self._commented)
 
     def FindFileContainingSymbol(self, symbol):  # noqa: N802
-        return _File(self._pool.FindFileContainingSymbol(symbol), self._commented)
+        try:
+            return _File(self._pool.FindFileContainingSymbol(symbol), self._commented)
+        except KeyError:
+            # The pool knows services but not their methods as symbols, so `grpcurl describe
+            # gradwire.v1.ModelService.Predict` failed: a method lives in its service's file.
+            service, _, method = symbol.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service)
+            except KeyError:
+                found = None
+            if found is None or method not in found.methods_by_name:
+                raise
+            return _File(found.file, self._commented)
 
     def __getattr__(self, name):  # FindMessageTypeByName, FindExtensionByNumber, FindAllExtensions
         return getattr(self._pool, name)
