@@ -93,6 +93,9 @@ def test_typed_contents_and_bare_model_ids(published, channel_module):
                                                       inputs=[pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[3, 4])],
                                                       raw_input_contents=[X.tobytes()]))
     assert typed.raw_output_contents[0] == by_version.raw_output_contents[0]
+    as_fp64 = stub.ModelInfer(pb.ModelInferRequest(model_name=model_id, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP64", shape=[3, 4], contents=pb.InferTensorContents(fp64_contents=X.astype(np.float64).ravel().tolist()))]))
+    assert as_fp64.raw_output_contents[0] == typed.raw_output_contents[0]  # converted to FP32, the model's datatype
 
 
 @pytest.mark.parametrize(
