@@ -282,6 +282,29 @@ def test_resume_from_checkpoint_gives_identical_weights(tmp_path, training):
     assert_same_weights(weights(again.model), weights(uninterrupted.model))
 
 
+def test_an_epoch_checkpointed_but_not_reported_is_reported_on_resume(tmp_path):
+    """A crash between saving epoch 3's checkpoint and reporting epoch 3 (the report failing here
+    stands for it): the resumed run reports epoch 3 from the checkpoint, so the job's history has
+    no gap, and it does not train epoch 3 again."""
+    data = blobs()
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    reported = []
+
+    def report_then_crash_at_3(result):
+        if result.epoch == 3:
+            raise RuntimeError("killed between the checkpoint and the report")
+        reported.append(result.epoch)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run(RESUMABLE_NET, RESUMABLE_TRAININGS[0], data, seed=7, checkpoint_path=checkpoint, on_epoch=report_then_crash_at_3)
+    assert reported == [1, 2]
+    resumed = run(RESUMABLE_NET, RESUMABLE_TRAININGS[0], data, seed=7, checkpoint_path=checkpoint,
+                  on_epoch=lambda r: reported.append(r.epoch), reported_epochs=reported[-1])
+    assert reported == [1, 2, 3, 4]  # 3 from the checkpoint, 4 trained
+    uninterrupted = run(RESUMABLE_NET, RESUMABLE_TRAININGS[0], data, seed=7)
+    assert_same_weights(weights(resumed.model), weights(uninterrupted.model))
+
+
 def test_checkpoint_of_another_job_is_refused(tmp_path):
     checkpoint = tmp_path / "checkpoint.pt"
     run(MLP, TRAIN_SGD + "epochs: 1", blobs(), seed=1, checkpoint_path=checkpoint)

@@ -651,14 +651,18 @@ def train(
     checkpoint_path: pathlib.Path | None = None,
     performance=None,  # training_pb2.TrainingPerformance | None (issue 5)
     test_data: TrainingData | None = None,
+    reported_epochs: int | None = None,
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
     finished in this call; polls ``should_stop`` before every step and raises
     errors.Cancelled when it returns True. With ``checkpoint_path``, saves a
-    checkpoint after every epoch and resumes from one found at start. At the
-    end the kept weights are evaluated on the training and validation splits
-    and, once, on ``test_data``."""
+    checkpoint after every epoch and resumes from one found at start; epochs
+    it holds are not reported again, except those past ``reported_epochs``
+    (the last epoch the caller recorded: a crash can land between saving an
+    epoch's checkpoint and reporting it). At the end the kept weights are
+    evaluated on the training and validation splits and, once, on
+    ``test_data``."""
     classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
     multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
@@ -701,7 +705,10 @@ def train(
     progress = _Progress(model, optimizer, generator, stopper, plateau, normalization, device,
                          identity={"seed": seed, "n_train": n_train, "n_val": n_val})
     if checkpoint_path is not None and checkpoint_path.exists():
-        progress.restore(checkpoint_path)  # finished epochs are not reported again
+        progress.restore(checkpoint_path)  # finished epochs are not reported again...
+        for result in progress.history:  # ...unless the crash came after the checkpoint, before the report
+            if reported_epochs is not None and result.epoch > reported_epochs:
+                on_epoch(result)
     history = progress.history
 
     # --- epochs
@@ -751,8 +758,9 @@ def train(
             progress.stopped = stopper.update(result, model)
         if plateau is not None:
             plateau.update(result)
-        # Checkpoint before reporting: a crash in between loses the report of this
-        # epoch rather than training it twice.
+        # Checkpoint before reporting: after a crash in between, the resumed run
+        # reports this epoch from the checkpoint (reported_epochs) rather than
+        # training it twice.
         if checkpoint_path is not None:
             progress.save(checkpoint_path)
         on_epoch(result)

@@ -193,6 +193,7 @@ class Worker:
                 checkpoint_path=checkpoint,
                 performance=job.performance if job.HasField("performance") else None,  # issue 5
                 test_data=test_data,
+                reported_epochs=max((m.epoch for m in self.store.get_job(job_id).history), default=0),
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
