@@ -295,6 +295,11 @@ class SessionCache:
     def get(self, model_id: str) -> ort.InferenceSession:
         return self._get(model_id).session
 
+    def io_names(self, model_id: str) -> tuple[str, str]:
+        """The graph's input and output names, read once when the session loaded."""
+        loaded = self._get(model_id)
+        return loaded.input_name, loaded.output_name
+
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._loaded)

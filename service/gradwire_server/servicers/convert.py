@@ -17,13 +17,33 @@ INT_TYPES = (DataType.DATA_TYPE_INT32, DataType.DATA_TYPE_INT64)
 NUMPY_TO_DTYPE = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
+def checked_count(shape: list[int], field: str) -> int:
+    """The element count of ``shape``, refusing negative dimensions."""
+    if any(d < 0 for d in shape):
+        raise errors.InvalidArgument(f"dimensions must be >= 0, got {shape}", field=field)
+    return math.prod(shape)
+
+
+def array_from_raw(raw: bytes, dtype: np.dtype, shape: list[int], type_name: str, field: str) -> np.ndarray:
+    """``raw`` seen as ``shape`` x ``dtype`` (a view, no copy), refusing a byte count that does not fit."""
+    count = math.prod(shape)
+    if len(raw) != count * dtype.itemsize:
+        raise errors.InvalidArgument(f"shape {shape} x {type_name} needs {count * dtype.itemsize} bytes, got {len(raw)}", field=field)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def check_value_count(values, shape: list[int], field: str) -> None:
+    """Refuse typed numbers whose count does not fill ``shape``."""
+    count = math.prod(shape)
+    if len(values) != count:
+        raise errors.InvalidArgument(f"shape {shape} needs {count} values, got {len(values)}", field=field)
+
+
 def tensor_to_numpy(t: tensor_pb2.Tensor, field: str) -> np.ndarray:
     """Decode a Tensor (raw bytes without copying, or typed numbers), checking shape x dtype."""
     raw = t.raw_data  # each read of a bytes field copies it: read it once
     shape = list(t.shape)
-    if any(d < 0 for d in shape):
-        raise errors.InvalidArgument(f"dimensions must be >= 0, got {shape}", field=f"{field}.shape")
-    count = math.prod(shape)
+    count = checked_count(shape, f"{field}.shape")
     carriers = [name for name, values in (("raw_data", raw), ("float_values", t.float_values), ("int_values", t.int_values)) if len(values)]
     if len(carriers) > 1:
         raise errors.InvalidArgument(f"set only one of raw_data, float_values, int_values; got {', '.join(carriers)}", field=field)
@@ -32,13 +52,7 @@ def tensor_to_numpy(t: tensor_pb2.Tensor, field: str) -> np.ndarray:
     if carriers == ["raw_data"] or (not carriers and t.dtype != DataType.DATA_TYPE_UNSPECIFIED):
         if t.dtype == DataType.DATA_TYPE_UNSPECIFIED:
             raise errors.InvalidArgument("required with raw_data, got DATA_TYPE_UNSPECIFIED", field=f"{field}.dtype")
-        dtype = NUMPY_DTYPES[t.dtype]
-        if len(raw) != count * dtype.itemsize:
-            raise errors.InvalidArgument(
-                f"shape {shape} x {DataType.Name(t.dtype)} needs {count * dtype.itemsize} bytes, got {len(raw)}",
-                field=f"{field}.raw_data",
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return array_from_raw(raw, NUMPY_DTYPES[t.dtype], shape, DataType.Name(t.dtype), f"{field}.raw_data")
     if not carriers:
         if count != 0:
             raise errors.InvalidArgument(f"shape {shape} needs {count} values, got none", field=field)
@@ -46,8 +60,7 @@ def tensor_to_numpy(t: tensor_pb2.Tensor, field: str) -> np.ndarray:
     values = getattr(t, carriers[0])
     if not shape:
         raise errors.InvalidArgument(f"required with {carriers[0]} ({len(values)} values given)", field=f"{field}.shape")
-    if len(values) != count:
-        raise errors.InvalidArgument(f"shape {shape} needs {count} values, got {len(values)}", field=f"{field}.{carriers[0]}")
+    check_value_count(values, shape, f"{field}.{carriers[0]}")
     if carriers == ["float_values"]:
         if t.dtype in INT_TYPES:
             raise errors.InvalidArgument(f"{DataType.Name(t.dtype)} tensors carry int_values, not float_values", field=f"{field}.dtype")
@@ -72,4 +85,6 @@ def numpy_to_tensor(array: np.ndarray, *, raw: bool) -> tensor_pb2.Tensor:
 
 
 def is_raw(t: tensor_pb2.Tensor) -> bool:
-    return bool(t.raw_data) or not (t.float_values or t.int_values)
+    """Whether a decoded request tensor came as raw bytes (or empty): answer in kind. Asked of typed
+    values only, since tensor_to_numpy refused a tensor with both, and reading raw_data copies it."""
+    return not (t.float_values or t.int_values)

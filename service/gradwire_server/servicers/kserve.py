@@ -11,7 +11,6 @@ answers the top K classes as BYTES "value:index:label" strings.
 from __future__ import annotations
 
 import importlib.metadata
-import math
 import struct
 
 import numpy as np
@@ -24,6 +23,7 @@ from .. import errors
 from ..inference import model_path
 from ..serving import Serving
 from .context import ServerState
+from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
 
 PLATFORM = "onnxruntime_onnx"
@@ -76,8 +76,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return store.get_model(store.resolve_model(f"registeredModels/{name}{selector}", field))
 
     def _io_names(self, model: models_pb2.Model) -> tuple[str, str]:
-        session = self.s.sessions.get(model.name.split("/", 1)[1])
-        return session.get_inputs()[0].name, session.get_outputs()[0].name
+        return self.s.sessions.io_names(model.name.split("/", 1)[1])
 
     # ---- health and metadata -------------------------------------------
 
@@ -130,9 +129,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise errors.InvalidArgument(f"must be one of {', '.join(DATATYPES)}, got {t.datatype!r}", field="inputs[0].datatype")
         dtype, contents_field = DATATYPES[t.datatype]
         shape = list(t.shape)
-        if any(d < 0 for d in shape):
-            raise errors.InvalidArgument(f"dimensions must be >= 0, got {shape}", field="inputs[0].shape")
-        count = math.prod(shape)
+        checked_count(shape, "inputs[0].shape")
         if request.raw_input_contents:
             if len(request.raw_input_contents) != 1:
                 raise errors.InvalidArgument(
@@ -140,28 +137,16 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
             if t.HasField("contents"):
                 raise errors.InvalidArgument("set either raw_input_contents or inputs[0].contents, not both", field="inputs[0].contents")
-            raw = request.raw_input_contents[0]
-            if len(raw) != count * dtype.itemsize:
-                raise errors.InvalidArgument(
-                    f"shape {shape} x {t.datatype} needs {count * dtype.itemsize} bytes, got {len(raw)}", field="raw_input_contents[0]"
-                )
-            array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # a view of the request's bytes
-        else:
-            values = getattr(t.contents, contents_field)
-            if len(values) != count:
-                raise errors.InvalidArgument(
-                    f"shape {shape} needs {count} values, got {len(values)}", field=f"inputs[0].contents.{contents_field}"
-                )
-            array = np.asarray(values, dtype=dtype).reshape(shape)
-        return array
+            return array_from_raw(request.raw_input_contents[0], dtype, shape, t.datatype, "raw_input_contents[0]")
+        values = getattr(t.contents, contents_field)
+        check_value_count(values, shape, f"inputs[0].contents.{contents_field}")
+        return np.asarray(values, dtype=dtype).reshape(shape)
 
     def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         served = self._served(request.model_name, request.model_version, "model_name")
         model = served.model
         input_name, output_name = self._io_names(model)
-        features = check_features(served, self._input(request, input_name), "inputs[0].shape")
-        if features.dtype != np.float32:
-            features = features.astype(np.float32)
+        features = check_features(served, self._input(request, input_name), "inputs[0].shape")  # float32
         requested = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
         for i, out in enumerate(requested):
             if out.name != output_name:
