@@ -111,7 +111,6 @@ CREATE TABLE IF NOT EXISTS retired_registered_models (
 );
 """
 SCHEMA_VERSION = 2
-LATEST = "latest"
 
 
 def new_id() -> str:
@@ -288,15 +287,7 @@ class Store:
         for field in ("state", "create_time", "start_time", "end_time", "history", "error", "model", "device"):
             spec.ClearField(field)
         with self._tx() as db:
-            if job.request_id:
-                row = db.execute("SELECT id, request_sha256 FROM jobs WHERE request_id = ?", (job.request_id,)).fetchone()
-                if row is not None:
-                    self._same_request(job.request_id, row[0], row[1], request_sha256)
-                    existing = row[0]
-                else:
-                    existing = None
-            else:
-                existing = None
+            existing = self._job_for_request(db, job.request_id, request_sha256) if job.request_id else None
             if existing is None:
                 if max_queued is not None:
                     (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (State.QUEUED,)).fetchone()
@@ -316,24 +307,24 @@ class Store:
         return self.get_job(existing or job_id), existing is None
 
     @staticmethod
-    def _same_request(request_id: str, job_id: str, stored: str | None, presented: str | None) -> None:
-        if stored != presented:
+    def _job_for_request(db: sqlite3.Connection, request_id: str, request_sha256: str | None) -> str | None:
+        """The id of the job created under `request_id` (refused if its request differed), or None."""
+        row = db.execute("SELECT id, request_sha256 FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        if row[1] != request_sha256:
             raise errors.AlreadyExists(
-                f"{request_id!r} was already used to create 'trainingJobs/{job_id}' with different parameters; "
+                f"{request_id!r} was already used to create 'trainingJobs/{row[0]}' with different parameters; "
                 "use a new request_id for a new job",
                 field="request_id",
             )
+        return row[0]
 
     def job_by_request(self, request_id: str, request_sha256: str) -> training_pb2.TrainingJob | None:
         """The job created under `request_id` (refused if its request differed), or None."""
-        rows = self._query("SELECT id, request_sha256 FROM jobs WHERE request_id = ?", (request_id,))
-        if not rows:
-            return None
-        self._same_request(request_id, rows[0][0], rows[0][1], request_sha256)
-        return self.get_job(rows[0][0])
-
-    def queued_count(self) -> int:
-        return self._query("SELECT COUNT(*) FROM jobs WHERE state = ?", (State.QUEUED,))[0][0]
+        with self._lock:
+            job_id = self._job_for_request(self._db, request_id, request_sha256)
+        return self.get_job(job_id) if job_id is not None else None
 
     def run_seconds(self, job_id: str) -> float:
         return self._query("SELECT run_seconds FROM jobs WHERE id = ?", (job_id,))[0][0]
@@ -345,10 +336,6 @@ class Store:
     def unfinished_job_ids(self) -> set[str]:
         return {r[0] for r in self._query(
             f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(ACTIVE_STATES))})", tuple(ACTIVE_STATES))}
-
-    def running_jobs(self) -> list[tuple[str, str]]:
-        """(job id, worker name) of every RUNNING or CANCELLING job."""
-        return self._query("SELECT id, worker FROM jobs WHERE state IN (?, ?)", (State.RUNNING, State.CANCELLING))
 
     def _event(
         self,
@@ -568,8 +555,7 @@ class Store:
 
     def publish_model(self, model_id: str, registered_model: str, aliases: list[str]) -> models_pb2.Model:
         with self._tx() as db:
-            if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
-                raise errors.NotFound(f"model 'models/{model_id}' not found")
+            self._require_model(db, model_id)
             registry.publish(db, model_id, registered_model, aliases, time.time())
         return self.get_model(model_id)
 
@@ -609,14 +595,23 @@ class Store:
         with self._tx() as db:
             model_ids = registry.delete(db, name, force)
             for model_id in model_ids:
-                db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
-                db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+                self._drop_model_rows(db, model_id)
         return model_ids
+
+    @staticmethod
+    def _require_model(db: sqlite3.Connection, model_id: str) -> None:
+        if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
+            raise errors.NotFound(f"model 'models/{model_id}' not found")
+
+    @staticmethod
+    def _drop_model_rows(db: sqlite3.Connection, model_id: str) -> None:
+        """A model's row and its batching override (its registry rows are the caller's)."""
+        db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
+        db.execute("DELETE FROM models WHERE id = ?", (model_id,))
 
     def set_batching(self, model_id: str, batching: models_pb2.DynamicBatching | None) -> models_pb2.Model:
         with self._tx() as db:
-            if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
-                raise errors.NotFound(f"model 'models/{model_id}' not found")
+            self._require_model(db, model_id)
             db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
             if batching is not None:
                 db.execute("INSERT INTO model_batching (model_id, proto) VALUES (?, ?)", (model_id, batching.SerializeToString()))
@@ -627,8 +622,6 @@ class Store:
 
     def delete_model(self, model_id: str) -> None:
         with self._tx() as db:
-            if not db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchall():
-                raise errors.NotFound(f"model 'models/{model_id}' not found")
+            self._require_model(db, model_id)
             registry.unpublish(db, model_id, time.time())  # refuses while a movable alias points at it
-            db.execute("DELETE FROM model_batching WHERE model_id = ?", (model_id,))
-            db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+            self._drop_model_rows(db, model_id)
