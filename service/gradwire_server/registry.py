@@ -52,6 +52,15 @@ def split_name(name: str, field: str) -> tuple[str, str | None]:
     return short, (selector if "@" in name else None)
 
 
+def plain_name(name: str, field: str) -> str:
+    """`registeredModels/{name}` -> name, refusing a `@version` / `@alias` (the call names the
+    registered model itself, not one of its versions)."""
+    short, selector = split_name(name, field)
+    if selector is not None:
+        raise errors.InvalidArgument(f"expected '{COLLECTION}/{{name}}' without '@{selector}'", field=field)
+    return short
+
+
 def check_alias(alias: str, field: str) -> None:
     if alias == LATEST:
         raise errors.InvalidArgument("'latest' is managed by the server: it always points at the newest version", field=field)
@@ -147,9 +156,7 @@ def delete(db: sqlite3.Connection, name: str, force: bool) -> list[str]:
     """Drop a registered model with its aliases; returns the ids of its versions' models, which
     the caller deletes too. Refused while it has versions, unless ``force``. Its next version
     number is kept: registered again, the name goes on from there."""
-    short, selector = split_name(name, "name")
-    if selector is not None:
-        raise errors.InvalidArgument(f"expected '{COLLECTION}/{{name}}' without '@{selector}'", field="name")
+    short = plain_name(name, "name")
     _row(db, short, name)
     (next_version,) = db.execute("SELECT next_version FROM registered_models WHERE name = ?", (short,)).fetchone()
     versions = db.execute("SELECT version, model_id FROM model_versions WHERE registered_model = ? ORDER BY version",
@@ -168,9 +175,7 @@ def delete(db: sqlite3.Connection, name: str, force: bool) -> list[str]:
 
 
 def get(db: sqlite3.Connection, name: str, field: str = "name") -> models_pb2.RegisteredModel:
-    short, selector = split_name(name, field)
-    if selector is not None:
-        raise errors.InvalidArgument(f"expected '{COLLECTION}/{{name}}' without '@{selector}'", field=field)
+    short = plain_name(name, field)
     _, create_time, update_time = _row(db, short, name)
     (count,) = db.execute("SELECT COUNT(*) FROM model_versions WHERE registered_model = ?", (short,)).fetchone()
     out = models_pb2.RegisteredModel(
@@ -186,9 +191,7 @@ def get(db: sqlite3.Connection, name: str, field: str = "name") -> models_pb2.Re
 
 
 def set_alias(db: sqlite3.Connection, name: str, alias: str, version: int, now: float) -> None:
-    short, selector = split_name(name, "name")
-    if selector is not None:
-        raise errors.InvalidArgument(f"expected '{COLLECTION}/{{name}}' without '@{selector}'", field="name")
+    short = plain_name(name, "name")
     check_alias(alias, "alias")
     _row(db, short, name)
     if not db.execute("SELECT 1 FROM model_versions WHERE registered_model = ? AND version = ?", (short, version)).fetchall():
