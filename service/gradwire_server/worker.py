@@ -163,6 +163,12 @@ class Worker:
             self.store.record_epoch(job_id, epoch_proto(r))
             account()
 
+        def fail(exc: BaseException, message: str) -> None:
+            """The job ends FAILED with `exc`'s status code and `message`; its checkpoint goes."""
+            status = status_pb2.Status(code=errors.code_of(exc), message=message)
+            self.store.finish_job(job_id, State.FAILED, message, error=status)
+            files.remove_tree(checkpoint.parent)
+
         def should_stop() -> bool:
             """Polled before every training step: one indexed SQLite read (~10 us), so a cancel takes effect at the next step."""
             if self.stopping.is_set() or self.parent_gone():
@@ -193,7 +199,7 @@ class Worker:
                 checkpoint_path=checkpoint,
                 performance=job.performance if job.HasField("performance") else None,  # issue 5
                 test_data=test_data,
-                reported_epochs=max((m.epoch for m in self.store.get_job(job_id).history), default=0),
+                reported_epochs=max((m.epoch for m in job.history), default=0),  # as claimed, with its history
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
@@ -248,9 +254,7 @@ class Worker:
                 exc = errors.DeadlineExceeded(
                     f"the job ran past its wall-time limit of {limit:g} s (GRADWIRE_MAX_JOB_SECONDS) and was stopped"
                 )
-                status = status_pb2.Status(code=errors.code_of(exc), message=exc.message)
-                self.store.finish_job(job_id, State.FAILED, exc.message, error=status)
-                files.remove_tree(checkpoint.parent)
+                fail(exc, exc.message)
                 log.info("job %s: %s", job.name, exc.message)
                 return
             self.store.finish_job(job_id, State.CANCELLED, "cancelled")
@@ -258,13 +262,10 @@ class Worker:
             log.info("job %s: cancelled", job.name)
         except Exception as exc:  # a failure after acceptance is data: the job goes FAILED
             if isinstance(exc, errors.GradwireError):
-                message = exc.message
+                fail(exc, exc.message)
             else:
                 log.exception("job %s failed", job.name)
-                message = safe_message(exc)
-            status = status_pb2.Status(code=errors.code_of(exc), message=message)
-            self.store.finish_job(job_id, State.FAILED, message, error=status)
-            files.remove_tree(checkpoint.parent)
+                fail(exc, safe_message(exc))
         finally:
             release_memory()
 
