@@ -71,6 +71,18 @@ def _wrap_stream(behavior: Callable, method: str) -> Callable:
     return wrapper
 
 
+HANDLER_KINDS = ("unary_unary", "stream_unary", "unary_stream", "stream_stream")
+
+
+def _replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[str, Callable], Callable]) -> grpc.RpcMethodHandler:
+    """The same handler with its one behavior replaced by ``make(kind, behavior)``."""
+    for kind in HANDLER_KINDS:
+        behavior = getattr(handler, kind)
+        if behavior:
+            return handler._replace(**{kind: make(kind, behavior)})
+    return handler
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     def __init__(self) -> None:
         # method -> (registered handler, wrapped handler): wrap once, not on every call
@@ -94,15 +106,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             # grpcio-health's Watch is "experimental_non_blocking" (called with a callback, returns
             # None): wrapping it as a generator broke it (UNKNOWN). It raises no domain errors.
             return handler
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
-        return handler
+        def wrap(kind: str, behavior: Callable) -> Callable:
+            # a unary response is returned by the behavior, a streamed one is yielded by it
+            return (_wrap_stream if kind.endswith("_stream") else _wrap_unary)(behavior, method)
+
+        return _replace_behavior(handler, wrap)
 
 
 UNAUTHENTICATED_MESSAGE = "missing or invalid credentials: send the metadata 'authorization: Bearer <token>'"
@@ -115,13 +123,7 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     def deny(_request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
 
-    if handler.unary_unary:
-        return handler._replace(unary_unary=deny)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=deny)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=deny)
-    return handler._replace(stream_stream=deny)
+    return _replace_behavior(handler, lambda kind, behavior: deny)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
