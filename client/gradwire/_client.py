@@ -207,11 +207,11 @@ class Client:
         with translate_rpc_errors():
             return method(requests, timeout=timeout, metadata=self._metadata)
 
-    def _pages(self, method: Callable[..., Any], request_type: type, field: str) -> list[Any]:
+    def _pages(self, method: Callable[..., Any], request_type: type, field: str, **request_fields: Any) -> list[Any]:
         items: list[Any] = []
         token = ""
         while True:
-            response = self._unary(method, request_type(page_size=_PAGE_SIZE, page_token=token))
+            response = self._unary(method, request_type(page_size=_PAGE_SIZE, page_token=token, **request_fields))
             items.extend(getattr(response, field))
             token = response.next_page_token
             if not token:
@@ -552,14 +552,9 @@ class Client:
 
     def list_model_versions(self, name: str) -> list[Model]:
         """A registered model's versions, newest first (every page)."""
-        out, token = [], ""
-        while True:
-            request = models_pb2.ListModelVersionsRequest(parent=_registered(name), page_size=1000, page_token=token)
-            response = self._unary(self._models.ListModelVersions, request)
-            out += [Model(self, p) for p in response.models]
-            token = response.next_page_token
-            if not token:
-                return out
+        protos = self._pages(self._models.ListModelVersions, models_pb2.ListModelVersionsRequest, "models",
+                             parent=_registered(name))
+        return [Model(self, p) for p in protos]
 
     def set_alias(self, name: str, alias: str, version: int, *, timeout: float | None = DEFAULT) -> RegisteredModel:
         """Points ``alias`` (e.g. ``"production"``) at ``version``, moving it if it exists."""
