@@ -14,13 +14,17 @@ import time
 from collections.abc import Iterator
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def local_server(extra_env: dict[str, str] | None = None, *, quiet: bool = False) -> Iterator[str]:
     """Start `gradwire serve` (the installed command, as a user runs it), wait until its health
     check answers SERVING, yield its target; stop it and delete its data afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data_dir = tempfile.mkdtemp(prefix="gradwire-bench-")
     exe = shutil.which("gradwire", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:

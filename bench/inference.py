@@ -32,7 +32,6 @@ import json
 import os
 import pathlib
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # triton_env: the tritonclient venv
 
 import gradwire as gw  # noqa: E402
+from _server import free_port  # noqa: E402
 from gradwire.v1 import models_pb2, models_pb2_grpc  # noqa: E402
 
 ECHO = "/bench.Echo/Echo"
@@ -55,12 +55,6 @@ SINK = "/bench.Echo/Sink"
 
 # ---------------------------------------------------------------------------------------------
 # servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def echo_server(port: int) -> None:
