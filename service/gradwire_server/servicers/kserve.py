@@ -169,7 +169,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def _classification(model: models_pb2.Model, output: np.ndarray, param: pb.InferParameter, field: str) -> tuple[bytes, list[int]]:
         """Top K per row as "value:index:label" (label left out when the model has no class names)."""
         if model.label_kind != datasets_pb2.LABEL_KIND_CLASSES:
-            raise errors.InvalidArgument("the classification extension needs a classifier; this is a regression model", field=field)
+            kind = datasets_pb2.LabelKind.Name(model.label_kind)
+            raise errors.InvalidArgument(f"the classification extension needs a classifier (LABEL_KIND_CLASSES); this model is {kind}",
+                                         field=field)
         kind = param.WhichOneof("parameter_choice")
         if kind not in ("int64_param", "uint64_param"):
             raise errors.InvalidArgument(f"'classification' must be an integer (the number of classes), got {kind}", field=field)
