@@ -4,6 +4,7 @@ stopping, L1, cancellation, checkpoint/resume and normalization behaviour."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -303,6 +304,57 @@ def test_an_epoch_checkpointed_but_not_reported_is_reported_on_resume(tmp_path):
     assert reported == [1, 2, 3, 4]  # 3 from the checkpoint, 4 trained
     uninterrupted = run(RESUMABLE_NET, RESUMABLE_TRAININGS[0], data, seed=7)
     assert_same_weights(weights(resumed.model), weights(uninterrupted.model))
+
+
+def test_checkpoints_are_written_while_the_next_epoch_trains(tmp_path):
+    """Saving and reporting run on a writer thread: epoch 2's steps begin while epoch 1's report
+    is still blocked. Each report comes after its epoch's checkpoint is on disk, and train()
+    returns only once every epoch is saved and reported."""
+    data = blobs()
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    epoch_2_stepping = threading.Event()
+    steps, reported, saved_at_report = [], [], []
+
+    def should_stop() -> bool:
+        steps.append(1)
+        if len(steps) > 5:  # 48 training examples / 10: 5 steps per epoch
+            epoch_2_stepping.set()
+        return False
+
+    def on_epoch(result):
+        if result.epoch == 1:  # a synchronous save-and-report would never let epoch 2 start
+            assert epoch_2_stepping.wait(timeout=30), "epoch 2 did not start while epoch 1 was being reported"
+        saved_at_report.append(torch.load(checkpoint, weights_only=True)["epoch"])
+        reported.append(result.epoch)
+
+    result = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint, should_stop=should_stop,
+                 on_epoch=on_epoch)
+    assert reported == [1, 2, 3, 4] == [h.epoch for h in result.history]
+    assert saved_at_report == reported  # never reported ahead of its checkpoint
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 4
+
+
+def test_keep_saving_leaves_the_last_save_to_the_caller(tmp_path):
+    """train(keep_saving=True) may return with the last epoch in flight (the worker's export runs
+    meanwhile); result.saving.close() waits for it and raises a failure in it."""
+    data = blobs()
+    last_report_began, release = threading.Event(), threading.Event()
+    reported = []
+
+    def slow_last_report(result):
+        if result.epoch == 4:
+            last_report_began.set()
+            assert release.wait(timeout=30)
+            raise RuntimeError("the store went away")
+        reported.append(result.epoch)
+
+    result = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=tmp_path / "c.pt",
+                 on_epoch=slow_last_report, keep_saving=True)
+    assert last_report_began.wait(timeout=30)
+    assert reported == [1, 2, 3]  # returned with epoch 4's report still waiting
+    release.set()
+    with pytest.raises(RuntimeError, match="went away"):
+        result.saving.close()
 
 
 def test_checkpoint_of_another_job_is_refused(tmp_path):

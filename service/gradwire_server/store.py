@@ -446,8 +446,11 @@ class Store:
     def job_attempts(self, job_id: str) -> int:
         return self._query("SELECT attempts FROM jobs WHERE id = ?", (job_id,))[0][0]
 
-    def record_epoch(self, job_id: str, epoch: training_pb2.EpochMetrics) -> None:
+    def record_epoch(self, job_id: str, epoch: training_pb2.EpochMetrics, run_seconds: float = 0.0) -> None:
+        """Appends an epoch to the job's history and adds ``run_seconds`` to its wall time, in one
+        transaction (one fsync an epoch)."""
         with self._tx() as db:
+            db.execute("UPDATE jobs SET run_seconds = run_seconds + ? WHERE id = ?", (run_seconds, job_id))
             (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             self._event(db, job_id, state, f"epoch {epoch.epoch} done", epoch=epoch)
 

@@ -2,7 +2,8 @@
 
 Phases: split the data (seeded), fit input normalization on the training
 split, build the network (seeded), then per epoch: shuffle, step through the
-batches, evaluate on the validation split, report, early-stop, checkpoint.
+batches, evaluate on the validation split, early-stop, then checkpoint and
+report (on a writer thread, while the next epoch trains).
 
 Reproducibility: on the CPU the same seed gives the same weights, and a run
 resumed from its checkpoint ends with exactly the weights of an uninterrupted
@@ -25,8 +26,11 @@ so there is no DataLoader and no per-example collation.
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -38,6 +42,8 @@ from torch import nn
 from gradwire.v1 import datasets_pb2, network_pb2
 
 from . import errors, files, nets, spec
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 EVAL_BATCH = 4096  # examples per forward pass when evaluating (bounds memory, not results)
@@ -123,6 +129,7 @@ class TrainResult:
     binary: bool = False  # one sigmoid logit (binary cross-entropy): export emits [1 - p, p]
     multi_label: bool = False  # one sigmoid per label: export emits sigmoid(logits)
     evaluations: list[Evaluation] = field(default_factory=list)  # train, validation, test (those present)
+    saving: _EpochWriter | None = None  # train(keep_saving=True): close() it before ending the job
 
 
 # --------------------------------------------------------------------------
@@ -517,7 +524,7 @@ def _train_epoch(forward: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: 
         if clip_norm is not None:  # rescale all gradients together so their global L2 norm is <= clip_norm
             max_norm = torch.maximum(max_norm, nn.utils.clip_grad_norm_(params, clip_norm).detach())
         optimizer.step()
-        loss_sum += loss.detach().double() * len(batch)
+        loss_sum.add_(loss.detach(), alpha=len(batch))  # in float64, one kernel
         if classifier:
             correct += _correct(out.detach(), yb)
     n = len(order)
@@ -545,7 +552,9 @@ class _Progress:
     history: list[EpochResult] = field(default_factory=list)
     stopped: bool = False  # early stopping fired
 
-    def save(self, path: pathlib.Path) -> None:
+    def snapshot(self) -> dict:
+        """The checkpoint's contents as of now, every tensor copied to host memory: training can go
+        on changing the weights while a writer thread saves this."""
         stopper = self.stopper
         state = {
             "version": CHECKPOINT_VERSION, **self.identity,
@@ -554,7 +563,7 @@ class _Progress:
             "history": [asdict(h) for h in self.history],
             "early_stopping": None if stopper is None else {
                 "best": stopper.best, "best_epoch": stopper.best_epoch,
-                "bad_epochs": stopper.bad_epochs, "best_state": stopper.best_state},
+                "bad_epochs": stopper.bad_epochs},
             # Step / exponential / cosine rates are functions of the epoch; reduce-on-plateau has state.
             "plateau": None if self.plateau is None else {
                 "lr": self.plateau.lr, "best": self.plateau.best, "bad_epochs": self.plateau.bad_epochs},
@@ -566,8 +575,10 @@ class _Progress:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)  # dropout masks on the GPU
-        with files.atomic_writer(path) as f:
-            torch.save(state, f)
+        state = _host_copy(state)
+        if stopper is not None:  # host copies already, replaced (never changed in place) when the metric improves
+            state["early_stopping"]["best_state"] = stopper.best_state
+        return state
 
     def restore(self, path: pathlib.Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -595,6 +606,74 @@ class _Progress:
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+
+def _host_copy(obj):
+    """``obj`` with every tensor in it (dicts, lists and tuples walked) copied to host memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _host_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(value) for value in obj)
+    return obj
+
+
+def save_checkpoint(state: dict, path: pathlib.Path) -> None:
+    with files.atomic_writer(path) as f:  # temp file, fsync, rename
+        torch.save(state, f)
+
+
+class _EpochWriter:
+    """Saves each finished epoch's checkpoint and then reports the epoch, in order, on its own
+    thread, so the next epoch trains while the file is written and fsynced and the report is
+    committed (for an 18.9M-parameter MLP with Adam, a 227 MB checkpoint: 0.3-0.4 s an epoch that
+    the training thread used to wait).
+
+    The order is the synchronous one's: an epoch is reported only once its checkpoint is on disk,
+    so a crash in between leaves an epoch checkpointed but not reported (``reported_epochs``
+    covers that), never one reported but lost. At most one epoch waits behind the one being
+    written (``submit`` blocks), which bounds the host copies in memory. After a failed save or
+    report nothing more is written; the error is raised to the training thread at its next
+    ``submit`` or at ``close``."""
+
+    def __init__(self, checkpoint_path: pathlib.Path | None, on_epoch: Callable[[EpochResult], None]) -> None:
+        self._path, self._on_epoch = checkpoint_path, on_epoch
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            state, result = item
+            if self._error is not None:
+                continue
+            try:
+                if state is not None:
+                    save_checkpoint(state, self._path)
+                self._on_epoch(result)
+            except Exception as exc:  # handed to the training thread
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, state: dict | None, result: EpochResult) -> None:
+        self._raise()
+        self._queue.put((state, result))
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Waits until every submitted epoch is saved and reported; raises a failure too, unless the
+        caller is already propagating its own."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_error:
+            self._raise()
+        elif self._error is not None:  # the training thread's own error is the one that propagates
+            log.warning("saving or reporting an epoch failed too: %r", self._error)
 
 
 # --------------------------------------------------------------------------
@@ -652,6 +731,7 @@ def train(
     performance=None,  # training_pb2.TrainingPerformance | None (issue 5)
     test_data: TrainingData | None = None,
     reported_epochs: int | None = None,
+    keep_saving: bool = False,
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
@@ -662,7 +742,11 @@ def train(
     (the last epoch the caller recorded: a crash can land between saving an
     epoch's checkpoint and reporting it). At the end the kept weights are
     evaluated on the training and validation splits and, once, on
-    ``test_data``."""
+    ``test_data``. Checkpoints are saved and epochs reported on a writer
+    thread; with ``keep_saving`` the last of them may still be in flight on
+    return, so the caller's export overlaps it, and the caller must call
+    ``result.saving.close()`` (which waits, and raises a failure of theirs)
+    before it ends the job."""
     classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
     multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
@@ -714,72 +798,75 @@ def train(
     # --- epochs
     started = time.perf_counter()
     elapsed_before = history[-1].elapsed_seconds if history else 0.0
-    for epoch in range(len(history) + 1, training.epochs + 1):
-        if progress.stopped:
-            break
-        epoch_start = time.perf_counter()
-        lr = scheduled_learning_rate(training, epoch)
-        if plateau is not None:
-            lr = plateau.lr
-        if lr is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        model.train()
-        order = torch.randperm(n_train, generator=generator) if shuffle else torch.arange(n_train)
-        order = order[:stepped].to(x_train.device)  # drop_last: the examples of full batches only
-        train_loss, train_acc, grad_norm = _train_epoch(
-            forward, optimizer, loss_fn, x_train, y_train, order, batch_size, l1=training.l1_penalty,
-            classifier=classifier, should_stop=should_stop, clip_norm=clip_norm, device=device)
-        step_seconds = time.perf_counter() - epoch_start
-        if not math.isfinite(train_loss):
-            raise errors.InvalidArgument(
-                f"training diverged: the train loss is {train_loss} at epoch {epoch}; try a smaller learning rate",
-                field="training.optimizer",
+    writer = _EpochWriter(checkpoint_path, on_epoch)
+    try:
+        for epoch in range(len(history) + 1, training.epochs + 1):
+            if progress.stopped:
+                break
+            epoch_start = time.perf_counter()
+            lr = scheduled_learning_rate(training, epoch)
+            if plateau is not None:
+                lr = plateau.lr
+            if lr is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            model.train()
+            order = torch.randperm(n_train, generator=generator) if shuffle else torch.arange(n_train)
+            order = order[:stepped].to(x_train.device)  # drop_last: the examples of full batches only
+            train_loss, train_acc, grad_norm = _train_epoch(
+                forward, optimizer, loss_fn, x_train, y_train, order, batch_size, l1=training.l1_penalty,
+                classifier=classifier, should_stop=should_stop, clip_norm=clip_norm, device=device)
+            step_seconds = time.perf_counter() - epoch_start
+            if not math.isfinite(train_loss):
+                raise errors.InvalidArgument(
+                    f"training diverged: the train loss is {train_loss} at epoch {epoch}; try a smaller learning rate",
+                    field="training.optimizer",
+                )
+
+            val_loss = val_acc = None
+            if n_val:
+                val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier, device)
+            result = EpochResult(
+                epoch=epoch,
+                iterations=iterations,
+                train_loss=train_loss,
+                train_accuracy=train_acc,
+                validation_loss=val_loss,
+                validation_accuracy=val_acc,
+                learning_rate=optimizer.param_groups[0]["lr"],
+                samples_per_second=stepped / step_seconds if step_seconds > 0 else float("inf"),
+                elapsed_seconds=elapsed_before + time.perf_counter() - started,
+                max_gradient_norm=grad_norm,
+                examples=stepped,
             )
+            history.append(result)
+            if stopper is not None:
+                progress.stopped = stopper.update(result, model)
+            if plateau is not None:
+                plateau.update(result)
+            # Saved, then reported, on the writer's thread while the next epoch trains.
+            writer.submit(progress.snapshot() if checkpoint_path is not None else None, result)
 
-        val_loss = val_acc = None
+        # --- keep the best weights
+        best_epoch = history[-1].epoch
+        if stopper is not None and stopper.restore_best and stopper.best_state is not None:
+            model.load_state_dict(stopper.best_state)
+            best_epoch = stopper.best_epoch
+        binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
+        top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
+        score = dict(classifier=classifier, classes=data.output_size, top_k=top_k, device=device)
+        evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
         if n_val:
-            val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier, device)
-        result = EpochResult(
-            epoch=epoch,
-            iterations=iterations,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            validation_loss=val_loss,
-            validation_accuracy=val_acc,
-            learning_rate=optimizer.param_groups[0]["lr"],
-            samples_per_second=stepped / step_seconds if step_seconds > 0 else float("inf"),
-            elapsed_seconds=elapsed_before + time.perf_counter() - started,
-            max_gradient_norm=grad_norm,
-            examples=stepped,
-        )
-        history.append(result)
-        if stopper is not None:
-            progress.stopped = stopper.update(result, model)
-        if plateau is not None:
-            plateau.update(result)
-        # Checkpoint before reporting: after a crash in between, the resumed run
-        # reports this epoch from the checkpoint (reported_epochs) rather than
-        # training it twice.
-        if checkpoint_path is not None:
-            progress.save(checkpoint_path)
-        on_epoch(result)
-
-    # --- keep the best weights
-    best_epoch = history[-1].epoch
-    if stopper is not None and stopper.restore_best and stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
-        best_epoch = stopper.best_epoch
-    binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
-    top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
-    score = dict(classifier=classifier, classes=data.output_size, top_k=top_k, device=device)
-    evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
-    if n_val:
-        evaluations.append(evaluate(forward, loss_fn, x_val, y_val, split="validation", **score))
-    if test_data is not None and len(test_data.features):
-        x_test = torch.from_numpy(normalization.apply(test_data.features)).to(device)
-        evaluations.append(evaluate(forward, loss_fn, x_test, _labels_tensor(test_data).to(device), split="test",
-                                    **score))
+            evaluations.append(evaluate(forward, loss_fn, x_val, y_val, split="validation", **score))
+        if test_data is not None and len(test_data.features):
+            x_test = torch.from_numpy(normalization.apply(test_data.features)).to(device)
+            evaluations.append(evaluate(forward, loss_fn, x_test, _labels_tensor(test_data).to(device), split="test",
+                                        **score))
+    except BaseException:
+        writer.close(raise_error=False)  # epochs already finished are still saved and reported
+        raise
+    if not keep_saving:
+        writer.close()
     model = model.to("cpu").eval()
     return TrainResult(
         model=model,
@@ -793,4 +880,5 @@ def train(
         binary=binary and not multi_label,
         multi_label=multi_label,
         evaluations=evaluations,
+        saving=writer,
     )

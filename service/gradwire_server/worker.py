@@ -30,6 +30,7 @@ log = logging.getLogger("gradwire.worker")
 State = training_pb2.TrainingJob.State
 MAX_ATTEMPTS = 3
 MAX_ERROR_CHARS = 500
+CANCEL_POLL_S = 0.02  # how often a running job looks for a cancel in the store (it is polled before every step)
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@]+){2,}[/\\]?")
 
 
@@ -159,9 +160,11 @@ class Worker:
             self.store.add_run_seconds(job_id, now - accounted)
             accounted = now
 
-        def on_epoch(r) -> None:
-            self.store.record_epoch(job_id, epoch_proto(r))
-            account()
+        def on_epoch(r) -> None:  # called on train's writer thread, in epoch order
+            nonlocal accounted
+            now = time.monotonic()
+            self.store.record_epoch(job_id, epoch_proto(r), run_seconds=now - accounted)
+            accounted = now
 
         def fail(exc: BaseException, message: str) -> None:
             """The job ends FAILED with `exc`'s status code and `message`; its checkpoint goes."""
@@ -169,13 +172,20 @@ class Worker:
             self.store.finish_job(job_id, State.FAILED, message, error=status)
             files.remove_tree(checkpoint.parent)
 
+        next_look = [0.0]
+
         def should_stop() -> bool:
-            """Polled before every training step: one indexed SQLite read (~10 us), so a cancel takes effect at the next step."""
+            """Polled before every training step. A cancel is looked for in the store (one indexed
+            SQLite read, ~10 us) at most every CANCEL_POLL_S, so it takes effect within that."""
             if self.stopping.is_set() or self.parent_gone():
                 return True
-            if time.monotonic() - started > budget:
+            now = time.monotonic()
+            if now - started > budget:
                 over_time[0] = True
                 return True
+            if now < next_look[0]:
+                return False
+            next_look[0] = now + CANCEL_POLL_S
             return self.store.job_state(job_id) == State.CANCELLING
 
         try:
@@ -200,17 +210,23 @@ class Worker:
                 performance=job.performance if job.HasField("performance") else None,  # issue 5
                 test_data=test_data,
                 reported_epochs=max((m.epoch for m in job.history), default=0),  # as claimed, with its history
+                keep_saving=True,  # the last epoch's checkpoint is written while the export runs
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
-            exported = export_onnx(
-                result,
-                input_shape=list(dataset.feature_shape),
-                label_kind=dataset.label_kind,
-                class_names=list(dataset.class_names),
-                path=path,
-                metadata={"model": f"models/{model_id}", "training_job": job.name, "dataset": dataset.name},
-            )
+            try:
+                exported = export_onnx(
+                    result,
+                    input_shape=list(dataset.feature_shape),
+                    label_kind=dataset.label_kind,
+                    class_names=list(dataset.class_names),
+                    path=path,
+                    metadata={"model": f"models/{model_id}", "training_job": job.name, "dataset": dataset.name},
+                )
+            except BaseException:
+                result.saving.close(raise_error=False)
+                raise
+            result.saving.close()  # every epoch saved and reported before the job ends
             model = models_pb2.Model(
                 name=f"models/{model_id}",
                 display_name=job.display_name,
