@@ -78,6 +78,9 @@ def test_versions_latest_and_aliases(client):
         (lambda c: c.set_alias("reg-iris", "Prod!", 1), "alias", "Prod!"),
         (lambda c: c.set_alias("reg-iris", "prod", 99), "version", "version 99"),
         (lambda c: c.delete_alias("reg-iris", "latest"), "alias", "cannot be removed"),
+        # an alias belongs to the registered model, not to a version of it: refused, as set_alias refuses it
+        (lambda c: c.delete_alias("reg-iris@1", "production"), "name", "without '@1'"),
+        (lambda c: c.set_alias("reg-iris@1", "production", 1), "name", "without '@1'"),
     ],
 )
 def test_bad_registry_requests(client, call, field, text):

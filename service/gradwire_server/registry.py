@@ -201,7 +201,7 @@ def set_alias(db: sqlite3.Connection, name: str, alias: str, version: int, now: 
 
 
 def delete_alias(db: sqlite3.Connection, name: str, alias: str, now: float) -> None:
-    short, _ = split_name(name, "name")
+    short = plain_name(name, "name")
     if alias == LATEST:
         raise errors.InvalidArgument("'latest' cannot be removed: it always points at the newest version", field="alias")
     _row(db, short, name)
