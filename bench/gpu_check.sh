@@ -11,7 +11,7 @@
 # starts, each a CUDA worker) did not finish in 100 s; hence -n below, and SUITE_S cuts it off. Skipped there: test_protos (needs
 # grpcio-tools) and test_kserve (builds a venv from PyPI, which that machine cannot reach). The
 # steps' time limits add up to more than one run's 10 minutes: pass smaller ones, e.g.
-# `BENCH_S=170 BENCH_C_S=70 DIGITS_S=90 GPU_S=60 SUITE_S=150 bash bench/gpu_check.sh`.
+# `BENCH_S=170 BENCH_C_S=60 PIN_S=45 DIGITS_S=90 GPU_S=60 SUITE_S=120 bash bench/gpu_check.sh`.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/gwbin "${OUT:-/tmp/out}"
@@ -26,6 +26,13 @@ timeout "${BENCH_S:-200}" python3 bench/inference.py --only a,b,c,d,e --scale 2 
     --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench_inference.log"
 # 2. (c) again with nothing pinned: clients, server and onnxruntime share all 16 cores.
 timeout "${BENCH_C_S:-90}" python3 bench/inference.py --only c --scale 2 2>&1 | tee "$OUT/bench_c_unpinned.log"
+# 2b. Is the RPC server slower on many cores because its threads contend for the GIL across them?
+#     (a) and (c) with the server on 1 core, then on 2, the clients on 8-15: if one core beats
+#     eight, more RPC processes (SO_REUSEPORT), not more threads, are the way to (c)'s target.
+for cpus in 0 0-1; do
+    timeout "${PIN_S:-60}" python3 bench/inference.py --only a,c --server-cpus "$cpus" --client-cpus 8-15 \
+        --json "$OUT/bench_server_on_$cpus.json" 2>&1 | tee "$OUT/bench_server_on_$cpus.log" | grep -E "^\(a\)|^\(c\)"
+done
 # 3. The quick start, measured (on a fresh machine it hung past 60 s, and once after a killed
 #    suite its upload was reset: give it room, and run it before the suite).
 timeout "${DIGITS_S:-150}" python3 bench/digits_quickstart.py > "$OUT/bench_digits.log" 2>&1; echo "digits: exit $?"; tail -8 "$OUT/bench_digits.log"
