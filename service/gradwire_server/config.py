@@ -32,6 +32,11 @@ class Settings:
     """Training device: "auto" (CUDA when present, else CPU), "cpu", or "cuda" / "cuda:N"."""
     workers: int = 1
     """Training worker processes (each trains one job at a time)."""
+    rpc_processes: int = 1
+    """Processes serving RPCs on the one port (SO_REUSEPORT), each with its own threads, model
+    sessions and batcher; the kernel spreads incoming connections (not calls) across them. More
+    than one needs a fixed port. For many-core machines, where one Python process's RPC threads
+    contend for its interpreter lock."""
     rpc_threads: int = 64
     """Threads serving RPCs. Each in-flight call holds one (a Watch stream for its whole life, a
     Predict while it waits for its batch), so this bounds the concurrent requests that can merge."""
@@ -99,6 +104,7 @@ class Settings:
         checks = {
             "port": 0 <= self.port <= 65535,
             "workers": self.workers >= 1,
+            "rpc_processes": 1 <= self.rpc_processes <= 64,
             "rpc_threads": self.rpc_threads >= 1,
             "max_watch_streams": self.max_watch_streams == 0 or 1 <= self.max_watch_streams < self.rpc_threads,
             "grace_period_s": self.grace_period_s >= 0,
@@ -126,6 +132,9 @@ class Settings:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid setting {name} ({_env_name(name)}): got {getattr(self, name)!r}")
+        if self.rpc_processes > 1 and self.port == 0:
+            raise ValueError(f"invalid setting rpc_processes ({_env_name('rpc_processes')}): {self.rpc_processes} processes "
+                             f"share one port, so they need a fixed one ({_env_name('port')}), not 0")
         for name in ("auth_tokens_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
             path = getattr(self, name)
             if path and not pathlib.Path(path).is_file():

@@ -9,6 +9,7 @@ import pathlib
 import signal
 import socket
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -93,10 +94,14 @@ class Running:
         self.state.store.close()
 
 
-def create_server(settings: Settings) -> Running:
-    """Build and start the gRPC server (no workers); returns it with the bound port."""
+def create_server(settings: Settings, *, recover: bool = True, serving: bool = True) -> Running:
+    """Build and start the gRPC server (no workers); returns it with the bound port. ``recover``
+    runs start-up recovery first: in the first RPC process only, since in a later one it would
+    remove the uploads the others have in progress. ``serving``: health says SERVING at once
+    (else the caller sets it)."""
     store = Store(settings.database_path)
-    prepare_data_dir(settings, store)
+    if recover:
+        prepare_data_dir(settings, store)
     sessions = SessionCache(
         settings.data_dir,
         max_sessions=settings.max_sessions,
@@ -116,6 +121,9 @@ def create_server(settings: Settings) -> Running:
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # RPC processes share the port; a single one holds it alone, so a second server started
+            # on the same port fails at once instead of silently taking half the connections.
+            ("grpc.so_reuseport", int(settings.rpc_processes > 1)),
         ],
     )
     datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(state), server)
@@ -128,15 +136,19 @@ def create_server(settings: Settings) -> Running:
     if settings.reflection:
         reflection.enable((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     address = f"{settings.host}:{settings.port}"
-    if settings.tls_enabled:
-        port = server.add_secure_port(address, server_credentials(settings))
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if settings.tls_enabled:
+            port = server.add_secure_port(address, server_credentials(settings))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
-        raise SystemExit(f"could not listen on {settings.host}:{settings.port}")
+        raise SystemExit(f"gradwire serve: could not listen on {address} (GRADWIRE_HOST, GRADWIRE_PORT): the port is "
+                         f"in use, or the address is not one of this machine's")
     server.start()
     running = Running(server, port, state, health_servicer)
-    running.set_serving(True)
+    running.set_serving(serving)
     return running
 
 
@@ -187,13 +199,102 @@ class WorkerPool:
         self._store.close()
 
 
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def rpc_process(settings: Settings, parent_pid: int, ready) -> None:
+    """One more RPC process on the same port (rpc_processes > 1). Stops gracefully on SIGTERM or
+    SIGINT, and when the main process is gone."""
+    _setup_logging(settings)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: done.set())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
+    running = create_server(settings, recover=False)
+    ready.set()
+    while not done.wait(0.5):
+        if os.getppid() != parent_pid:
+            log.warning("the main gradwire process is gone; this RPC process stops")
+            break
+    running.set_serving(False)
+    running.server.stop(settings.grace_period_s).wait()
+    running.stop(0)
+
+
+class RpcPool:
+    """The RPC processes beyond the first, serving the same port; one that dies is restarted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: dict[int, multiprocessing.Process] = {}
+        self._ready: dict[int, object] = {}  # slot -> its process's ready Event (kept: the child unpickles it)
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="rpc-monitor", daemon=True)
+
+    def _spawn(self, slot: int):
+        ready = self._ready[slot] = self._ctx.Event()
+        proc = self._ctx.Process(target=rpc_process, args=(self.settings, os.getpid(), ready), name=f"gradwire-rpc{slot}",
+                                 daemon=False)
+        proc.start()
+        self._procs[slot] = proc
+        return ready
+
+    def start(self) -> None:
+        """Starts them and waits until each is listening."""
+        readies = {slot: self._spawn(slot) for slot in range(1, self.settings.rpc_processes)}
+        for slot, ready in readies.items():
+            while not ready.wait(0.1):
+                proc = self._procs[slot]
+                if not proc.is_alive():
+                    self.stop(0)
+                    raise SystemExit(f"RPC process {slot} exited with code {proc.exitcode} while starting")
+        self._monitor.start()
+
+    def _watch(self) -> None:
+        delay = {slot: 0.5 for slot in self._procs}  # doubles while a slot's process dies before it listens
+        next_try = dict.fromkeys(self._procs, 0.0)
+        while not self._stopping.wait(0.5):
+            for slot, proc in list(self._procs.items()):
+                if proc.is_alive() or self._stopping.is_set() or time.monotonic() < next_try[slot]:
+                    continue
+                started = self._ready[slot].is_set()
+                delay[slot] = 0.5 if started else min(2 * delay[slot], 30.0)
+                next_try[slot] = time.monotonic() + delay[slot]
+                log.error("RPC process %d exited with code %s; restarting it", slot, proc.exitcode)
+                self._spawn(slot)
+
+    def terminate(self) -> None:
+        """SIGTERM: each one stops taking calls and finishes its in-flight ones within the grace period."""
+        self._stopping.set()
+        for proc in list(self._procs.values()):
+            if proc.is_alive():
+                proc.terminate()
+
+    def stop(self, timeout: float) -> None:
+        self.terminate()
+        for proc in list(self._procs.values()):
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    running = create_server(settings)
+    _setup_logging(settings)
+    running = create_server(settings, serving=False)
+    rpc = RpcPool(settings)
+    try:
+        rpc.start()  # after this process's recovery and schema migration
+    except BaseException:
+        running.stop(0)
+        raise
+    running.set_serving(True)  # health says SERVING once every RPC process listens
     pool = WorkerPool(settings)
     pool.start()
-    log.info("gradwire listening on %s:%d, data in %s, %d worker(s)", settings.host, running.port, settings.data_dir.resolve(), settings.workers)
+    log.info("gradwire listening on %s:%d, data in %s, %d RPC process(es), %d worker(s)", settings.host, running.port,
+             settings.data_dir.resolve(), settings.rpc_processes, settings.workers)
     print(f"gradwire listening on port {running.port}", flush=True)
 
     done = threading.Event()
@@ -210,7 +311,9 @@ def serve(settings: Settings) -> None:
     # leave their job RUNNING with its last epoch checkpoint, to be requeued at the next start.
     running.set_serving(False)
     stopped = running.server.stop(settings.grace_period_s)
+    rpc.terminate()  # the other RPC processes drain meanwhile
     pool.stop(timeout=settings.grace_period_s)
+    rpc.stop(timeout=settings.grace_period_s + 5)
     stopped.wait()
     running.stop(0)
     log.info("stopped")

@@ -1,0 +1,178 @@
+"""GRADWIRE_RPC_PROCESSES: several RPC processes of one real `gradwire serve` share its port.
+
+The kernel hands each new connection to one of them (SO_REUSEPORT), so every process must see
+the same store: a model published, an alias moved or a job trained through one connection is
+seen through every other. Which process holds which connection is read from /proc: the sockets
+each process has open on the port."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from helpers import State, config, inline, iris, mlp, raw_tensor
+from test_durability import GRADWIRE, ServeProcess, free_port, pytestmark  # noqa: F401  (skip without the command)
+
+PROCESSES = 3
+CONNECTIONS = 40  # P(some process gets none of them) = 3 * (2/3)**40, about 3e-7
+
+if not pathlib.Path("/proc/net/tcp").exists():
+    pytestmark = pytest.mark.skip(reason="reads sockets from /proc (Linux)")
+
+
+def _sockets_on_port(port: int) -> dict[str, str]:
+    """inode -> TCP state ('0A' listening, '01' established) of every local socket on ``port``."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found[fields[9]] = fields[3]
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in pathlib.Path(f"/proc/{p}/task").iterdir():
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            todo += [int(c) for c in children]
+    return out
+
+
+def serving_processes(root: int, port: int) -> dict[int, int]:
+    """pid -> connections it holds on ``port``, for each process of the server that listens on it."""
+    sockets = _sockets_on_port(port)
+    held: dict[int, int] = {}
+    for pid in _descendants(root):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        states = [sockets.get(link[8:-1]) for link in links if link.startswith("socket:[")]
+        if "0A" in states:
+            held[pid] = states.count("01")
+    return held
+
+
+def _wait(predicate, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+    return value
+
+
+def test_rpc_processes_share_the_port_and_the_store(tmp_path):
+    port = free_port()
+    server = ServeProcess(tmp_path / "data", port, device="cpu", GRADWIRE_RPC_PROCESSES=str(PROCESSES))
+    channels = []
+    try:
+        assert len(serving_processes(server.proc.pid, port)) == PROCESSES
+        X, y = iris()
+        jobs = server.jobs
+        versions = []
+        for epochs in (1, 3):  # two versions of one registered model, with different weights
+            job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                inline_dataset=inline(X, y), network=mlp(8, 3), training=config(epochs=epochs),
+                registered_model="registeredModels/iris"), timeout=10)
+            done = _wait(lambda job=job: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name),
+                                                                   timeout=10)).state == State.SUCCEEDED and j, 60)
+            versions.append(done.model)
+        expected = [server.models.Predict(models_pb2.PredictRequest(name=m, features=raw_tensor(X)), timeout=10).probabilities.raw_data
+                    for m in versions]
+        assert expected[0] != expected[1]
+
+        # Separate connections (a channel of its own subchannel pool each), spread by the kernel.
+        channels = [grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(CONNECTIONS)]
+        stubs = [models_pb2_grpc.ModelServiceStub(ch) for ch in channels]
+
+        def by_alias() -> set[bytes]:
+            return {s.Predict(models_pb2.PredictRequest(name="registeredModels/iris@prod", features=raw_tensor(X)),
+                              timeout=10).probabilities.raw_data for s in stubs}
+
+        server.models.SetModelAlias(models_pb2.SetModelAliasRequest(name="registeredModels/iris", alias="prod", version=1), timeout=10)
+        assert by_alias() == {expected[0]}
+        held = serving_processes(server.proc.pid, port)
+        assert len(held) == PROCESSES and all(held.values()), held  # every process holds connections
+
+        # Moved through one connection: every process serves the new version at its next call.
+        server.models.SetModelAlias(models_pb2.SetModelAliasRequest(name="registeredModels/iris", alias="prod", version=2), timeout=10)
+        assert by_alias() == {expected[1]}
+
+        # A job created through one connection is watched to its end through each process.
+        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(4, 3), training=config(epochs=3)), timeout=10)
+        for ch in channels[:6]:
+            events = list(training_pb2_grpc.TrainingJobServiceStub(ch).WatchTrainingJob(
+                training_pb2.WatchTrainingJobRequest(name=job.name), timeout=60))
+            assert events[-1].state == State.SUCCEEDED
+            assert [e.epoch.epoch for e in events if e.HasField("epoch")] == [1, 2, 3]
+
+        # An RPC process that dies is replaced; the port keeps its PROCESSES listeners.
+        victim = next(pid for pid in held if pid != server.proc.pid)
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: len(serving_processes(server.proc.pid, port)) == PROCESSES
+              and victim not in serving_processes(server.proc.pid, port), 60)
+        fresh = grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        channels.append(fresh)
+        got = models_pb2_grpc.ModelServiceStub(fresh).Predict(
+            models_pb2.PredictRequest(name="registeredModels/iris@prod", features=raw_tensor(X)), timeout=10)
+        assert got.probabilities.raw_data == expected[1]
+    finally:
+        for ch in channels:
+            ch.close()
+        pids = _descendants(server.proc.pid)
+        code = server.stop(signal.SIGTERM)
+    assert code == 0
+    # SIGTERM stops every process of the server, not only the main one
+    _wait(lambda: not [p for p in pids if pathlib.Path(f"/proc/{p}").exists()
+                       and "zombie" not in pathlib.Path(f"/proc/{p}/status").read_text()], 30)
+
+
+def test_the_rpc_processes_stop_with_a_killed_main_process(tmp_path):
+    port = free_port()
+    server = ServeProcess(tmp_path / "data", port, device="cpu", GRADWIRE_RPC_PROCESSES="2")
+    others = [p for p in serving_processes(server.proc.pid, port) if p != server.proc.pid]
+    assert len(others) == 1
+    server.stop(signal.SIGKILL)
+    _wait(lambda: not pathlib.Path(f"/proc/{others[0]}").exists()
+          or "zombie" in pathlib.Path(f"/proc/{others[0]}/status").read_text(), 30)
+    assert not _sockets_on_port(port) or "0A" not in _sockets_on_port(port).values()
+
+
+def test_several_rpc_processes_need_a_fixed_port():
+    from gradwire_server.config import parse_settings
+
+    with pytest.raises(ValueError, match=r"rpc_processes \(GRADWIRE_RPC_PROCESSES\): 2 processes share one port.*GRADWIRE_PORT"):
+        parse_settings([], {"GRADWIRE_RPC_PROCESSES": "2", "GRADWIRE_PORT": "0"})
+    with pytest.raises(ValueError, match=r"rpc_processes \(GRADWIRE_RPC_PROCESSES\): got 0"):
+        parse_settings([], {"GRADWIRE_RPC_PROCESSES": "0"})
+
+
+def test_one_rpc_process_holds_its_port_alone(tmp_path):
+    """Without GRADWIRE_RPC_PROCESSES, a second server on a taken port fails at once rather than
+    silently sharing it (gRPC's default SO_REUSEPORT would let it)."""
+    port = free_port()
+    first = ServeProcess(tmp_path / "one", port, device="cpu")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
+        env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(tmp_path / "two"), GRADWIRE_DEVICE="cpu")
+        second = subprocess.run([GRADWIRE, "serve"], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"gradwire serve: could not listen on 127.0.0.1:{port} (GRADWIRE_HOST, GRADWIRE_PORT): the port is in use" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
