@@ -4,6 +4,7 @@
     python bench/inference.py --only a,b,e       # a subset (the GPU run)
     python bench/inference.py --scale 5          # 5x more requests / bytes / epochs
     python bench/inference.py --server-cpus 0-7 --client-cpus 8-15   # (c)'s clients on their own cores
+    python bench/inference.py --only a,c --rpc-processes 4           # the server with 4 RPC processes
 
 It starts its own `gradwire serve` (and a bare gRPC echo server as a baseline) on free ports.
 
@@ -92,14 +93,22 @@ def process(args: list[str], env: dict | None = None):
             proc.wait(timeout=30)
 
 
-def wait_ready(target: str, proc: subprocess.Popen) -> None:
+def wait_ready(target: str, proc: subprocess.Popen, health: bool = False) -> None:
+    """Until ``target`` accepts a connection; with ``health``, until its health check says SERVING
+    (gradwire says so once all its RPC processes listen)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(target) as ch:
         ready = grpc.channel_ready_future(ch)
+        check = health_pb2_grpc.HealthStub(ch).Check
         for _ in range(240):
             if proc.poll() is not None:
                 raise RuntimeError(f"{target}: the process exited with status {proc.returncode} before serving")
             with contextlib.suppress(grpc.FutureTimeoutError):
-                return ready.result(timeout=0.5)
+                ready.result(timeout=0.5)
+                if not health or check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                time.sleep(0.2)
         raise TimeoutError(f"{target}: not serving after 120 s")
 
 
@@ -220,8 +229,14 @@ def clients_worker(target: str, name: str, threads: int, start_at: float, second
     request = models_pb2.PredictRequest(name=name, features=gw._tensors.to_tensor(np.load(row_file)))
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
+    # Channels in one process share one connection, unless each has its own subchannel pool. With
+    # several RPC processes the kernel spreads connections, not calls, across them: each client
+    # then gets a connection of its own (which costs a single RPC process about 20% of its
+    # throughput for the digits CNN here, so it is not done for one).
+    options = [("grpc.use_local_subchannel_pool", 1)] if os.environ.get("BENCH_OWN_CONNECTIONS") else []
+
     def run(k):
-        with grpc.insecure_channel(target) as ch:
+        with grpc.insecure_channel(target, options=options) as ch:
             stub = models_pb2_grpc.ModelServiceStub(ch)
             stub.Predict(request)
             time.sleep(max(0.0, start_at - time.time()))
@@ -389,6 +404,8 @@ def main() -> None:
     parser.add_argument("--server-cpus", help="pin the server, the echo server and the in-process baselines to these CPUs, e.g. 0-7")
     parser.add_argument("--client-cpus", help="pin (c)'s client processes to these CPUs, e.g. 8-15")
     parser.add_argument("--client-processes", type=int, default=4, help="(c): how many processes its 32 clients run in")
+    parser.add_argument("--rpc-processes", type=int, default=1,
+                        help="the server's GRADWIRE_RPC_PROCESSES; above 1, each of (c)'s clients has a connection of its own")
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures to this file, after each one")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients-worker", nargs=6, help=argparse.SUPPRESS)
@@ -404,6 +421,8 @@ def main() -> None:
         os.sched_setaffinity(0, cpu_list(args.server_cpus))
     if args.client_cpus:
         os.environ["BENCH_CLIENT_CPUS"] = args.client_cpus
+    if args.rpc_processes > 1:
+        os.environ["BENCH_OWN_CONNECTIONS"] = "1"  # (c)'s clients, so that they spread over the RPC processes
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -412,13 +431,15 @@ def main() -> None:
     started = time.perf_counter()
     results: dict[str, dict] = {}
     if args.json:
-        results = Saved(args.json, machine=machine(), server_cpus=args.server_cpus, client_cpus=args.client_cpus)
+        results = Saved(args.json, machine=machine(), server_cpus=args.server_cpus, client_cpus=args.client_cpus,
+                        rpc_processes=args.rpc_processes)
     with tempfile.TemporaryDirectory(prefix="gradwire-bench-") as data_dir, \
             process([sys.executable, "-c", "import sys; from gradwire.cli import main; sys.exit(main(sys.argv[1:]))", "serve"],
                     {"GRADWIRE_HOST": "127.0.0.1", "GRADWIRE_PORT": str(port), "GRADWIRE_DATA_DIR": data_dir,
-                     "GRADWIRE_DEVICE": args.device, "GRADWIRE_LOG_LEVEL": "WARNING"}) as server, \
+                     "GRADWIRE_DEVICE": args.device, "GRADWIRE_LOG_LEVEL": "WARNING",
+                     "GRADWIRE_RPC_PROCESSES": str(args.rpc_processes)}) as server, \
             process([sys.executable, __file__, "--echo-server", str(echo_port)]) as echo:
-        wait_ready(target, server)
+        wait_ready(target, server, health=True)
         wait_ready(echo_target, echo)
         X, y = digits()
         with gw.Client(target, timeout=300) as client:
@@ -450,6 +471,8 @@ def main() -> None:
                 base = results.get("a") or bench_a(client, echo_target, model, onnx_path, X, 300)
                 results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
     pinned = f"; server pinned to CPUs {args.server_cpus}, (c)'s clients to {args.client_cpus}" if args.server_cpus or args.client_cpus else ""
+    if args.rpc_processes > 1:
+        pinned += f"; {args.rpc_processes} RPC processes"
     report(results, machine() + pinned, time.perf_counter() - started)
 
 
