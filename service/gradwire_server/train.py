@@ -552,9 +552,10 @@ class _Progress:
     history: list[EpochResult] = field(default_factory=list)
     stopped: bool = False  # early stopping fired
 
-    def snapshot(self) -> dict:
-        """The checkpoint's contents as of now, every tensor copied to host memory: training can go
-        on changing the weights while a writer thread saves this."""
+    def snapshot(self, buffers: _HostBuffers) -> tuple[dict, list[torch.Tensor]]:
+        """The checkpoint's contents as of now, every tensor copied to host memory (into
+        ``buffers``: the copies are returned too, for the writer to give back once saved):
+        training can go on changing the weights while a writer thread saves this."""
         stopper = self.stopper
         state = {
             "version": CHECKPOINT_VERSION, **self.identity,
@@ -575,10 +576,11 @@ class _Progress:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)  # dropout masks on the GPU
-        state = _host_copy(state)
+        copies: list[torch.Tensor] = []
+        state = _host_copy(state, buffers, copies)
         if stopper is not None:  # host copies already, replaced (never changed in place) when the metric improves
             state["early_stopping"]["best_state"] = stopper.best_state
-        return state
+        return state, copies
 
     def restore(self, path: pathlib.Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -608,14 +610,42 @@ class _Progress:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
 
-def _host_copy(obj):
+class _HostBuffers:
+    """Host tensors reused from one checkpoint snapshot to the next. Allocating a 227 MB state afresh
+    each epoch cost 0.07-0.3 s (the pages are new every time); copying it into buffers freed by
+    an earlier snapshot, 0.01-0.02 s. For a CUDA run the buffers are pinned, so the copies from the
+    GPU are DMA transfers."""
+
+    def __init__(self, pinned: bool) -> None:
+        self._pinned = pinned
+        self._free: dict[tuple, list[torch.Tensor]] = collections.defaultdict(list)
+        self._lock = threading.Lock()
+
+    def copy(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = (tuple(tensor.shape), tensor.dtype)
+        with self._lock:
+            free = self._free.get(key)
+            buffer = free.pop() if free else None
+        if buffer is None:
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self._pinned)
+        return buffer.copy_(tensor.detach())
+
+    def give_back(self, buffers: list[torch.Tensor]) -> None:
+        """Buffers whose snapshot is saved or dropped: nothing reads them any more."""
+        with self._lock:
+            for buffer in buffers:
+                self._free[(tuple(buffer.shape), buffer.dtype)].append(buffer)
+
+
+def _host_copy(obj, buffers: _HostBuffers, copies: list[torch.Tensor]):
     """``obj`` with every tensor in it (dicts, lists and tuples walked) copied to host memory."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        copies.append(buffers.copy(obj))
+        return copies[-1]
     if isinstance(obj, dict):
-        return {key: _host_copy(value) for key, value in obj.items()}
+        return {key: _host_copy(value, buffers, copies) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(value) for value in obj)
+        return type(obj)(_host_copy(value, buffers, copies) for value in obj)
     return obj
 
 
@@ -639,10 +669,12 @@ class _EpochWriter:
     finished epoch is always saved. After a failed save or report nothing more is written; the
     error is raised to the training thread at its next ``submit`` or at ``close``."""
 
-    def __init__(self, checkpoint_path: pathlib.Path | None, on_epoch: Callable[[EpochResult], None]) -> None:
+    def __init__(self, checkpoint_path: pathlib.Path | None, on_epoch: Callable[[EpochResult], None],
+                 device: torch.device) -> None:
         self._path, self._on_epoch = checkpoint_path, on_epoch
+        self.buffers = _HostBuffers(pinned=device.type == "cuda")
         self._cv = threading.Condition()
-        self._snapshot: dict | None = None  # the newest finished epoch's state, not yet being written
+        self._snapshot: tuple[dict, list[torch.Tensor]] | None = None  # the newest finished epoch's, not yet being written
         self._unreported: collections.deque[EpochResult] = collections.deque()
         self._closing = False
         self._error: BaseException | None = None
@@ -658,12 +690,15 @@ class _EpochWriter:
                                   or (self._path is None and self._unreported))
                 if self._snapshot is None and (self._path is not None or not self._unreported):
                     return  # closing, with everything written
-                state, self._snapshot = self._snapshot, None
+                snapshot, self._snapshot = self._snapshot, None
                 pending = list(self._unreported)
+            state = None
             try:
-                if state is not None:
+                if snapshot is not None:
+                    state, copies = snapshot
                     save_checkpoint(state, self._path)
                     self.saves += 1
+                    self.buffers.give_back(copies)
                 covered = state["epoch"] if state is not None else pending[-1].epoch
                 for result in pending:
                     if result.epoch > covered:
@@ -680,13 +715,16 @@ class _EpochWriter:
         if self._error is not None:
             raise self._error
 
-    def submit(self, state: dict | None, result: EpochResult) -> None:
-        """Hands over a finished epoch: its result, and its state unless there is no checkpoint path."""
+    def submit(self, snapshot: tuple[dict, list[torch.Tensor]] | None, result: EpochResult) -> None:
+        """Hands over a finished epoch: its result, and its snapshot (``_Progress.snapshot``) unless
+        there is no checkpoint path."""
         with self._cv:
             self._raise()
             self._unreported.append(result)
-            if state is not None:
-                self._snapshot = state  # replaces one still waiting: this save covers both
+            if snapshot is not None:
+                if self._snapshot is not None:  # replaced while still waiting: this save covers both
+                    self.buffers.give_back(self._snapshot[1])
+                self._snapshot = snapshot
             self._cv.notify()
 
     def close(self, *, raise_error: bool = True) -> None:
@@ -824,7 +862,7 @@ def train(
     # --- epochs
     started = time.perf_counter()
     elapsed_before = history[-1].elapsed_seconds if history else 0.0
-    writer = _EpochWriter(checkpoint_path, on_epoch)
+    writer = _EpochWriter(checkpoint_path, on_epoch, device)
     try:
         for epoch in range(len(history) + 1, training.epochs + 1):
             if progress.stopped:
@@ -871,7 +909,7 @@ def train(
             if plateau is not None:
                 plateau.update(result)
             # Saved, then reported, on the writer's thread while the next epoch trains.
-            writer.submit(progress.snapshot() if checkpoint_path is not None else None, result)
+            writer.submit(progress.snapshot(writer.buffers) if checkpoint_path is not None else None, result)
 
         # --- keep the best weights
         best_epoch = history[-1].epoch
