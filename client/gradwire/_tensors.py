@@ -63,20 +63,20 @@ def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
     A ``raw_data`` tensor decodes without a copy: the result is a read-only view
     of the message's bytes (``.copy()`` it to modify in place).
     """
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"tensor shape must be non-negative, got {list(shape)}")
     count = math.prod(shape)
-    if tensor.raw_data:
-        if tensor.dtype not in _NUMPY_DTYPES:
+    raw = tensor.raw_data  # read once: each read of a bytes field makes a new bytes object
+    if raw:
+        dt = _NUMPY_DTYPES.get(tensor.dtype)
+        if dt is None:
             raise ValueError(f"raw_data needs a dtype, got {tensor_pb2.DataType.Name(tensor.dtype)}")
-        dt = _NUMPY_DTYPES[tensor.dtype]
-        if len(tensor.raw_data) != count * dt.itemsize:
+        if len(raw) != count * dt.itemsize:
             raise ValueError(
-                f"raw_data has {len(tensor.raw_data)} bytes; shape {list(shape)} of {dt} needs "
-                f"{count * dt.itemsize}"
+                f"raw_data has {len(raw)} bytes; shape {list(shape)} of {dt} needs {count * dt.itemsize}"
             )
-        return np.frombuffer(tensor.raw_data, dtype=dt).reshape(shape)
+        return np.frombuffer(raw, dtype=dt).reshape(shape)
     if len(tensor.float_values):
         values, default = tensor.float_values, tensor_pb2.DATA_TYPE_FLOAT32
     elif len(tensor.int_values):
