@@ -490,11 +490,7 @@ class Client:
         >>> probs.shape, probs.sum(axis=1).round(3)  # doctest: +SKIP
         ((5, 10), array([1., 1., 1., 1., 1.], dtype=float32))
         """
-        prediction = self.predict_full(model, features, timeout=timeout)
-        result = prediction.probabilities if prediction.probabilities is not None else prediction.values
-        if result is None:
-            raise GradwireError("the server's PredictResponse carried neither probabilities nor values")
-        return result
+        return self._predict_call(model, features, timeout, _output, lambda out: out[0])
 
     def predict_full(self, model: str | Model, features: Any, *, timeout: float | None = DEFAULT) -> Prediction:
         """Runs the model and returns everything: probabilities, class indices and
@@ -504,27 +500,33 @@ class Client:
         >>> p.classes, p.class_names                   # doctest: +SKIP
         (array([0, 1, 2]), ['0', '1', '2'])
         """
+        return self._predict_call(model, features, timeout, _prediction, _first)
+
+    def _predict_call(self, model: str | Model, features: Any, timeout, decode: Callable[[Any], T],
+                      first: Callable[[T], T]) -> T:
+        """One Predict: ``decode`` turns the response into the result (``predict`` decodes only the
+        output tensor), ``first`` drops the batch axis of a single example's result."""
         name = _name(model)
         feats = as_wire_array(features, np.float32)
         try:
-            return self._predict(name, feats, model.input_shape if isinstance(model, Model) else None, timeout)
+            return self._predict(name, feats, model.input_shape if isinstance(model, Model) else None, timeout, decode, first)
         except InvalidArgumentError as err:
             # An alias (`registeredModels/x@production`) may have moved to a version with another
             # input shape since its shape was cached: look it up again and retry once.
             if err.field != "features.shape" or name.startswith("models/") or name not in self._input_shapes:
                 raise
             del self._input_shapes[name]
-            return self._predict(name, feats, None, timeout)
+            return self._predict(name, feats, None, timeout, decode, first)
 
-    def _predict(self, name: str, feats: np.ndarray, input_shape: tuple[int, ...] | None, timeout) -> Prediction:
+    def _predict(self, name: str, feats: np.ndarray, input_shape: tuple[int, ...] | None, timeout,
+                 decode: Callable[[Any], T], first: Callable[[T], T]) -> T:
         input_shape = input_shape if input_shape is not None else self._input_shape(name)
         single = feats.shape == input_shape
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
         request = models_pb2.PredictRequest(name=name, features=to_tensor(feats))
-        response = self._unary(self._models.Predict, request, timeout)
-        prediction = _prediction(response)
-        return _first(prediction) if single else prediction
+        result = decode(self._unary(self._models.Predict, request, timeout))
+        return first(result) if single else result
 
     # --- the model registry ------------------------------------------------------------
 
@@ -731,6 +733,15 @@ def _inline_dataset(features: Any, labels: Any, *, display_name: str = "") -> da
         label_kind=_LABEL_KINDS[kind],
         display_name=display_name,
     )
+
+
+def _output(response: models_pb2.PredictResponse) -> np.ndarray:
+    """The probabilities (classifiers) or values (regression) alone: what ``predict`` returns."""
+    if response.HasField("probabilities"):
+        return from_tensor(response.probabilities)
+    if response.HasField("values"):
+        return from_tensor(response.values)
+    raise GradwireError("the server's PredictResponse carried neither probabilities nor values")
 
 
 def _prediction(response: models_pb2.PredictResponse) -> Prediction:
