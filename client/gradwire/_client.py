@@ -524,7 +524,11 @@ class Client:
         single = feats.shape == input_shape
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
-        request = models_pb2.PredictRequest(name=name, features=to_tensor(feats))
+        request = models_pb2.PredictRequest(name=name)
+        tensor = request.features  # filled in place: `feats` is a wire array already (as_wire_array)
+        tensor.shape.extend(feats.shape)
+        tensor.dtype = DTYPES[feats.dtype]
+        tensor.raw_data = feats.tobytes()
         result = decode(self._unary(self._models.Predict, request, timeout))
         return first(result) if single else result
 
