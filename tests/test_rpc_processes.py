@@ -41,13 +41,18 @@ def _sockets_on_port(port: int) -> dict[str, str]:
 
 
 def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (parents read from /proc/*/stat)."""
+    parent_of = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent_of[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in pathlib.Path(f"/proc/{p}/task").iterdir():
-            children = (task / "children").read_text().split() if (task / "children").exists() else []
-            todo += [int(c) for c in children]
+        todo += [child for child, parent in parent_of.items() if parent == p]
     return out
 
 
