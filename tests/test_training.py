@@ -375,6 +375,41 @@ def test_a_save_slower_than_the_epochs_does_not_hold_training_back(tmp_path, mon
     assert_same_weights(weights(result.model), weights(run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7).model))
 
 
+@pytest.mark.parametrize("for_good", [True, False], ids=["cancel", "shutdown"])
+def test_a_cancel_does_not_wait_for_one_more_save(tmp_path, monkeypatch, for_good):
+    """Stopped in epoch 3 while epoch 1's save hangs and epoch 2's snapshot waits: a cancel (the job
+    ends for good) drops the waiting snapshot and still reports epoch 2; a shutdown (the job resumes
+    later) saves it."""
+    data = blobs()
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    release, steps, saved, reported = threading.Event(), [], [], []
+    real_save = train.save_checkpoint
+
+    def slow_save(state, path):
+        if not saved:
+            assert release.wait(timeout=30)
+        real_save(state, path)
+        saved.append(state["epoch"])
+
+    def should_stop() -> bool:
+        steps.append(1)
+        return len(steps) == 11  # 5 steps per epoch: epoch 3's first step
+
+    class Writer(train._EpochWriter):
+        def close(self, **kwargs):  # the hanging save ends well after close() has dealt with the waiting snapshot
+            threading.Timer(0.3, release.set).start()
+            super().close(**kwargs)
+
+    monkeypatch.setattr(train, "save_checkpoint", slow_save)
+    monkeypatch.setattr(train, "_EpochWriter", Writer)
+    with pytest.raises(errors.Cancelled):
+        run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint, should_stop=should_stop,
+            on_epoch=lambda r: reported.append(r.epoch), cancelled_for_good=lambda: for_good)
+    assert reported == [1, 2]
+    # (The first save is of epoch 2 itself when the writer woke after epoch 2 had ended: rare.)
+    assert saved in ([1], [2]) if for_good else saved[-1] == 2
+
+
 def _count_tensors(obj) -> int:
     if isinstance(obj, torch.Tensor):
         return 1

@@ -677,6 +677,7 @@ class _EpochWriter:
         self._snapshot: tuple[dict, list[torch.Tensor]] | None = None  # the newest finished epoch's, not yet being written
         self._unreported: collections.deque[EpochResult] = collections.deque()
         self._closing = False
+        self._unsaved_ok = False  # close(save_pending=False): report what no save will cover
         self._error: BaseException | None = None
         self.saves = 0  # checkpoints written
         self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
@@ -686,9 +687,10 @@ class _EpochWriter:
         while True:
             with self._cv:
                 # With a checkpoint path every epoch comes with a snapshot; without one, reports go at once.
-                self._cv.wait_for(lambda: self._snapshot is not None or self._closing
-                                  or (self._path is None and self._unreported))
-                if self._snapshot is None and (self._path is not None or not self._unreported):
+                unsaved_ok = self._path is None or self._unsaved_ok
+                self._cv.wait_for(lambda: self._snapshot is not None or self._closing or (unsaved_ok and self._unreported))
+                unsaved_ok = self._path is None or self._unsaved_ok
+                if self._snapshot is None and (not unsaved_ok or not self._unreported):
                     return  # closing, with everything written
                 snapshot, self._snapshot = self._snapshot, None
                 pending = list(self._unreported)
@@ -727,11 +729,18 @@ class _EpochWriter:
                 self._snapshot = snapshot
             self._cv.notify()
 
-    def close(self, *, raise_error: bool = True) -> None:
+    def close(self, *, raise_error: bool = True, save_pending: bool = True) -> None:
         """Waits until every submitted epoch is saved and reported; raises a failure too, unless the
-        caller is already propagating its own."""
+        caller is already propagating its own. ``save_pending=False`` (a job cancelled for good,
+        whose checkpoint is about to go): a snapshot still waiting is dropped, not saved, and the
+        epochs it would have covered are reported all the same; a save under way is finished."""
         with self._cv:
             self._closing = True
+            if not save_pending:
+                self._unsaved_ok = True
+                if self._snapshot is not None:
+                    self.buffers.give_back(self._snapshot[1])
+                    self._snapshot = None
             self._cv.notify()
         self._thread.join()
         if raise_error:
@@ -796,6 +805,7 @@ def train(
     test_data: TrainingData | None = None,
     reported_epochs: int | None = None,
     keep_saving: bool = False,
+    cancelled_for_good: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
@@ -810,7 +820,9 @@ def train(
     thread; with ``keep_saving`` the last of them may still be in flight on
     return, so the caller's export overlaps it, and the caller must call
     ``result.saving.close()`` (which waits, and raises a failure of theirs)
-    before it ends the job."""
+    before it ends the job. ``cancelled_for_good`` is asked when
+    ``should_stop`` stopped the run: True for a cancel (no resume to come), so
+    a checkpoint snapshot still waiting is not saved; False for a shutdown."""
     classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
     multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
@@ -926,8 +938,11 @@ def train(
             x_test = torch.from_numpy(normalization.apply(test_data.features)).to(device)
             evaluations.append(evaluate(forward, loss_fn, x_test, _labels_tensor(test_data).to(device), split="test",
                                         **score))
-    except BaseException:
-        writer.close(raise_error=False)  # epochs already finished are still saved and reported
+    except BaseException as exc:
+        # Epochs already finished are still saved and reported, except that a job cancelled for
+        # good does not wait for one more save of a checkpoint about to be deleted.
+        for_good = isinstance(exc, errors.Cancelled) and cancelled_for_good()
+        writer.close(raise_error=False, save_pending=not for_good)
         raise
     if not keep_saving:
         writer.close()

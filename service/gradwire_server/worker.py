@@ -172,7 +172,7 @@ class Worker:
             self.store.finish_job(job_id, State.FAILED, message, error=status)
             files.remove_tree(checkpoint.parent)
 
-        next_look = [0.0]
+        next_look, cancelled = [0.0], [False]
 
         def should_stop() -> bool:
             """Polled before every training step. A cancel is looked for in the store (one indexed
@@ -186,7 +186,8 @@ class Worker:
             if now < next_look[0]:
                 return False
             next_look[0] = now + CANCEL_POLL_S
-            return self.store.job_state(job_id) == State.CANCELLING
+            cancelled[0] = self.store.job_state(job_id) == State.CANCELLING
+            return cancelled[0]
 
         try:
             dataset, features, labels = datasets.load_arrays(self.store, self.settings.data_dir, job.dataset.split("/", 1)[1])
@@ -211,6 +212,7 @@ class Worker:
                 test_data=test_data,
                 reported_epochs=max((m.epoch for m in job.history), default=0),  # as claimed, with its history
                 keep_saving=True,  # the last epoch's checkpoint is written while the export runs
+                cancelled_for_good=lambda: cancelled[0],  # its checkpoint goes: no save waited for
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
