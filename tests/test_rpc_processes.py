@@ -181,3 +181,37 @@ def test_one_rpc_process_holds_its_port_alone(tmp_path):
         assert "Traceback" not in second.stderr
     finally:
         assert first.stop(signal.SIGTERM) == 0
+
+
+def _processes_of(data_dir: pathlib.Path) -> list[int]:
+    """Live processes whose environment names ``data_dir`` (a server's, orphaned or not)."""
+    marker = f"GRADWIRE_DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0") and "zombie" not in (entry / "status").read_text():
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_a_main_process_stopped_while_the_others_start_leaves_no_orphan(tmp_path, sig):
+    """Killed (or terminated, before its handlers are set) while its RPC processes are still
+    starting: they must not outlive it. (One once hung forever signalling readiness through a
+    lock the dead main process held.)"""
+    port, data_dir = free_port(), tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
+    env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(data_dir),
+               GRADWIRE_DEVICE="cpu", GRADWIRE_RPC_PROCESSES="3")
+    main = subprocess.Popen([GRADWIRE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: len(_processes_of(data_dir)) > 1, 60)  # an RPC process exists, and is starting
+        main.send_signal(sig)
+        main.wait(timeout=30)
+        _wait(lambda: not _processes_of(data_dir), 30)
+        assert "0A" not in _sockets_on_port(port).values()
+    finally:
+        for pid in _processes_of(data_dir):
+            os.kill(pid, signal.SIGKILL)

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -205,13 +206,20 @@ def _setup_logging(settings: Settings) -> None:
 
 def rpc_process(settings: Settings, parent_pid: int, ready) -> None:
     """One more RPC process on the same port (rpc_processes > 1). Stops gracefully on SIGTERM or
-    SIGINT, and when the main process is gone."""
+    SIGINT, and when the main process is gone (Linux sends SIGTERM then; elsewhere the loop below
+    notices within 0.5 s). ``ready``: the write end of a pipe, written once listening; a pipe, not
+    a shared lock, so a main process killed meanwhile cannot leave this one blocked."""
     _setup_logging(settings)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: done.set())
     signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
+    worker.die_with_parent(parent_pid, signal.SIGTERM)
     running = create_server(settings, recover=False)
-    ready.set()
+    try:
+        ready.send_bytes(b"listening")
+    except OSError:  # the main process is gone
+        done.set()
+    ready.close()
     while not done.wait(0.5):
         if os.getppid() != parent_pid:
             log.warning("the main gradwire process is gone; this RPC process stops")
@@ -228,24 +236,33 @@ class RpcPool:
         self.settings = settings
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: dict[int, multiprocessing.Process] = {}
-        self._ready: dict[int, object] = {}  # slot -> its process's ready Event (kept: the child unpickles it)
+        self._ready: dict[int, Any] = {}  # slot -> the read end of its process's "listening" pipe
+        self._listening: dict[int, bool] = {}
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="rpc-monitor", daemon=True)
 
-    def _spawn(self, slot: int):
-        ready = self._ready[slot] = self._ctx.Event()
-        proc = self._ctx.Process(target=rpc_process, args=(self.settings, os.getpid(), ready), name=f"gradwire-rpc{slot}",
+    def _spawn(self, slot: int) -> None:
+        reader, writer = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=rpc_process, args=(self.settings, os.getpid(), writer), name=f"gradwire-rpc{slot}",
                                  daemon=False)
         proc.start()
-        self._procs[slot] = proc
-        return ready
+        writer.close()  # the child's copy remains: its exit is EOF here
+        self._procs[slot], self._ready[slot], self._listening[slot] = proc, reader, False
+
+    def _is_listening(self, slot: int, wait: float = 0.0) -> bool:
+        if not self._listening[slot] and self._ready[slot].poll(wait):
+            try:
+                self._listening[slot] = self._ready[slot].recv_bytes() == b"listening"
+            except (EOFError, OSError):  # it exited before it listened
+                pass
+        return self._listening[slot]
 
     def start(self) -> None:
         """Starts them and waits until each is listening."""
-        readies = {slot: self._spawn(slot) for slot in range(1, self.settings.rpc_processes)}
-        for slot, ready in readies.items():
-            while not ready.wait(0.1):
-                proc = self._procs[slot]
+        for slot in range(1, self.settings.rpc_processes):
+            self._spawn(slot)
+        for slot, proc in self._procs.items():
+            while not self._is_listening(slot, 0.1):
                 if not proc.is_alive():
                     self.stop(0)
                     raise SystemExit(f"RPC process {slot} exited with code {proc.exitcode} while starting")
@@ -258,7 +275,7 @@ class RpcPool:
             for slot, proc in list(self._procs.items()):
                 if proc.is_alive() or self._stopping.is_set() or time.monotonic() < next_try[slot]:
                     continue
-                started = self._ready[slot].is_set()
+                started = self._is_listening(slot)
                 delay[slot] = 0.5 if started else min(2 * delay[slot], 30.0)
                 next_try[slot] = time.monotonic() + delay[slot]
                 log.error("RPC process %d exited with code %s; restarting it", slot, proc.exitcode)

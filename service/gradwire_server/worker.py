@@ -43,16 +43,16 @@ def safe_message(exc: BaseException) -> str:
     return f"training failed: {type(exc).__name__}: {text}" if text else f"training failed: {type(exc).__name__}"
 
 
-def _die_with_parent(parent_pid: int | None) -> None:
-    """Ask Linux to SIGKILL this process when the server process dies (even by kill -9).
+def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when the server process dies (even by kill -9).
 
     A parent that died before the request was made (while this process was still
     starting) sends no signal: then the parent is already gone, and we exit now,
-    or an orphan would go on claiming jobs beside the next server's workers.
+    or an orphan would go on claiming jobs (or answering calls) beside the next server.
     """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
     except OSError:
         pass
     if parent_pid is not None and os.getppid() != parent_pid:
@@ -299,7 +299,7 @@ def release_memory() -> None:
 
 def main(settings: Settings, name: str, parent_pid: int | None = None) -> None:
     """Entry point of a worker process (started by the server with the spawn method)."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # training yields the CPU to the RPC process's predictions
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
