@@ -679,18 +679,20 @@ class _EpochWriter:
         self._closing = False
         self._unsaved_ok = False  # close(save_pending=False): report what no save will cover
         self._error: BaseException | None = None
-        self.saves = 0  # checkpoints written
         self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
         self._thread.start()
+
+    def _reports_go_unsaved(self) -> bool:
+        """Whether reports may go without a save covering them: with no checkpoint path (every
+        epoch otherwise comes with a snapshot), or after close(save_pending=False)."""
+        return self._path is None or self._unsaved_ok
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                # With a checkpoint path every epoch comes with a snapshot; without one, reports go at once.
-                unsaved_ok = self._path is None or self._unsaved_ok
-                self._cv.wait_for(lambda: self._snapshot is not None or self._closing or (unsaved_ok and self._unreported))
-                unsaved_ok = self._path is None or self._unsaved_ok
-                if self._snapshot is None and (not unsaved_ok or not self._unreported):
+                self._cv.wait_for(lambda: self._snapshot is not None or self._closing
+                                  or (self._unreported and self._reports_go_unsaved()))
+                if self._snapshot is None and not (self._unreported and self._reports_go_unsaved()):
                     return  # closing, with everything written
                 snapshot, self._snapshot = self._snapshot, None
                 pending = list(self._unreported)
@@ -699,7 +701,6 @@ class _EpochWriter:
                 if snapshot is not None:
                     state, copies = snapshot
                     save_checkpoint(state, self._path)
-                    self.saves += 1
                     self.buffers.give_back(copies)
                 covered = state["epoch"] if state is not None else pending[-1].epoch
                 for result in pending:

@@ -154,17 +154,18 @@ class Worker:
         started = accounted = time.monotonic()
         over_time = [False]
 
-        def account() -> None:
+        def lap() -> float:
+            """Seconds since the last lap: wall time not yet added to the job's."""
             nonlocal accounted
             now = time.monotonic()
-            self.store.add_run_seconds(job_id, now - accounted)
-            accounted = now
+            elapsed, accounted = now - accounted, now
+            return elapsed
 
-        def on_epoch(r) -> None:  # called on train's writer thread, in epoch order
-            nonlocal accounted
-            now = time.monotonic()
-            self.store.record_epoch(job_id, epoch_proto(r), run_seconds=now - accounted)
-            accounted = now
+        def account() -> None:
+            self.store.add_run_seconds(job_id, lap())
+
+        def on_epoch(r) -> None:  # called on train's writer thread, in epoch order (never beside account())
+            self.store.record_epoch(job_id, epoch_proto(r), run_seconds=lap())
 
         def fail(exc: BaseException, message: str) -> None:
             """The job ends FAILED with `exc`'s status code and `message`; its checkpoint goes."""
