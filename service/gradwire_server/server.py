@@ -153,17 +153,50 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     return running
 
 
-class WorkerPool:
-    """Training worker processes, restarted if one dies (its job is requeued or, after retries, failed)."""
+class _Children:
+    """Spawned child processes, watched: one that dies is handed to ``_restart`` (on a monitor
+    thread), and all are stopped together, SIGTERM first and SIGKILL past the timeout."""
+
+    def __init__(self, monitor_name: str) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: dict = {}
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name=monitor_name, daemon=True)
+
+    def _restart(self, key, proc: multiprocessing.Process) -> None:
+        raise NotImplementedError
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            for key, proc in list(self._procs.items()):
+                if not proc.is_alive() and not self._stopping.is_set():
+                    self._restart(key, proc)
+
+    def terminate(self) -> None:
+        """SIGTERM to each: it stops gracefully (within its grace period)."""
+        self._stopping.set()
+        for proc in list(self._procs.values()):
+            if proc.is_alive():
+                proc.terminate()
+
+    def stop(self, timeout: float) -> None:
+        self.terminate()
+        for proc in list(self._procs.values()):
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+class WorkerPool(_Children):
+    """Training worker processes, restarted if one dies (its job is requeued or, after retries,
+    failed). On SIGTERM a worker stops at the next step; its job's checkpoint stays."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__("worker-monitor")
         self.settings = settings
-        self._ctx = multiprocessing.get_context("spawn")
-        self._procs: dict[str, multiprocessing.Process] = {}
-        self._stopping = threading.Event()
         self._store = Store(settings.database_path)
         self._generation = 0
-        self._monitor = threading.Thread(target=self._watch, name="worker-monitor", daemon=True)
 
     def _spawn(self, slot: int) -> None:
         self._generation += 1
@@ -177,26 +210,14 @@ class WorkerPool:
             self._spawn(slot)
         self._monitor.start()
 
-    def _watch(self) -> None:
-        while not self._stopping.wait(0.5):
-            for name, proc in list(self._procs.items()):
-                if proc.is_alive() or self._stopping.is_set():
-                    continue
-                log.error("worker %s exited with code %s; restarting it", name, proc.exitcode)
-                del self._procs[name]
-                self._store.requeue_orphan(name, worker.MAX_ATTEMPTS)
-                self._spawn(int(name.rsplit("-w", 1)[1].split(".")[0]))
+    def _restart(self, name: str, proc: multiprocessing.Process) -> None:
+        log.error("worker %s exited with code %s; restarting it", name, proc.exitcode)
+        del self._procs[name]
+        self._store.requeue_orphan(name, worker.MAX_ATTEMPTS)
+        self._spawn(int(name.rsplit("-w", 1)[1].split(".")[0]))
 
     def stop(self, timeout: float) -> None:
-        self._stopping.set()
-        for proc in self._procs.values():
-            if proc.is_alive():
-                proc.terminate()  # SIGTERM: the worker stops at the next step; its checkpoint stays
-        for proc in self._procs.values():
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        super().stop(timeout)
         self._store.close()
 
 
@@ -229,17 +250,17 @@ def rpc_process(settings: Settings, parent_pid: int, ready) -> None:
     running.stop(0)
 
 
-class RpcPool:
-    """The RPC processes beyond the first, serving the same port; one that dies is restarted."""
+class RpcPool(_Children):
+    """The RPC processes beyond the first, serving the same port; one that dies is restarted
+    (backing off, up to 30 s, while it dies before it listens)."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__("rpc-monitor")
         self.settings = settings
-        self._ctx = multiprocessing.get_context("spawn")
-        self._procs: dict[int, multiprocessing.Process] = {}
         self._ready: dict[int, Any] = {}  # slot -> the read end of its process's "listening" pipe
         self._listening: dict[int, bool] = {}
-        self._stopping = threading.Event()
-        self._monitor = threading.Thread(target=self._watch, name="rpc-monitor", daemon=True)
+        self._delay: dict[int, float] = {}  # slot -> seconds before its next restart
+        self._next_try: dict[int, float] = {}
 
     def _spawn(self, slot: int) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
@@ -261,6 +282,7 @@ class RpcPool:
         """Starts them and waits until each is listening."""
         for slot in range(1, self.settings.rpc_processes):
             self._spawn(slot)
+            self._delay[slot], self._next_try[slot] = 0.5, 0.0
         for slot, proc in self._procs.items():
             while not self._is_listening(slot, 0.1):
                 if not proc.is_alive():
@@ -268,33 +290,13 @@ class RpcPool:
                     raise SystemExit(f"RPC process {slot} exited with code {proc.exitcode} while starting")
         self._monitor.start()
 
-    def _watch(self) -> None:
-        delay = {slot: 0.5 for slot in self._procs}  # doubles while a slot's process dies before it listens
-        next_try = dict.fromkeys(self._procs, 0.0)
-        while not self._stopping.wait(0.5):
-            for slot, proc in list(self._procs.items()):
-                if proc.is_alive() or self._stopping.is_set() or time.monotonic() < next_try[slot]:
-                    continue
-                started = self._is_listening(slot)
-                delay[slot] = 0.5 if started else min(2 * delay[slot], 30.0)
-                next_try[slot] = time.monotonic() + delay[slot]
-                log.error("RPC process %d exited with code %s; restarting it", slot, proc.exitcode)
-                self._spawn(slot)
-
-    def terminate(self) -> None:
-        """SIGTERM: each one stops taking calls and finishes its in-flight ones within the grace period."""
-        self._stopping.set()
-        for proc in list(self._procs.values()):
-            if proc.is_alive():
-                proc.terminate()
-
-    def stop(self, timeout: float) -> None:
-        self.terminate()
-        for proc in list(self._procs.values()):
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+    def _restart(self, slot: int, proc: multiprocessing.Process) -> None:
+        if time.monotonic() < self._next_try[slot]:
+            return
+        self._delay[slot] = 0.5 if self._is_listening(slot) else min(2 * self._delay[slot], 30.0)
+        self._next_try[slot] = time.monotonic() + self._delay[slot]
+        log.error("RPC process %d exited with code %s; restarting it", slot, proc.exitcode)
+        self._spawn(slot)
 
 
 def serve(settings: Settings) -> None:
