@@ -30,7 +30,7 @@ from gradwire._errors import GradwireError, InvalidArgumentError, translate_rpc_
 from gradwire._layers import Layer, Sequential, check_int, network_proto
 from gradwire._resources import DEFAULT, Dataset, Model, Prediction, RegisteredModel, TrainingEvent, TrainingJob, _Resource
 from gradwire._summary import NetworkSummary
-from gradwire._tensors import DTYPES, as_wire_array, from_tensor, to_tensor
+from gradwire._tensors import DTYPES, as_wire_array, fill_tensor, from_tensor, to_tensor
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
@@ -525,10 +525,7 @@ class Client:
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
         request = models_pb2.PredictRequest(name=name)
-        tensor = request.features  # filled in place: `feats` is a wire array already (as_wire_array)
-        tensor.shape.extend(feats.shape)
-        tensor.dtype = DTYPES[feats.dtype]
-        tensor.raw_data = feats.tobytes()
+        fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
         result = decode(self._unary(self._models.Predict, request, timeout))
         return first(result) if single else result
 

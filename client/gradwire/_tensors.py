@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from gradwire.v1 import tensor_pb2
 
-__all__ = ["to_tensor", "from_tensor", "as_wire_array", "DTYPES"]
+__all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "DTYPES"]
 
 # numpy dtype (little-endian) <-> wire dtype.
 DTYPES: dict[np.dtype, int] = {
@@ -51,10 +51,17 @@ def to_tensor(array: ArrayLike, *, dtype: DTypeLike | None = None) -> tensor_pb2
     ``dtype`` casts first (e.g. ``np.float32`` for features); without it the
     array's own dtype must be float32, float64, int32 or int64.
     """
-    arr = as_wire_array(array, dtype)
-    return tensor_pb2.Tensor(
-        shape=arr.shape, dtype=DTYPES[arr.dtype], raw_data=arr.tobytes(order="C")
-    )
+    tensor = tensor_pb2.Tensor()
+    fill_tensor(tensor, as_wire_array(array, dtype))
+    return tensor
+
+
+def fill_tensor(tensor: tensor_pb2.Tensor, wire: np.ndarray) -> None:
+    """Writes ``wire`` (an ``as_wire_array`` result) into an empty Tensor message as raw bytes, in
+    place: a tensor inside a request is filled where it is, not built and then copied in."""
+    tensor.shape.extend(wire.shape)
+    tensor.dtype = DTYPES[wire.dtype]
+    tensor.raw_data = wire.tobytes(order="C")
 
 
 def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
