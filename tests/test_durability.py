@@ -29,12 +29,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_env(data_dir: pathlib.Path, port: int, device: str = "auto", **settings: str) -> dict[str, str]:
+    """The environment of a test's `gradwire serve`: this one's without its GRADWIRE_* variables,
+    then the test's. ``settings``: more GRADWIRE_* variables, e.g. GRADWIRE_RPC_PROCESSES="3"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
+    env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(data_dir),
+               GRADWIRE_POLL_INTERVAL_S="0.05", GRADWIRE_GRACE_PERIOD_S="2", GRADWIRE_DEVICE=device, **settings)
+    return env
+
+
 class ServeProcess:
     def __init__(self, data_dir: pathlib.Path, port: int, device: str = "auto", **settings: str) -> None:
-        """``settings``: more GRADWIRE_* variables, e.g. GRADWIRE_RPC_PROCESSES="3"."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
-        env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(data_dir),
-                   GRADWIRE_POLL_INTERVAL_S="0.05", GRADWIRE_GRACE_PERIOD_S="2", GRADWIRE_DEVICE=device, **settings)
+        env = serve_env(data_dir, port, device, **settings)
         self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")
         self.proc = subprocess.Popen([GRADWIRE, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.target = f"127.0.0.1:{port}"

@@ -18,7 +18,7 @@ import pytest
 
 from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 from helpers import State, config, inline, iris, mlp, raw_tensor
-from test_durability import GRADWIRE, ServeProcess, free_port, pytestmark  # noqa: F401  (skip without the command)
+from test_durability import GRADWIRE, ServeProcess, free_port, pytestmark, serve_env  # noqa: F401  (skip without the command)
 
 PROCESSES = 3
 CONNECTIONS = 40  # P(some process gets none of them) = 3 * (2/3)**40, about 3e-7
@@ -173,9 +173,8 @@ def test_one_rpc_process_holds_its_port_alone(tmp_path):
     port = free_port()
     first = ServeProcess(tmp_path / "one", port, device="cpu")
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
-        env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(tmp_path / "two"), GRADWIRE_DEVICE="cpu")
-        second = subprocess.run([GRADWIRE, "serve"], env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run([GRADWIRE, "serve"], env=serve_env(tmp_path / "two", port, "cpu"), capture_output=True,
+                                text=True, timeout=60)
         assert second.returncode == 1
         assert f"gradwire serve: could not listen on 127.0.0.1:{port} (GRADWIRE_HOST, GRADWIRE_PORT): the port is in use" in second.stderr
         assert "Traceback" not in second.stderr
@@ -202,10 +201,8 @@ def test_a_main_process_stopped_while_the_others_start_leaves_no_orphan(tmp_path
     starting: they must not outlive it. (One once hung forever signalling readiness through a
     lock the dead main process held.)"""
     port, data_dir = free_port(), tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADWIRE_")}
-    env.update(GRADWIRE_HOST="127.0.0.1", GRADWIRE_PORT=str(port), GRADWIRE_DATA_DIR=str(data_dir),
-               GRADWIRE_DEVICE="cpu", GRADWIRE_RPC_PROCESSES="3")
-    main = subprocess.Popen([GRADWIRE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main = subprocess.Popen([GRADWIRE, "serve"], env=serve_env(data_dir, port, "cpu", GRADWIRE_RPC_PROCESSES="3"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait(lambda: len(_processes_of(data_dir)) > 1, 60)  # an RPC process exists, and is starting
         main.send_signal(sig)
