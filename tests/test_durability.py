@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
-from helpers import State, config, iris, mlp, raw_tensor, upload_requests
+from helpers import State, config, inline, iris, mlp, raw_tensor, upload_requests
 
 GRADWIRE = shutil.which("gradwire", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
 pytestmark = pytest.mark.skipif(GRADWIRE is None, reason="the gradwire command is not installed (pip install -e '.[test]')")
@@ -141,6 +141,68 @@ def test_kill_9_loses_nothing_and_resumes_the_running_job(tmp_path):
     assert code == 0  # SIGTERM is a clean shutdown
     health = subprocess.run([GRADWIRE, "health", "--target", second.target, "--timeout", "2"], capture_output=True, text=True, timeout=30)
     assert health.returncode == 1
+
+
+def spawned_children(pid: int) -> list[int]:
+    """The processes `pid` started through multiprocessing (its workers and RPC processes, not
+    its resource tracker)."""
+    found = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="finds the worker process in /proc (Linux)")
+def test_a_killed_worker_is_replaced_its_job_resumed_and_its_leftovers_removed(tmp_path):
+    """The server lives on while its worker process is killed (the OOM killer, say): the server
+    starts another worker, which resumes the job from its checkpoint, and what the dead one was
+    writing (a temp file named after it) is removed, not left until the next start."""
+    data_dir, port = tmp_path / "data", free_port()
+    X, y = iris()
+    server = ServeProcess(data_dir, port, device="cpu")
+    try:
+        job = server.jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(32, 32, 3), training=config(epochs=12, batch_size=2)), timeout=10)
+        for event in server.jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=120):
+            if event.HasField("epoch") and event.epoch.epoch >= 2:
+                break
+        (victim,) = spawned_children(server.proc.pid)
+        checkpoint_dir = data_dir / "checkpoints" / job.name.split("/", 1)[1]
+        assert (checkpoint_dir / "checkpoint.pt").exists()
+        # what a save cut short by the kill leaves behind: its temp file, named as the writer names it
+        leftover = checkpoint_dir / f".checkpoint.pt.{victim}-0123456789abcdef.tmp"
+        leftover.write_bytes(b"half a checkpoint")
+        bystander = checkpoint_dir / f".checkpoint.pt.{victim + 1}-0123456789abcdef.tmp"  # another process's
+        bystander.write_bytes(b"not the dead worker's")
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (replacement := [p for p in spawned_children(server.proc.pid) if p != victim]):
+            assert time.monotonic() < deadline, "no worker replaced the killed one"
+            time.sleep(0.05)
+        assert len(replacement) == 1
+        # removed before the replacement started, while the job waits for it (its checkpoint stays)
+        assert not leftover.exists() and bystander.exists() and (checkpoint_dir / "checkpoint.pt").exists()
+
+        events = watch_to_end(server.jobs, job.name)
+        assert events[-1].state == State.SUCCEEDED, events[-1]
+        requeued = [i for i, e in enumerate(events) if e.message == "requeued: the worker process died"]
+        assert requeued, [e.message for e in events]
+        rerun = [e.epoch.epoch for e in events[requeued[-1]:] if e.HasField("epoch")]
+        assert rerun[0] > 1 and rerun == list(range(rerun[0], 13)), rerun  # from its checkpoint, not from epoch 1
+        done = server.jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=10)
+        assert [m.epoch for m in done.history] == list(range(1, 13))
+        assert spawned_children(server.proc.pid) == replacement
+        assert server.models.Predict(models_pb2.PredictRequest(name=done.model, features=raw_tensor(X[:3])),
+                                     timeout=10).predicted_classes
+    finally:
+        code = server.stop(signal.SIGTERM)
+    assert code == 0
 
 
 def test_jobs_stored_before_the_test_set_column_still_protect_their_test_set(tmp_path):

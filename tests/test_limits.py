@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 import gradwire as gw
 from conftest import start, wait_for
-from gradwire.v1 import datasets_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, training_pb2, training_pb2_grpc
 from gradwire_server.config import Settings, parse_settings
 from gradwire_server.server import create_server
 from helpers import State, config, inline, iris, mlp, upload_requests
@@ -108,6 +108,59 @@ def test_upload_size_and_data_quota(limited):
     assert 0 < accepted < 11
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "GRADWIRE_DATA_QUOTA_BYTES" in info.value.details()
     assert str(running.state.settings.data_dir) not in info.value.details()
+
+
+def test_an_upload_in_progress_holds_its_share_of_the_quota(tmp_path):
+    """Two uploads that each fit the quota but not both: the second, started while the first is
+    still streaming, is refused, since the first counts with its whole size from its header on.
+    (Checked against the bytes on disk alone, both were accepted and the quota overshot.)"""
+    from gradwire_server import files
+
+    data_dir = tmp_path / "data"
+    bare_server(tmp_path).stop(0)  # a fresh data directory: what its SQLite files weigh
+    rng = np.random.default_rng(0)
+    X, y = rng.random((12000, 10), dtype=np.float32), np.arange(12000) % 2  # 480,000 + 96,000 bytes
+    size = X.nbytes + y.nbytes
+    running = bare_server(tmp_path, max_upload_bytes=1 << 20, data_quota_bytes=files.usage_bytes(data_dir) + size * 3 // 2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+    go_on, outcome = threading.Event(), {}
+
+    def held_open():
+        requests = upload_requests(X, y, chunk=64 * 1024)
+        yield next(requests)  # the header
+        yield next(requests)  # and the first chunk; the rest once the other upload is answered
+        go_on.wait(30)
+        yield from requests
+
+    def first():
+        try:
+            outcome["first"] = datasets.UploadDataset(held_open(), timeout=60)
+        except grpc.RpcError as exc:
+            outcome["first"] = exc
+
+    thread = threading.Thread(target=first)
+    try:
+        thread.start()
+        scratch = data_dir / files.TMP_DIR
+        wait_for(lambda: any((d / "features.bin").exists() for d in scratch.glob("*")), timeout=10)
+        err = refused(lambda: datasets.UploadDataset(upload_requests(X, y), timeout=30))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "GRADWIRE_DATA_QUOTA_BYTES" in err.details()
+        assert f"dataset of {size} bytes" in err.details()
+        go_on.set()
+        thread.join(60)
+        assert isinstance(outcome["first"], datasets_pb2.Dataset), outcome["first"]
+        assert outcome["first"].size_bytes == size
+        assert list(scratch.glob("*")) == []  # the refused upload reserved nothing that stays
+        assert files.usage_bytes(data_dir) <= running.state.settings.data_quota_bytes
+        # deleting the dataset gives its share back
+        datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=outcome["first"].name), timeout=10)
+        assert datasets.UploadDataset(upload_requests(X, y), timeout=30).size_bytes == size
+    finally:
+        go_on.set()
+        thread.join(60)
+        channel.close()
+        running.stop(0)
 
 
 def test_concurrent_rpc_limit(tmp_path):

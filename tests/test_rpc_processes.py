@@ -11,13 +11,15 @@ import os
 import pathlib
 import signal
 import subprocess
+import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
-from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
-from helpers import State, config, inline, iris, mlp, raw_tensor
+from gradwire.v1 import datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from helpers import State, config, inline, iris, mlp, raw_tensor, upload_requests
 from test_durability import GRADWIRE, ServeProcess, free_port, pytestmark, serve_env  # noqa: F401  (skip without the command)
 
 PROCESSES = 3
@@ -212,3 +214,60 @@ def test_a_main_process_stopped_while_the_others_start_leaves_no_orphan(tmp_path
     finally:
         for pid in _processes_of(data_dir):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_rpc_process_leaves_no_unfinished_upload(tmp_path):
+    """An RPC process killed while it receives an upload: the client's call fails (it does not
+    hang), and the upload's scratch files, which hold its share of the data quota, are removed
+    when the process is replaced, not at the next start of the whole server."""
+    port, data_dir = free_port(), tmp_path / "data"
+    server = ServeProcess(data_dir, port, device="cpu", GRADWIRE_RPC_PROCESSES=str(PROCESSES))
+    X, y = np.random.default_rng(0).random((4000, 10), dtype=np.float32), np.arange(4000) % 2
+    go_on, uploads = threading.Event(), []
+    scratch = data_dir / "tmp"
+
+    def upload(channel, outcome: list):
+        def held_open():
+            requests = upload_requests(X, y, chunk=16 * 1024)
+            yield next(requests)
+            yield next(requests)
+            go_on.wait(60)
+            yield from requests
+
+        try:
+            outcome.append(datasets_pb2_grpc.DatasetServiceStub(channel).UploadDataset(held_open(), timeout=60))
+        except grpc.RpcError as exc:
+            outcome.append(exc)
+
+    try:
+        victim = None
+        for _ in range(30):  # a new connection each time, until one lands on an RPC process other than the main one
+            before = set(scratch.glob("*")) if scratch.exists() else set()
+            channel = grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            outcome: list = []
+            thread = threading.Thread(target=upload, args=(channel, outcome))
+            thread.start()
+            uploads.append((channel, thread, outcome))
+            (new,) = _wait(lambda before=before: set(scratch.glob("*")) - before if scratch.exists() else set(), 10)
+            if int(new.name.split("-")[0]) != server.proc.pid:
+                victim = int(new.name.split("-")[0])
+                break
+        assert victim in serving_processes(server.proc.pid, port)
+        os.kill(victim, signal.SIGKILL)
+        thread.join(30)
+        assert not thread.is_alive() and isinstance(outcome[0], grpc.RpcError)
+        assert outcome[0].code() == grpc.StatusCode.UNAVAILABLE, outcome[0]
+        _wait(lambda: not new.exists(), 30)
+        _wait(lambda: len(serving_processes(server.proc.pid, port)) == PROCESSES, 60)
+        # the uploads held open on the other processes are untouched, and finish
+        go_on.set()
+        for channel, other, result in uploads[:-1]:
+            other.join(60)
+            assert result[0].example_count == len(X), result[0]
+        assert list(scratch.glob("*")) == []
+    finally:
+        go_on.set()
+        for channel, other, _ in uploads:
+            other.join(60)
+            channel.close()
+        assert server.stop(signal.SIGTERM) == 0

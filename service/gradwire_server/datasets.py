@@ -56,14 +56,24 @@ class DatasetWriter:
         self._store, self._data_dir, self._field = store, data_dir, field
         self.header = header
         self._check_header(max_bytes)
-        if quota_bytes is not None:
-            self._check_quota(quota_bytes)
-        self._dir = files.scratch_dir(data_dir)
-        self._features = open(self._dir / FEATURES_FILE, "wb")
-        self._labels = open(self._dir / LABELS_FILE, "wb")
+        if quota_bytes is None:
+            self._open()
+        else:
+            with files.quota_lock(data_dir):
+                self._check_quota(quota_bytes)
+                self._open()
         self._written = {FEATURES_FILE: 0, LABELS_FILE: 0}
         self._hash = hashlib.sha256()  # of the feature bytes then the label bytes, as the client can compute it
         self._done = False
+
+    def _open(self) -> None:
+        """The scratch files, at their full size from the start (sparse): the data directory's
+        usage then counts the whole dataset while it uploads, which is its quota reservation."""
+        self._dir = files.scratch_dir(self._data_dir)
+        self._features = open(self._dir / FEATURES_FILE, "wb")
+        self._labels = open(self._dir / LABELS_FILE, "wb")
+        self._features.truncate(self.expected[FEATURES_FILE])
+        self._labels.truncate(self.expected[LABELS_FILE])
 
     def _f(self, name: str) -> str:
         return f"{self._field}.{name}"
@@ -126,7 +136,8 @@ class DatasetWriter:
             raise errors.ResourceExhausted(f"dataset of {total} bytes exceeds the server's limit of {max_bytes} bytes (GRADWIRE_MAX_UPLOAD_BYTES)")
 
     def _check_quota(self, quota_bytes: int) -> None:
-        """Refuse, before a byte is written, a dataset that would push the data directory past its quota."""
+        """Refuse, before a byte is written, a dataset that would push the data directory past its quota
+        (uploads still in progress count with their whole size: see `_open`)."""
         total = sum(self.expected.values())
         used = files.usage_bytes(self._data_dir)
         if used + total > quota_bytes:

@@ -7,6 +7,7 @@ and checked to stay inside it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pathlib
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 TMP_DIR = "tmp"
+QUOTA_LOCK = "quota.lock"
 
 
 def fsync_dir(path: pathlib.Path) -> None:
@@ -36,10 +38,38 @@ def inside(root: pathlib.Path, *parts: str) -> pathlib.Path:
 
 
 def scratch_dir(data_dir: pathlib.Path) -> pathlib.Path:
-    """A fresh directory under data_dir/tmp (same file system, so renames are atomic)."""
-    path = inside(data_dir, TMP_DIR, uuid.uuid4().hex)
+    """A fresh directory under data_dir/tmp (same file system, so renames are atomic), named
+    after this process (see `clean_leftovers_of`)."""
+    path = inside(data_dir, TMP_DIR, f"{os.getpid()}-{uuid.uuid4().hex}")
     path.mkdir(parents=True)
     return path
+
+
+def clean_leftovers_of(data_dir: pathlib.Path, pid: int) -> int:
+    """Remove what process `pid`, which has died, was writing: its scratch directories (uploads in
+    progress) and its temp files (a checkpoint or an export being saved); return how many.
+    Both are named after the process that writes them. The server's start removes everyone's
+    (`clean_scratch`); this is for a worker or RPC process that dies while the server runs."""
+    count = 0
+    with contextlib.suppress(FileNotFoundError):
+        for child in (data_dir / TMP_DIR).iterdir():
+            if child.name.startswith(f"{pid}-"):
+                remove_tree(child)
+                count += 1
+    for stale in data_dir.rglob(f".*.{pid}-*.tmp"):
+        stale.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+@contextlib.contextmanager
+def quota_lock(data_dir: pathlib.Path) -> Iterator[None]:
+    """Held while a write's size is checked against the data quota and reserved, so that
+    concurrent uploads, in this process or in other RPC processes, see each other's
+    reservations (an flock: released by the kernel if its holder dies)."""
+    with open(data_dir / QUOTA_LOCK, "ab") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager
@@ -49,7 +79,7 @@ def atomic_writer(path: pathlib.Path) -> Iterator[BinaryIO]:
     On any exception the temp file is removed and `path` is left as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # see clean_leftovers_of
     try:
         with open(tmp, "wb") as f:
             yield f

@@ -153,6 +153,14 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     return running
 
 
+def _clean_leftovers(settings: Settings, who: str, pid: int) -> None:
+    """What a child process that died was writing: its uploads in progress (which also hold
+    their share of the data quota) and its half-written checkpoint or export."""
+    removed = files.clean_leftovers_of(settings.data_dir, pid)
+    if removed:
+        log.warning("removed %d unfinished file(s) or upload(s) of %s (pid %d)", removed, who, pid)
+
+
 class _Children:
     """Spawned child processes, watched: one that dies is handed to ``_restart`` (on a monitor
     thread), and all are stopped together, SIGTERM first and SIGKILL past the timeout."""
@@ -213,6 +221,7 @@ class WorkerPool(_Children):
     def _restart(self, name: str, proc: multiprocessing.Process) -> None:
         log.error("worker %s exited with code %s; restarting it", name, proc.exitcode)
         del self._procs[name]
+        _clean_leftovers(self.settings, f"worker {name}", proc.pid)
         self._store.requeue_orphan(name, worker.MAX_ATTEMPTS)
         self._spawn(int(name.rsplit("-w", 1)[1].split(".")[0]))
 
@@ -261,6 +270,7 @@ class RpcPool(_Children):
         self._listening: dict[int, bool] = {}
         self._delay: dict[int, float] = {}  # slot -> seconds before its next restart
         self._next_try: dict[int, float] = {}
+        self._cleaned: dict[int, int] = {}  # slot -> the pid of its dead process whose leftovers are removed
 
     def _spawn(self, slot: int) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
@@ -291,6 +301,9 @@ class RpcPool(_Children):
         self._monitor.start()
 
     def _restart(self, slot: int, proc: multiprocessing.Process) -> None:
+        if self._cleaned.get(slot) != proc.pid:  # once per death, before its pid can be reused
+            self._cleaned[slot] = proc.pid
+            _clean_leftovers(self.settings, f"RPC process {slot}", proc.pid)
         if time.monotonic() < self._next_try[slot]:
             return
         self._delay[slot] = 0.5 if self._is_listening(slot) else min(2 * self._delay[slot], 30.0)
