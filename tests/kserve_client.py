@@ -29,6 +29,7 @@ def main() -> None:
     top = client.infer(model, [infer_input], model_version=version,
                        outputs=[grpcclient.InferRequestedOutput(out.name, class_count=2)])
     classes = top.as_numpy(out.name)
+    stats = client.get_inference_statistics(model, model_version=version).model_stats
     report = {
         "server_live": client.is_server_live(),
         "server_ready": client.is_server_ready(),
@@ -42,6 +43,11 @@ def main() -> None:
         "probabilities": probs.tolist(),
         "probabilities_dtype": str(probs.dtype),
         "classification": [[c.decode() for c in row] for row in classes],
+        "statistics": [{"name": m.name, "version": m.version, "inference_count": m.inference_count,
+                        "execution_count": m.execution_count, "success": m.inference_stats.success.count,
+                        "success_ns": m.inference_stats.success.ns, "compute_infer_ns": m.inference_stats.compute_infer.ns,
+                        "last_inference": m.last_inference,
+                        "batches": [[b.batch_size, b.compute_infer.count] for b in m.batch_stats]} for m in stats],
     }
     if bench:  # one-row requests, sequential: latency percentiles in seconds
         one = grpcclient.InferInput(inp.name, [1, *X.shape[1:]], inp.datatype)

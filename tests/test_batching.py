@@ -10,6 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
+from gradwire.kserve import grpc_service_pb2 as pb
+from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 from gradwire_server.inference import Batcher, BatchingPolicy
 from helpers import State, config, inline, iris, mlp, raw_tensor
@@ -44,6 +46,8 @@ def test_concurrent_clients_get_their_own_rows_bit_identical(server, target, mod
         session = server.state.sessions.get(model_id)
         alone = np.concatenate([session.run(None, {"features": X[i:i + 1]})[0] for i in range(len(X))])
         before = server.state.sessions.stats(model_id)
+        kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        (stats_before,) = kserve.ModelStatistics(pb.ModelStatisticsRequest(name=model_id)).model_stats
         results: dict[int, np.ndarray] = {}
         errors: list[BaseException] = []
         start = threading.Barrier(32)
@@ -71,6 +75,16 @@ def test_concurrent_clients_get_their_own_rows_bit_identical(server, target, mod
         requests, calls = after.requests - before.requests, after.calls - before.calls
         assert requests == len(X)
         assert calls < requests and after.max_requests > 1, (calls, requests, after)  # some were merged
+        # The statistics extension sees the same: fewer executions than requests, and its batch
+        # sizes account for every row.
+        (stats,) = kserve.ModelStatistics(pb.ModelStatisticsRequest(name=model_id)).model_stats
+        assert stats.execution_count - stats_before.execution_count == calls
+        assert stats.inference_count - stats_before.inference_count == len(X)
+        assert stats.inference_stats.success.count - stats_before.inference_stats.success.count == len(X)
+        rows = sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats)
+        assert rows - sum(b.batch_size * b.compute_infer.count for b in stats_before.batch_stats) == len(X)
+        assert max(b.batch_size for b in stats.batch_stats) == after.max_rows > 1
+        assert stats.inference_stats.queue.ns > stats_before.inference_stats.queue.ns  # merged requests waited
         # And a 2-row request through the API equals its rows run alone.
         np.testing.assert_array_equal(_predict(stub, model, X[:2]), alone[:2])
 

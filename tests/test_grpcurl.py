@@ -24,6 +24,7 @@ README_COMMANDS = [
     "gradwire.v1.TrainingJobService/WatchTrainingJob",
     "gradwire.v1.ModelService/Predict",
     "grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check",
+    "inference.GRPCInferenceService/ModelStatistics",
 ]
 
 
@@ -82,6 +83,11 @@ def test_train_watch_predict_with_json_numbers(target):
     probs = out["probabilities"]["floatValues"]
     assert len(probs) == 6 and abs(sum(probs[:3]) - 1) < 1e-5
     assert out["predictedClassNames"] == ["setosa", "virginica"]
+    # Triton's statistics extension, as README shows it: that Predict counted its 2 rows
+    stats = json.loads(grpcurl(target, "inference.GRPCInferenceService/ModelStatistics",
+                               data=json.dumps({"name": model.split("/", 1)[1]})))["modelStats"][0]
+    assert (stats["inferenceCount"], stats["executionCount"]) == ("2", "1"), stats
+    assert stats["inferenceStats"]["success"]["count"] == "1" and stats["batchStats"][0]["batchSize"] == "2"
 
 
 def test_bad_input_reads_well_in_grpcurl(target):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import grpc
 import numpy as np
@@ -57,7 +58,7 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     seen = json.loads(run.stdout)
     assert seen["server_live"] and seen["server_ready"] and seen["model_ready"]
     assert seen["unknown_model_ready"] is False
-    assert seen["server"]["name"] == "gradwire" and "classification" in seen["server"]["extensions"]
+    assert seen["server"]["name"] == "gradwire" and {"classification", "statistics"} <= set(seen["server"]["extensions"])
     meta = seen["metadata"]
     assert meta["platform"] == "onnxruntime_onnx" and str(published.model_version) in meta["versions"]
     assert meta["inputs"] == [["features", "FP32", [-1, 4]]]
@@ -71,6 +72,15 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     got = np.asarray(seen["probabilities"], dtype=np.float32)
     assert seen["probabilities_dtype"] == "float32"
     np.testing.assert_array_equal(got, expected)
+
+    # Statistics extension: the client's two 10-row requests, each its own execution (nothing
+    # else ran concurrently), read by tritonclient's get_inference_statistics.
+    (stats,) = seen["statistics"]
+    assert (stats["name"], stats["version"]) == ("iris-kserve", str(published.model_version))  # the alias, resolved
+    assert (stats["inference_count"], stats["execution_count"], stats["success"]) == (20, 2, 2), stats
+    assert stats["batches"] == [[10, 2]]
+    assert 0 < stats["compute_infer_ns"] < stats["success_ns"]
+    assert abs(stats["last_inference"] / 1000 - time.time()) < 120
 
     # Classification extension: top 2 as "value:index:label", best first.
     for row, probs in zip(seen["classification"], expected):
@@ -96,6 +106,50 @@ def test_typed_contents_and_bare_model_ids(published, channel_module):
     as_fp64 = stub.ModelInfer(pb.ModelInferRequest(model_name=model_id, inputs=[pb.ModelInferRequest.InferInputTensor(
         name="features", datatype="FP64", shape=[3, 4], contents=pb.InferTensorContents(fp64_contents=X.astype(np.float64).ravel().tolist()))]))
     assert as_fp64.raw_output_contents[0] == typed.raw_output_contents[0]  # converted to FP32, the model's datatype
+
+
+def test_model_statistics_count_requests_rows_failures_and_executions(published, channel_module):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    models = models_pb2_grpc.ModelServiceStub(channel_module)
+    version = str(published.model_version)
+
+    def stats() -> pb.ModelStatistics:
+        (m,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name="iris-kserve", version=version)).model_stats
+        assert (m.name, m.version) == ("iris-kserve", version)
+        return m
+
+    def by_size(m: pb.ModelStatistics) -> dict[int, int]:
+        return {b.batch_size: b.compute_infer.count for b in m.batch_stats}
+
+    X, _ = iris()
+    before = stats()
+    for _ in range(3):  # Predict and ModelInfer count alike, one after the other: nothing merges
+        models.Predict(models_pb2.PredictRequest(name=published.model, features=raw_tensor(X[:5])))
+    stub.ModelInfer(pb.ModelInferRequest(model_name="iris-kserve", model_version=version, inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[2, 4])], raw_input_contents=[X[:2].tobytes()]))
+    with pytest.raises(grpc.RpcError):  # a wrong shape fails once the model is found
+        models.Predict(models_pb2.PredictRequest(name=published.model, features=raw_tensor(X[:2, :3])))
+    after = stats()
+
+    assert after.inference_count - before.inference_count == 3 * 5 + 2
+    assert after.execution_count - before.execution_count == 4
+    s, b = after.inference_stats, before.inference_stats
+    assert (s.success.count - b.success.count, s.fail.count - b.fail.count) == (4, 1)
+    for stage in ("compute_input", "queue", "compute_infer", "compute_output"):
+        assert getattr(s, stage).count - getattr(b, stage).count == 4, stage
+    assert s.compute_infer.ns > b.compute_infer.ns and s.fail.ns > b.fail.ns
+    # a request's stages add up to its duration
+    assert (s.compute_input.ns + s.queue.ns + s.compute_infer.ns + s.compute_output.ns) == s.success.ns
+    grown = {k: n - by_size(before).get(k, 0) for k, n in by_size(after).items()}
+    assert {k: n for k, n in grown.items() if n} == {5: 3, 2: 1}
+    assert after.last_inference >= before.last_inference > 0 or before.last_inference == 0
+
+    # No name: every model served by this RPC process, under its registered name and version.
+    every = {(m.name, m.version): m for m in stub.ModelStatistics(pb.ModelStatisticsRequest()).model_stats}
+    assert every[("iris-kserve", version)].inference_count == after.inference_count
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelStatistics(pb.ModelStatisticsRequest(name="no-such-model"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-model" in err.value.details()
 
 
 @pytest.mark.parametrize(

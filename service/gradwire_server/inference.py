@@ -96,22 +96,100 @@ class BatchStats:
     max_requests: int = 0
 
 
-class _Pending:
-    __slots__ = ("features", "done", "output", "error", "lead")
+class ModelStats:
+    """What one model version served, as Triton's statistics extension reports it (KServe's
+    ModelStatistics): requests and their rows, executions (merged batches) by batch size, and
+    the cumulative nanoseconds of each stage. Per request: compute_input from the call's
+    arrival until it reaches the batcher (decoding, checks), queue until its execution starts,
+    compute_infer the execution (its whole batch's), compute_output until its response is built."""
 
-    def __init__(self, features: np.ndarray) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last_inference_ms = 0
+        self.inference_count = 0  # rows of successful requests
+        self.execution_count = 0
+        # name -> [count, ns]
+        self.requests = {k: [0, 0] for k in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")}
+        self.batches: dict[int, list[int]] = {}  # rows -> [executions, input ns, infer ns, output ns]
+
+    def executed(self, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        with self._lock:
+            self.execution_count += 1
+            b = self.batches.setdefault(rows, [0, 0, 0, 0])
+            b[0] += 1
+            b[1] += input_ns
+            b[2] += infer_ns
+            b[3] += output_ns
+
+    def succeeded(self, t: Timing, rows: int, now: int) -> None:
+        stages = (("success", now - t.arrived), ("compute_input", t.enter - t.arrived), ("queue", t.start - t.enter),
+                  ("compute_infer", t.end - t.start), ("compute_output", now - t.end))
+        with self._lock:
+            self.inference_count += rows
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            for name, ns in stages:
+                c = self.requests[name]
+                c[0] += 1
+                c[1] += ns
+
+    def failed(self, ns: int) -> None:
+        with self._lock:
+            c = self.requests["fail"]
+            c[0] += 1
+            c[1] += ns
+
+    def snapshot(self) -> ModelStats:
+        """A copy, consistent at one moment."""
+        copy = ModelStats()
+        with self._lock:
+            copy.last_inference_ms, copy.inference_count = self.last_inference_ms, self.inference_count
+            copy.execution_count = self.execution_count
+            copy.requests = {k: list(v) for k, v in self.requests.items()}
+            copy.batches = {k: list(v) for k, v in self.batches.items()}
+        return copy
+
+
+class Timing:
+    """One request's moments (perf_counter_ns), filled in as it goes; as a context manager around
+    the request's handling, it counts the request into its model's `ModelStats` at the end,
+    as a success or, when an exception leaves the block, a failure."""
+
+    __slots__ = ("stats", "arrived", "enter", "start", "end", "rows")
+
+    def __init__(self, stats: ModelStats, arrived: int) -> None:
+        self.stats, self.arrived = stats, arrived
+        self.enter = self.start = self.end = arrived
+        self.rows = 0
+
+    def __enter__(self) -> Timing:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        now = time.perf_counter_ns()
+        if kind is None:
+            self.stats.succeeded(self, self.rows, now)
+        else:
+            self.stats.failed(now - self.arrived)
+
+
+class _Pending:
+    __slots__ = ("features", "done", "output", "error", "lead", "timing")
+
+    def __init__(self, features: np.ndarray, timing: Timing | None) -> None:
         self.features = features
         self.done = threading.Event()
         self.output: np.ndarray | None = None
         self.error: BaseException | None = None
         self.lead = False  # promoted to leader of the next batch
+        self.timing = timing
 
 
 class Batcher:
     """Merges concurrent requests to one session into one run (see the module docstring)."""
 
-    def __init__(self, run) -> None:
+    def __init__(self, run, model_stats: ModelStats | None = None) -> None:
         self._run = run  # features [batch, ...] -> output [batch, ...]
+        self._model_stats = model_stats if model_stats is not None else ModelStats()
         self._cv = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
@@ -119,15 +197,20 @@ class Batcher:
         self._has_leader = False
         self.stats = BatchStats()
 
-    def __call__(self, features: np.ndarray, policy: BatchingPolicy) -> np.ndarray:
+    def __call__(self, features: np.ndarray, policy: BatchingPolicy, timing: Timing | None = None) -> np.ndarray:
+        """`timing`, when given, gets the moments this request reached the batcher, and its
+        execution started and ended."""
+        if timing is not None:
+            timing.enter = time.perf_counter_ns()
+            timing.rows = len(features)
         if not policy.enabled or len(features) >= policy.max_batch_size:
-            return self._direct(features)
+            return self._direct(features, timing)
         with self._cv:
             if not self._running and not self._has_leader and not policy.max_delay_s:
                 self._running += 1  # the model is idle: run at once, with no batch to form
                 me = None
             else:
-                me = _Pending(features)
+                me = _Pending(features, timing)
                 self._queue.append(me)
                 self._queued_rows += len(features)
                 if self._has_leader:
@@ -136,20 +219,25 @@ class Batcher:
                 else:
                     self._has_leader = lead = True
         if me is None:
-            return self._direct(features, counted=True)
+            return self._direct(features, timing, counted=True)
         if not lead:
             me.done.wait()
             if not me.lead:
                 return self._result(me)
         return self._lead(me, policy)
 
-    def _direct(self, features: np.ndarray, counted: bool = False) -> np.ndarray:
+    def _direct(self, features: np.ndarray, timing: Timing | None, counted: bool = False) -> np.ndarray:
         """A call of its own (`counted`: `_running` already counts it)."""
         if not counted:
             with self._cv:
                 self._running += 1
+        start = time.perf_counter_ns()
         try:
             out = self._run(features)
+            end = time.perf_counter_ns()
+            self._model_stats.executed(len(features), 0, end - start, 0)
+            if timing is not None:
+                timing.start, timing.end = start, end
         finally:
             with self._cv:
                 self._running -= 1
@@ -184,8 +272,11 @@ class Batcher:
             self._running += 1
         assert batch[0] is me
         try:
+            started = time.perf_counter_ns()
             merged = batch[0].features if len(batch) == 1 else np.concatenate([p.features for p in batch])
+            ran = time.perf_counter_ns()
             out = self._run(merged)
+            ended = time.perf_counter_ns()
         except BaseException as exc:  # every caller of the batch sees the failure
             for p in batch:
                 p.error = exc
@@ -194,6 +285,9 @@ class Batcher:
             for p in batch:
                 p.output = out[start:start + len(p.features)]
                 start += len(p.features)
+                if p.timing is not None:
+                    p.timing.start, p.timing.end = started, ended
+            self._model_stats.executed(rows, ran - started, ended - ran, time.perf_counter_ns() - ended)
         finally:
             with self._cv:
                 self._running -= 1
@@ -220,11 +314,11 @@ class Batcher:
 class _Loaded:
     """One loaded model: its session, its input name and its batcher."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, model_stats: ModelStats) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
-        self.batcher = Batcher(self.run_now)
+        self.batcher = Batcher(self.run_now, model_stats)
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
         (output,) = self.session.run([self.output_name], {self.input_name: features})
@@ -253,6 +347,7 @@ class SessionCache:
         self._loaded: collections.OrderedDict[str, _Loaded] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._model_stats: dict[str, ModelStats] = {}  # kept across evictions, as long as this process runs
 
     def _load(self, model_id: str) -> _Loaded:
         path = model_path(self._data_dir, model_id)
@@ -270,7 +365,7 @@ class SessionCache:
                         model_id, asked, got)
         else:
             log.info("model %s loaded on %s", model_id, got)
-        return _Loaded(session)
+        return _Loaded(session, self.model_stats(model_id))
 
     def _get(self, model_id: str) -> _Loaded:
         with self._lock:
@@ -304,6 +399,23 @@ class SessionCache:
         with self._lock:
             return list(self._loaded)
 
+    def model_stats(self, model_id: str) -> ModelStats:
+        """The model's statistics (created at its first use)."""
+        with self._lock:
+            stats = self._model_stats.get(model_id)
+            if stats is None:
+                stats = self._model_stats[model_id] = ModelStats()
+            return stats
+
+    def model_stats_ids(self) -> list[str]:
+        """The models this process has statistics of."""
+        with self._lock:
+            return list(self._model_stats)
+
+    def timing(self, model_id: str, arrived: int) -> Timing:
+        """A request's `Timing`, to use as ``with sessions.timing(...) as t:`` around its handling."""
+        return Timing(self.model_stats(model_id), arrived)
+
     def stats(self, model_id: str) -> BatchStats:
         return dataclasses.replace(self._get(model_id).batcher.stats)
 
@@ -322,7 +434,8 @@ class SessionCache:
             max_delay_s=override.max_delay_micros / 1e6 if override.max_delay_micros else p.max_delay_s,
         )
 
-    def run(self, model_id: str, features: np.ndarray, policy: BatchingPolicy | None = None) -> np.ndarray:
+    def run(self, model_id: str, features: np.ndarray, policy: BatchingPolicy | None = None,
+            timing: Timing | None = None) -> np.ndarray:
         """features: float32 [batch, ...input_shape] -> the graph's single output [batch, outputs]."""
         loaded = self._get(model_id)
-        return loaded.batcher(features, policy or self.default_policy)
+        return loaded.batcher(features, policy or self.default_policy, timing)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import struct
+import time
 
 import numpy as np
 
@@ -20,14 +21,14 @@ from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, models_pb2
 
 from .. import errors
-from ..inference import model_path
+from ..inference import ModelStats, Timing, model_path
 from ..serving import Serving
 from .context import ServerState
 from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("classification",)
+EXTENSIONS = ("classification", "statistics")
 # Open Inference Protocol datatype -> numpy dtype, and which typed-contents field carries it.
 DATATYPES = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
@@ -117,6 +118,27 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[Tensor(name=output_name, datatype="FP32", shape=[-1, model.output_size])],
         )
 
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        """Triton's statistics extension: one model version's (by name and version), or, with no
+        name, every model this RPC process has served. Counted per RPC process, since it started."""
+        if request.name:
+            model = self._resolve(request.name, request.version, "name")
+            entries = [(request.name, str(model.version) if model.version else "", model.name.split("/", 1)[1])]
+        else:
+            entries = []
+            for model_id in self.s.sessions.model_stats_ids():
+                try:
+                    model = self.s.store.get_model(model_id)
+                except errors.NotFound:  # deleted since
+                    continue
+                if model.registered_model:
+                    entries.append((model.registered_model.split("/", 1)[1], str(model.version), model_id))
+                else:
+                    entries.append((model_id, "", model_id))
+        return pb.ModelStatisticsResponse(model_stats=[
+            _statistics(name, version, self.s.sessions.model_stats(model_id).snapshot()) for name, version, model_id in entries
+        ])
+
     # ---- inference ------------------------------------------------------
 
     def _input(self, request: pb.ModelInferRequest, input_name: str) -> np.ndarray:
@@ -143,7 +165,12 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return np.asarray(values, dtype=dtype).reshape(shape)
 
     def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        arrived = time.perf_counter_ns()
         served = self._served(request.model_name, request.model_version, "model_name")
+        with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
+            return self._infer(request, served, timing)
+
+    def _infer(self, request: pb.ModelInferRequest, served: Serving, timing: Timing) -> pb.ModelInferResponse:
         model = served.model
         input_name, output_name = self._io_names(model)
         features = check_features(served, self._input(request, input_name), "inputs[0].shape")  # float32
@@ -151,7 +178,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         for i, out in enumerate(requested):
             if out.name != output_name:
                 raise errors.InvalidArgument(f"the model's output is {output_name!r}, got {out.name!r}", field=f"outputs[{i}].name")
-        output = run_model(self.s, served, features)  # (batch, output_size) float32
+        output = run_model(self.s, served, features, timing)  # (batch, output_size) float32
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=str(model.version) if model.version else "", id=request.id
         )
@@ -185,3 +212,20 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 label = f":{model.class_names[idx]}" if model.class_names else ""
                 items.append(f"{row[idx]:f}:{idx}{label}".encode())
         return serialize_bytes(items), [len(output), k]
+
+
+def _statistics(name: str, version: str, stats: ModelStats) -> pb.ModelStatistics:
+    duration = pb.StatisticDuration
+    return pb.ModelStatistics(
+        name=name,
+        version=version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(**{k: duration(count=c, ns=ns) for k, (c, ns) in stats.requests.items()}),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=rows, compute_input=duration(count=n, ns=i),
+                                    compute_infer=duration(count=n, ns=f), compute_output=duration(count=n, ns=o))
+            for rows, (n, i, f, o) in sorted(stats.batches.items())
+        ],
+    )

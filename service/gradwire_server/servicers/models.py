@@ -8,6 +8,7 @@ Every RPC that names a model accepts `models/{id}`, `registeredModels/{name}` (l
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,7 +17,7 @@ from google.protobuf import empty_pb2
 from gradwire.v1 import models_pb2, models_pb2_grpc
 
 from .. import errors, files
-from ..inference import model_path
+from ..inference import Timing, model_path
 from ..serving import Serving
 from ..store import resource_id
 from .context import ServerState
@@ -36,9 +37,9 @@ def check_features(served: Serving, features: np.ndarray, field: str) -> np.ndar
     return features.astype(np.float32, copy=False)
 
 
-def run_model(state: ServerState, served: Serving, features: np.ndarray) -> np.ndarray:
+def run_model(state: ServerState, served: Serving, features: np.ndarray, timing: Timing | None = None) -> np.ndarray:
     """Through the model's batcher, with its override of the server's batching defaults."""
-    return state.sessions.run(served.model_id, features, served.policy)
+    return state.sessions.run(served.model_id, features, served.policy, timing)
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
@@ -73,12 +74,17 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                 yield models_pb2.ExportModelResponse(chunk_data=chunk)
 
     def Predict(self, request: models_pb2.PredictRequest, context) -> models_pb2.PredictResponse:
+        arrived = time.perf_counter_ns()
         name = request.name
         served = self.s.serving.get(name, lambda: self._model(name))
+        with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
+            return self._predict(request, served, timing)
+
+    def _predict(self, request: models_pb2.PredictRequest, served: Serving, timing: Timing) -> models_pb2.PredictResponse:
         if not request.HasField("features"):
             raise errors.InvalidArgument("required", field="features")
         features = check_features(served, tensor_to_numpy(request.features, "features"), "features.shape")
-        output = run_model(self.s, served, features)
+        output = run_model(self.s, served, features, timing)
         raw = is_raw(request.features)
         if served.regression:
             return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw))
