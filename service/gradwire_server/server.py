@@ -245,6 +245,7 @@ def rpc_process(settings: Settings, parent_pid: int, ready) -> None:
     signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
     worker.die_with_parent(parent_pid, signal.SIGTERM)
     running = create_server(settings, recover=False)
+    worker.freeze_startup_objects()
     try:
         ready.send_bytes(b"listening")
     except OSError:  # the main process is gone
@@ -316,6 +317,7 @@ def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
     _setup_logging(settings)
     running = create_server(settings, serving=False)
+    worker.freeze_startup_objects()
     rpc = RpcPool(settings)
     try:
         rpc.start()  # after this process's recovery and schema migration

@@ -134,6 +134,7 @@ class Worker:
 
         from . import export, train  # noqa: F401
 
+        freeze_startup_objects()
         log.info("worker %s ready on %s (torch %s)", self.name, device, torch.__version__)
         while not self.stopping.is_set() and not self.parent_gone():
             job = self.store.claim_next_job(self.name, str(device))
@@ -287,6 +288,15 @@ class Worker:
                 fail(exc, safe_message(exc))
         finally:
             release_memory()
+
+
+def freeze_startup_objects() -> None:
+    """Exempt what start-up created (modules, classes: with torch about 300,000 objects) from every
+    later garbage collection. A full collection traversed them all: 0.15 s in a worker, after every
+    job (release_memory) and whenever Python decided on one mid-training; 20 ms in an RPC process,
+    a pause in whichever requests were in flight. Collections then walk only newer objects."""
+    gc.collect()
+    gc.freeze()
 
 
 def release_memory() -> None:
