@@ -95,6 +95,33 @@ def test_predict_with_numbers_and_raw_bytes(trained, stubs):
     np.testing.assert_allclose(raw, probs, atol=1e-7)
 
 
+def test_read_mask_fills_only_the_fields_asked_for(trained, stubs):
+    _, _, final = trained
+    models = stubs[2]
+    X, _ = iris()
+    full = models.Predict(models_pb2.PredictRequest(name=final.model, features=raw_tensor(X)), timeout=10)
+    assert full.HasField("probabilities") and len(full.predicted_classes) == len(full.predicted_class_names) == 150
+
+    def ask(*paths):
+        request = models_pb2.PredictRequest(name=final.model, features=raw_tensor(X))
+        request.read_mask.paths.extend(paths)
+        return models.Predict(request, timeout=10)
+
+    probs = ask("probabilities", "values")  # what the SDK's predict() asks: values do not apply here
+    assert probs.probabilities == full.probabilities
+    assert not probs.predicted_classes and not probs.predicted_class_names and not probs.HasField("values")
+    names = ask("predicted_class_names")
+    assert not names.HasField("probabilities") and not names.predicted_classes
+    assert names.predicted_class_names == full.predicted_class_names
+    both = ask("predicted_classes", "predicted_class_names")
+    assert both.predicted_classes == full.predicted_classes and both.predicted_class_names == full.predicted_class_names
+    assert not both.HasField("probabilities")
+    with pytest.raises(grpc.RpcError) as err:
+        ask("probabilities", "logits")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("read_mask.paths[1]: 'logits' is not a PredictResponse field"), err.value.details()
+
+
 def test_exported_onnx_runs_without_gradwire(trained, stubs, tmp_path):
     _, _, final = trained
     models = stubs[2]

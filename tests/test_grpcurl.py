@@ -88,6 +88,9 @@ def test_train_watch_predict_with_json_numbers(target):
                                data=json.dumps({"name": model.split("/", 1)[1]})))["modelStats"][0]
     assert (stats["inferenceCount"], stats["executionCount"]) == ("2", "1"), stats
     assert stats["inferenceStats"]["success"]["count"] == "1" and stats["batchStats"][0]["batchSize"] == "2"
+    # a partial response (grpcurl takes a FieldMask as an object of paths)
+    names_only = json.loads(grpcurl(target, "gradwire.v1.ModelService/Predict", data=json.dumps({**request, "readMask": {"paths": ["predicted_class_names"]}})))
+    assert names_only == {"predictedClassNames": ["setosa", "virginica"]}, names_only
 
 
 def test_bad_input_reads_well_in_grpcurl(target):

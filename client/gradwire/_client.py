@@ -490,7 +490,7 @@ class Client:
         >>> probs.shape, probs.sum(axis=1).round(3)  # doctest: +SKIP
         ((5, 10), array([1., 1., 1., 1., 1.], dtype=float32))
         """
-        return self._predict_call(model, features, timeout, _output, lambda out: out[0])
+        return self._predict_call(model, features, timeout, _output, lambda out: out[0], OUTPUT_ONLY)
 
     def predict_full(self, model: str | Model, features: Any, *, timeout: float | None = DEFAULT) -> Prediction:
         """Runs the model and returns everything: probabilities, class indices and
@@ -503,28 +503,32 @@ class Client:
         return self._predict_call(model, features, timeout, _prediction, _first)
 
     def _predict_call(self, model: str | Model, features: Any, timeout, decode: Callable[[Any], T],
-                      first: Callable[[T], T]) -> T:
+                      first: Callable[[T], T], fields: Sequence[str] = ()) -> T:
         """One Predict: ``decode`` turns the response into the result (``predict`` decodes only the
-        output tensor), ``first`` drops the batch axis of a single example's result."""
+        output tensor), ``first`` drops the batch axis of a single example's result, ``fields`` is
+        the request's read_mask (empty: every field)."""
         name = _name(model)
         feats = as_wire_array(features, np.float32)
         try:
-            return self._predict(name, feats, model.input_shape if isinstance(model, Model) else None, timeout, decode, first)
+            return self._predict(name, feats, model.input_shape if isinstance(model, Model) else None, timeout, decode,
+                                 first, fields)
         except InvalidArgumentError as err:
             # An alias (`registeredModels/x@production`) may have moved to a version with another
             # input shape since its shape was cached: look it up again and retry once.
             if err.field != "features.shape" or name.startswith("models/") or name not in self._input_shapes:
                 raise
             del self._input_shapes[name]
-            return self._predict(name, feats, None, timeout, decode, first)
+            return self._predict(name, feats, None, timeout, decode, first, fields)
 
     def _predict(self, name: str, feats: np.ndarray, input_shape: tuple[int, ...] | None, timeout,
-                 decode: Callable[[Any], T], first: Callable[[T], T]) -> T:
+                 decode: Callable[[Any], T], first: Callable[[T], T], fields: Sequence[str]) -> T:
         input_shape = input_shape if input_shape is not None else self._input_shape(name)
         single = feats.shape == input_shape
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
         request = models_pb2.PredictRequest(name=name)
+        if fields:
+            request.read_mask.paths.extend(fields)
         fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
         result = decode(self._unary(self._models.Predict, request, timeout))
         return first(result) if single else result
@@ -734,6 +738,9 @@ def _inline_dataset(features: Any, labels: Any, *, display_name: str = "") -> da
         label_kind=_LABEL_KINDS[kind],
         display_name=display_name,
     )
+
+
+OUTPUT_ONLY = ("probabilities", "values")  # predict()'s read_mask: the server skips class indices and names
 
 
 def _output(response: models_pb2.PredictResponse) -> np.ndarray:

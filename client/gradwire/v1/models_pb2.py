@@ -23,6 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from gradwire.v1 import datasets_pb2 as gradwire_dot_v1_dot_datasets__pb2
 from gradwire.v1 import evaluation_pb2 as gradwire_dot_v1_dot_evaluation__pb2
@@ -31,7 +32,7 @@ from gradwire.v1 import training_pb2 as gradwire_dot_v1_dot_training__pb2
 from gradwire.v1 import tensor_pb2 as gradwire_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gradwire/v1/models.proto\x12\x0bgradwire.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1agradwire/v1/datasets.proto\x1a\x1cgradwire/v1/evaluation.proto\x1a\x19gradwire/v1/network.proto\x1a\x1agradwire/v1/training.proto\x1a\x18gradwire/v1/tensor.proto\"\xf0\x06\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0ctraining_job\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12*\n\nlabel_kind\x18\x06 \x01(\x0e\x32\x16.gradwire.v1.LabelKind\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x13\n\x0boutput_size\x18\x08 \x01(\x05\x12<\n\x13input_normalization\x18\t \x01(\x0e\x32\x1f.gradwire.v1.InputNormalization\x12)\n\x07network\x18\n \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12\x17\n\x0fparameter_count\x18\x0b \x01(\x03\x12\x30\n\rfinal_metrics\x18\x0c \x01(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12\x16\n\x0e\x65pochs_trained\x18\r \x01(\x05\x12\x1b\n\x13parity_max_abs_diff\x18\x0e \x01(\x01\x12\x13\n\x0bspec_sha256\x18\x0f \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x10 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x11 \x01(\t\x12\x17\n\x0fonnx_size_bytes\x18\x12 \x01(\x03\x12\x15\n\ropset_version\x18\x13 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x10train_evaluation\x18\x15 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x36\n\x15validation_evaluation\x18\x16 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x30\n\x0ftest_evaluation\x18\x17 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x14\n\x0ctest_dataset\x18\x18 \x01(\t\x12\x18\n\x10registered_model\x18\x1e \x01(\t\x12\x0f\n\x07version\x18\x1f \x01(\x03\x12\x0f\n\x07\x61liases\x18  \x03(\t\x12\x36\n\x10\x64ynamic_batching\x18! \x01(\x0b\x32\x1c.gradwire.v1.DynamicBatching\"\xb2\x02\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x15\n\rversion_count\x18\x03 \x01(\x03\x12:\n\x07\x61liases\x18\x04 \x03(\x0b\x32).gradwire.v1.RegisteredModel.AliasesEntry\x12\x14\n\x0clatest_model\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"e\n\x0f\x44ynamicBatching\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\x05\x12\x18\n\x10max_delay_micros\x18\x03 \x01(\x03\x42\n\n\x08_enabled\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gradwire.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x13\x45xportModelResponse\x12\x12\n\nchunk_data\x18\x01 \x01(\x0c\"E\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x13.gradwire.v1.Tensor\"\xd1\x01\n\x0fPredictResponse\x12*\n\rprobabilities\x18\x01 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12\x19\n\x11predicted_classes\x18\x02 \x03(\x03\x12\x1d\n\x15predicted_class_names\x18\x03 \x03(\t\x12#\n\x06values\x18\x04 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12\x33\n\x14predicted_label_sets\x18\x05 \x03(\x0b\x32\x15.gradwire.v1.LabelSet\"*\n\x08LabelSet\x12\x0f\n\x07indices\x18\x01 \x03(\x03\x12\r\n\x05names\x18\x02 \x03(\t\"N\n\x13PublishModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10registered_model\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\")\n\x19GetRegisteredModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x1bListRegisteredModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x1cListRegisteredModelsResponse\x12\x37\n\x11registered_models\x18\x01 \x03(\x0b\x32\x1c.gradwire.v1.RegisteredModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x18ListModelVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x19ListModelVersionsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gradwire.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14SetModelAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"6\n\x17\x44\x65leteModelAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\";\n\x1c\x44\x65leteRegisteredModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"b\n\x1aUpdateModelBatchingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x10\x64ynamic_batching\x18\x02 \x01(\x0b\x32\x1c.gradwire.v1.DynamicBatching2\xca\x08\n\x0cModelService\x12<\n\x08GetModel\x12\x1c.gradwire.v1.GetModelRequest\x1a\x12.gradwire.v1.Model\x12M\n\nListModels\x12\x1e.gradwire.v1.ListModelsRequest\x1a\x1f.gradwire.v1.ListModelsResponse\x12\x46\n\x0b\x44\x65leteModel\x12\x1f.gradwire.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12R\n\x0b\x45xportModel\x12\x1f.gradwire.v1.ExportModelRequest\x1a .gradwire.v1.ExportModelResponse0\x01\x12\x44\n\x07Predict\x12\x1b.gradwire.v1.PredictRequest\x1a\x1c.gradwire.v1.PredictResponse\x12\x44\n\x0cPublishModel\x12 .gradwire.v1.PublishModelRequest\x1a\x12.gradwire.v1.Model\x12Z\n\x12GetRegisteredModel\x12&.gradwire.v1.GetRegisteredModelRequest\x1a\x1c.gradwire.v1.RegisteredModel\x12k\n\x14ListRegisteredModels\x12(.gradwire.v1.ListRegisteredModelsRequest\x1a).gradwire.v1.ListRegisteredModelsResponse\x12\x62\n\x11ListModelVersions\x12%.gradwire.v1.ListModelVersionsRequest\x1a&.gradwire.v1.ListModelVersionsResponse\x12P\n\rSetModelAlias\x12!.gradwire.v1.SetModelAliasRequest\x1a\x1c.gradwire.v1.RegisteredModel\x12V\n\x10\x44\x65leteModelAlias\x12$.gradwire.v1.DeleteModelAliasRequest\x1a\x1c.gradwire.v1.RegisteredModel\x12R\n\x13UpdateModelBatching\x12\'.gradwire.v1.UpdateModelBatchingRequest\x1a\x12.gradwire.v1.Model\x12Z\n\x15\x44\x65leteRegisteredModel\x12).gradwire.v1.DeleteRegisteredModelRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18gradwire/v1/models.proto\x12\x0bgradwire.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1agradwire/v1/datasets.proto\x1a\x1cgradwire/v1/evaluation.proto\x1a\x19gradwire/v1/network.proto\x1a\x1agradwire/v1/training.proto\x1a\x18gradwire/v1/tensor.proto\"\xf0\x06\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0ctraining_job\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12*\n\nlabel_kind\x18\x06 \x01(\x0e\x32\x16.gradwire.v1.LabelKind\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x13\n\x0boutput_size\x18\x08 \x01(\x05\x12<\n\x13input_normalization\x18\t \x01(\x0e\x32\x1f.gradwire.v1.InputNormalization\x12)\n\x07network\x18\n \x01(\x0b\x32\x18.gradwire.v1.NetworkSpec\x12\x17\n\x0fparameter_count\x18\x0b \x01(\x03\x12\x30\n\rfinal_metrics\x18\x0c \x01(\x0b\x32\x19.gradwire.v1.EpochMetrics\x12\x16\n\x0e\x65pochs_trained\x18\r \x01(\x05\x12\x1b\n\x13parity_max_abs_diff\x18\x0e \x01(\x01\x12\x13\n\x0bspec_sha256\x18\x0f \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x10 \x01(\t\x12\x13\n\x0bonnx_sha256\x18\x11 \x01(\t\x12\x17\n\x0fonnx_size_bytes\x18\x12 \x01(\x03\x12\x15\n\ropset_version\x18\x13 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x10train_evaluation\x18\x15 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x36\n\x15validation_evaluation\x18\x16 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x30\n\x0ftest_evaluation\x18\x17 \x01(\x0b\x32\x17.gradwire.v1.Evaluation\x12\x14\n\x0ctest_dataset\x18\x18 \x01(\t\x12\x18\n\x10registered_model\x18\x1e \x01(\t\x12\x0f\n\x07version\x18\x1f \x01(\x03\x12\x0f\n\x07\x61liases\x18  \x03(\t\x12\x36\n\x10\x64ynamic_batching\x18! \x01(\x0b\x32\x1c.gradwire.v1.DynamicBatching\"\xb2\x02\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x15\n\rversion_count\x18\x03 \x01(\x03\x12:\n\x07\x61liases\x18\x04 \x03(\x0b\x32).gradwire.v1.RegisteredModel.AliasesEntry\x12\x14\n\x0clatest_model\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"e\n\x0f\x44ynamicBatching\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\x05\x12\x18\n\x10max_delay_micros\x18\x03 \x01(\x03\x42\n\n\x08_enabled\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gradwire.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x13\x45xportModelResponse\x12\x12\n\nchunk_data\x18\x01 \x01(\x0c\"t\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12-\n\tread_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xd1\x01\n\x0fPredictResponse\x12*\n\rprobabilities\x18\x01 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12\x19\n\x11predicted_classes\x18\x02 \x03(\x03\x12\x1d\n\x15predicted_class_names\x18\x03 \x03(\t\x12#\n\x06values\x18\x04 \x01(\x0b\x32\x13.gradwire.v1.Tensor\x12\x33\n\x14predicted_label_sets\x18\x05 \x03(\x0b\x32\x15.gradwire.v1.LabelSet\"*\n\x08LabelSet\x12\x0f\n\x07indices\x18\x01 \x03(\x03\x12\r\n\x05names\x18\x02 \x03(\t\"N\n\x13PublishModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10registered_model\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\")\n\x19GetRegisteredModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x1bListRegisteredModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"p\n\x1cListRegisteredModelsResponse\x12\x37\n\x11registered_models\x18\x01 \x03(\x0b\x32\x1c.gradwire.v1.RegisteredModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x18ListModelVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x19ListModelVersionsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gradwire.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14SetModelAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"6\n\x17\x44\x65leteModelAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\";\n\x1c\x44\x65leteRegisteredModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"b\n\x1aUpdateModelBatchingRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x10\x64ynamic_batching\x18\x02 \x01(\x0b\x32\x1c.gradwire.v1.DynamicBatching2\xca\x08\n\x0cModelService\x12<\n\x08GetModel\x12\x1c.gradwire.v1.GetModelRequest\x1a\x12.gradwire.v1.Model\x12M\n\nListModels\x12\x1e.gradwire.v1.ListModelsRequest\x1a\x1f.gradwire.v1.ListModelsResponse\x12\x46\n\x0b\x44\x65leteModel\x12\x1f.gradwire.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12R\n\x0b\x45xportModel\x12\x1f.gradwire.v1.ExportModelRequest\x1a .gradwire.v1.ExportModelResponse0\x01\x12\x44\n\x07Predict\x12\x1b.gradwire.v1.PredictRequest\x1a\x1c.gradwire.v1.PredictResponse\x12\x44\n\x0cPublishModel\x12 .gradwire.v1.PublishModelRequest\x1a\x12.gradwire.v1.Model\x12Z\n\x12GetRegisteredModel\x12&.gradwire.v1.GetRegisteredModelRequest\x1a\x1c.gradwire.v1.RegisteredModel\x12k\n\x14ListRegisteredModels\x12(.gradwire.v1.ListRegisteredModelsRequest\x1a).gradwire.v1.ListRegisteredModelsResponse\x12\x62\n\x11ListModelVersions\x12%.gradwire.v1.ListModelVersionsRequest\x1a&.gradwire.v1.ListModelVersionsResponse\x12P\n\rSetModelAlias\x12!.gradwire.v1.SetModelAliasRequest\x1a\x1c.gradwire.v1.RegisteredModel\x12V\n\x10\x44\x65leteModelAlias\x12$.gradwire.v1.DeleteModelAliasRequest\x1a\x1c.gradwire.v1.RegisteredModel\x12R\n\x13UpdateModelBatching\x12\'.gradwire.v1.UpdateModelBatchingRequest\x1a\x12.gradwire.v1.Model\x12Z\n\x15\x44\x65leteRegisteredModel\x12).gradwire.v1.DeleteRegisteredModelRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,52 +41,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTEREDMODEL_ALIASESENTRY']._loaded_options = None
   _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_options = b'8\001'
-  _globals['_MODEL']._serialized_start=243
-  _globals['_MODEL']._serialized_end=1123
-  _globals['_REGISTEREDMODEL']._serialized_start=1126
-  _globals['_REGISTEREDMODEL']._serialized_end=1432
-  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_start=1386
-  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_end=1432
-  _globals['_DYNAMICBATCHING']._serialized_start=1434
-  _globals['_DYNAMICBATCHING']._serialized_end=1535
-  _globals['_GETMODELREQUEST']._serialized_start=1537
-  _globals['_GETMODELREQUEST']._serialized_end=1568
-  _globals['_LISTMODELSREQUEST']._serialized_start=1570
-  _globals['_LISTMODELSREQUEST']._serialized_end=1628
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1630
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1711
-  _globals['_DELETEMODELREQUEST']._serialized_start=1713
-  _globals['_DELETEMODELREQUEST']._serialized_end=1747
-  _globals['_EXPORTMODELREQUEST']._serialized_start=1749
-  _globals['_EXPORTMODELREQUEST']._serialized_end=1783
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=1785
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=1826
-  _globals['_PREDICTREQUEST']._serialized_start=1828
-  _globals['_PREDICTREQUEST']._serialized_end=1897
-  _globals['_PREDICTRESPONSE']._serialized_start=1900
-  _globals['_PREDICTRESPONSE']._serialized_end=2109
-  _globals['_LABELSET']._serialized_start=2111
-  _globals['_LABELSET']._serialized_end=2153
-  _globals['_PUBLISHMODELREQUEST']._serialized_start=2155
-  _globals['_PUBLISHMODELREQUEST']._serialized_end=2233
-  _globals['_GETREGISTEREDMODELREQUEST']._serialized_start=2235
-  _globals['_GETREGISTEREDMODELREQUEST']._serialized_end=2276
-  _globals['_LISTREGISTEREDMODELSREQUEST']._serialized_start=2278
-  _globals['_LISTREGISTEREDMODELSREQUEST']._serialized_end=2346
-  _globals['_LISTREGISTEREDMODELSRESPONSE']._serialized_start=2348
-  _globals['_LISTREGISTEREDMODELSRESPONSE']._serialized_end=2460
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=2462
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2543
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2545
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2633
-  _globals['_SETMODELALIASREQUEST']._serialized_start=2635
-  _globals['_SETMODELALIASREQUEST']._serialized_end=2703
-  _globals['_DELETEMODELALIASREQUEST']._serialized_start=2705
-  _globals['_DELETEMODELALIASREQUEST']._serialized_end=2759
-  _globals['_DELETEREGISTEREDMODELREQUEST']._serialized_start=2761
-  _globals['_DELETEREGISTEREDMODELREQUEST']._serialized_end=2820
-  _globals['_UPDATEMODELBATCHINGREQUEST']._serialized_start=2822
-  _globals['_UPDATEMODELBATCHINGREQUEST']._serialized_end=2920
-  _globals['_MODELSERVICE']._serialized_start=2923
-  _globals['_MODELSERVICE']._serialized_end=4021
+  _globals['_MODEL']._serialized_start=277
+  _globals['_MODEL']._serialized_end=1157
+  _globals['_REGISTEREDMODEL']._serialized_start=1160
+  _globals['_REGISTEREDMODEL']._serialized_end=1466
+  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_start=1420
+  _globals['_REGISTEREDMODEL_ALIASESENTRY']._serialized_end=1466
+  _globals['_DYNAMICBATCHING']._serialized_start=1468
+  _globals['_DYNAMICBATCHING']._serialized_end=1569
+  _globals['_GETMODELREQUEST']._serialized_start=1571
+  _globals['_GETMODELREQUEST']._serialized_end=1602
+  _globals['_LISTMODELSREQUEST']._serialized_start=1604
+  _globals['_LISTMODELSREQUEST']._serialized_end=1662
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1664
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1745
+  _globals['_DELETEMODELREQUEST']._serialized_start=1747
+  _globals['_DELETEMODELREQUEST']._serialized_end=1781
+  _globals['_EXPORTMODELREQUEST']._serialized_start=1783
+  _globals['_EXPORTMODELREQUEST']._serialized_end=1817
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=1819
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=1860
+  _globals['_PREDICTREQUEST']._serialized_start=1862
+  _globals['_PREDICTREQUEST']._serialized_end=1978
+  _globals['_PREDICTRESPONSE']._serialized_start=1981
+  _globals['_PREDICTRESPONSE']._serialized_end=2190
+  _globals['_LABELSET']._serialized_start=2192
+  _globals['_LABELSET']._serialized_end=2234
+  _globals['_PUBLISHMODELREQUEST']._serialized_start=2236
+  _globals['_PUBLISHMODELREQUEST']._serialized_end=2314
+  _globals['_GETREGISTEREDMODELREQUEST']._serialized_start=2316
+  _globals['_GETREGISTEREDMODELREQUEST']._serialized_end=2357
+  _globals['_LISTREGISTEREDMODELSREQUEST']._serialized_start=2359
+  _globals['_LISTREGISTEREDMODELSREQUEST']._serialized_end=2427
+  _globals['_LISTREGISTEREDMODELSRESPONSE']._serialized_start=2429
+  _globals['_LISTREGISTEREDMODELSRESPONSE']._serialized_end=2541
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=2543
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=2624
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=2626
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=2714
+  _globals['_SETMODELALIASREQUEST']._serialized_start=2716
+  _globals['_SETMODELALIASREQUEST']._serialized_end=2784
+  _globals['_DELETEMODELALIASREQUEST']._serialized_start=2786
+  _globals['_DELETEMODELALIASREQUEST']._serialized_end=2840
+  _globals['_DELETEREGISTEREDMODELREQUEST']._serialized_start=2842
+  _globals['_DELETEREGISTEREDMODELREQUEST']._serialized_end=2901
+  _globals['_UPDATEMODELBATCHINGREQUEST']._serialized_start=2903
+  _globals['_UPDATEMODELBATCHINGREQUEST']._serialized_end=3001
+  _globals['_MODELSERVICE']._serialized_start=3004
+  _globals['_MODELSERVICE']._serialized_end=4102
 # @@protoc_insertion_point(module_scope)

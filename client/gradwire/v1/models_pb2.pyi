@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from gradwire.v1 import datasets_pb2 as _datasets_pb2
 from gradwire.v1 import evaluation_pb2 as _evaluation_pb2
@@ -151,12 +152,14 @@ class ExportModelResponse(_message.Message):
     def __init__(self, chunk_data: _Optional[bytes] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("name", "features")
+    __slots__ = ("name", "features", "read_mask")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    READ_MASK_FIELD_NUMBER: _ClassVar[int]
     name: str
     features: _tensor_pb2.Tensor
-    def __init__(self, name: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    read_mask: _field_mask_pb2.FieldMask
+    def __init__(self, name: _Optional[str] = ..., features: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., read_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("probabilities", "predicted_classes", "predicted_class_names", "values", "predicted_label_sets")

@@ -42,6 +42,21 @@ def run_model(state: ServerState, served: Serving, features: np.ndarray, timing:
     return state.sessions.run(served.model_id, features, served.policy, timing)
 
 
+RESPONSE_FIELDS = frozenset(models_pb2.PredictResponse.DESCRIPTOR.fields_by_name)
+
+
+def read_mask(request: models_pb2.PredictRequest) -> frozenset[str]:
+    """The PredictResponse fields the request asks for (all when its read_mask is empty)."""
+    paths = request.read_mask.paths
+    if not paths:
+        return RESPONSE_FIELDS
+    for i, path in enumerate(paths):
+        if path not in RESPONSE_FIELDS:
+            raise errors.InvalidArgument(f"{path!r} is not a PredictResponse field; use any of {', '.join(sorted(RESPONSE_FIELDS))}",
+                                         field=f"read_mask.paths[{i}]")
+    return frozenset(paths)
+
+
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
@@ -83,19 +98,22 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def _predict(self, request: models_pb2.PredictRequest, served: Serving, timing: Timing) -> models_pb2.PredictResponse:
         if not request.HasField("features"):
             raise errors.InvalidArgument("required", field="features")
+        wanted = read_mask(request)
         features = check_features(served, tensor_to_numpy(request.features, "features"), "features.shape")
         output = run_model(self.s, served, features, timing)
         raw = is_raw(request.features)
         if served.regression:
-            return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw))
-        classes = output.argmax(axis=1).tolist()
-        names = served.class_names
+            return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw) if "values" in wanted else None)
         response = models_pb2.PredictResponse(
-            probabilities=numpy_to_tensor(output, raw=raw),
-            predicted_classes=classes,
-            predicted_class_names=[names[i] for i in classes] if names else (),
-        )
-        if served.multi_label:  # above 0.5, as the evaluations count a label (logit > 0)
+            probabilities=numpy_to_tensor(output, raw=raw) if "probabilities" in wanted else None)
+        names = served.class_names
+        if "predicted_classes" in wanted or "predicted_class_names" in wanted:
+            classes = output.argmax(axis=1).tolist()
+            if "predicted_classes" in wanted:
+                response.predicted_classes.extend(classes)
+            if names and "predicted_class_names" in wanted:
+                response.predicted_class_names.extend([names[i] for i in classes])
+        if served.multi_label and "predicted_label_sets" in wanted:  # above 0.5, as the evaluations count a label (logit > 0)
             for row in output > 0.5:
                 indices = np.flatnonzero(row).tolist()
                 response.predicted_label_sets.add(indices=indices, names=[names[i] for i in indices] if names else ())
