@@ -79,3 +79,25 @@ def test_cancel(client):
         job.wait(timeout=60)
     with pytest.raises(gw.FailedPreconditionError):
         job.cancel()
+
+
+def test_statistics_of_a_model(client, trained):
+    X, _, _, _, model = trained
+    (before,) = client.statistics(model)
+    for rows in (1, 4, 4):
+        client.predict(model, X[:rows])
+    with pytest.raises(gw.InvalidArgumentError):
+        client.predict(model, X[:2, :3])  # the wrong shape: a failure, once the model is found
+    (after,) = client.statistics(model)
+    assert (after.name, after.version) == (model.name.split("/", 1)[1], "")
+    assert (after.requests - before.requests, after.rows - before.rows) == (3, 9)
+    assert after.executions - before.executions == 3 and after.failures - before.failures == 1
+    assert after.batches.get(4, 0) - before.batches.get(4, 0) == 2
+    assert 0 < after.infer_us < after.latency_us
+    assert abs(after.input_us + after.queue_us + after.infer_us + after.output_us - after.latency_us) < 1e-6 * after.latency_us
+    assert after.last_inference is not None
+    assert model.name.split("/", 1)[1] in {s.name for s in client.statistics()}  # every model served
+    with pytest.raises(gw.NotFoundError):
+        client.statistics("registeredModels/no-such-model")
+    with pytest.raises(ValueError, match="got 'datasets/x'"):
+        client.statistics("datasets/x")

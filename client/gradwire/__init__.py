@@ -80,7 +80,17 @@ from gradwire._layers import (
     TokenPooling,
     TransformerEncoder,
 )
-from gradwire._resources import Dataset, EpochMetrics, JobState, Model, Prediction, RegisteredModel, TrainingEvent, TrainingJob
+from gradwire._resources import (
+    Dataset,
+    EpochMetrics,
+    JobState,
+    Model,
+    ModelStatistics,
+    Prediction,
+    RegisteredModel,
+    TrainingEvent,
+    TrainingJob,
+)
 from gradwire._tensors import from_tensor, to_tensor
 from gradwire._summary import NetworkSummary
 from gradwire._training import (
@@ -119,6 +129,7 @@ __all__ = [
     "JobState",
     "EpochMetrics",
     "TrainingEvent",
+    "ModelStatistics",
     "Prediction",
     # network
     "Layer",

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from gradwire._client import Client
 
-__all__ = ["Dataset", "TrainingJob", "Model", "JobState", "EpochMetrics", "TrainingEvent", "Prediction"]
+__all__ = ["Dataset", "TrainingJob", "Model", "JobState", "EpochMetrics", "TrainingEvent", "Prediction", "ModelStatistics"]
 
 P = TypeVar("P")
 
@@ -171,6 +171,51 @@ class Prediction:
     values: np.ndarray | None
     label_sets: list[list[int]] | None = None
     label_set_names: list[list[str]] | None = None
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """What the server answered for one model version since its RPC process started (KServe's
+    ModelStatistics, Triton's statistics extension), from ``client.statistics(model)``.
+
+    ``requests`` and ``rows`` count successful calls and the examples in them; ``executions``
+    counts onnxruntime calls, so ``rows / executions`` is the mean merged batch; ``batches``
+    maps a batch size to how many calls had it. The ``*_us`` figures are means per successful
+    request, in microseconds: ``latency_us`` from arrival until the response was built, made of
+    ``input_us`` (decoding, checks), ``queue_us`` (waiting for the model's batcher), ``infer_us``
+    (the call that computed it, its whole batch's) and ``output_us`` (building the response).
+    """
+
+    name: str
+    version: str
+    requests: int
+    rows: int
+    executions: int
+    failures: int
+    latency_us: float
+    input_us: float
+    queue_us: float
+    infer_us: float
+    output_us: float
+    batches: dict[int, int]
+    last_inference: datetime.datetime | None
+
+    @classmethod
+    def from_proto(cls, m: Any) -> ModelStatistics:
+        s = m.inference_stats
+        n = s.success.count
+
+        def mean_us(d: Any) -> float:
+            return d.ns / n / 1e3 if n else 0.0
+
+        return cls(
+            name=m.name, version=m.version, requests=n, rows=m.inference_count, executions=m.execution_count,
+            failures=s.fail.count, latency_us=mean_us(s.success), input_us=mean_us(s.compute_input),
+            queue_us=mean_us(s.queue), infer_us=mean_us(s.compute_infer), output_us=mean_us(s.compute_output),
+            batches={b.batch_size: b.compute_infer.count for b in m.batch_stats},
+            last_inference=datetime.datetime.fromtimestamp(m.last_inference / 1000, datetime.timezone.utc)
+            if m.last_inference else None,
+        )
 
 
 def _quoted(display_name: str) -> str:
