@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2 as mc
 
 
 def main() -> None:
@@ -30,6 +31,7 @@ def main() -> None:
                        outputs=[grpcclient.InferRequestedOutput(out.name, class_count=2)])
     classes = top.as_numpy(out.name)
     stats = client.get_inference_statistics(model, model_version=version).model_stats
+    cfg = client.get_model_config(model, model_version=version).config
     report = {
         "server_live": client.is_server_live(),
         "server_ready": client.is_server_ready(),
@@ -48,6 +50,13 @@ def main() -> None:
                         "success_ns": m.inference_stats.success.ns, "compute_infer_ns": m.inference_stats.compute_infer.ns,
                         "last_inference": m.last_inference,
                         "batches": [[b.batch_size, b.compute_infer.count] for b in m.batch_stats]} for m in stats],
+        "config": {"name": cfg.name, "platform": cfg.platform, "backend": cfg.backend,
+                   "max_batch_size": cfg.max_batch_size, "all_versions": cfg.version_policy.HasField("all"),
+                   "input": [[t.name, mc.DataType.Name(t.data_type), list(t.dims)] for t in cfg.input],
+                   "output": [[t.name, mc.DataType.Name(t.data_type), list(t.dims)] for t in cfg.output],
+                   "dynamic_batching": [list(cfg.dynamic_batching.preferred_batch_size),
+                                        cfg.dynamic_batching.max_queue_delay_microseconds]
+                   if cfg.HasField("dynamic_batching") else None},
     }
     if bench:  # one-row requests, sequential: latency percentiles in seconds
         one = grpcclient.InferInput(inp.name, [1, *X.shape[1:]], inp.datatype)

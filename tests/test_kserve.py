@@ -58,7 +58,8 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     seen = json.loads(run.stdout)
     assert seen["server_live"] and seen["server_ready"] and seen["model_ready"]
     assert seen["unknown_model_ready"] is False
-    assert seen["server"]["name"] == "gradwire" and {"classification", "statistics"} <= set(seen["server"]["extensions"])
+    assert seen["server"]["name"] == "gradwire"
+    assert {"classification", "statistics", "model_configuration"} <= set(seen["server"]["extensions"])
     meta = seen["metadata"]
     assert meta["platform"] == "onnxruntime_onnx" and str(published.model_version) in meta["versions"]
     assert meta["inputs"] == [["features", "FP32", [-1, 4]]]
@@ -81,6 +82,15 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     assert stats["batches"] == [[10, 2]]
     assert 0 < stats["compute_infer_ns"] < stats["success_ns"]
     assert abs(stats["last_inference"] / 1000 - time.time()) < 120
+
+    # Model configuration extension, as tritonclient's get_model_config reads it: the batch axis
+    # is implicit (max_batch_size > 0: as many rows as fit in the default 64 MiB message).
+    assert seen["config"] == {
+        "name": "iris-kserve", "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "max_batch_size": (64 << 20) // 16, "all_versions": True,
+        "input": [["features", "TYPE_FP32", [4]]], "output": [["probabilities", "TYPE_FP32", [3]]],
+        "dynamic_batching": [[64], 0],
+    }
 
     # Classification extension: top 2 as "value:index:label", best first.
     for row, probs in zip(seen["classification"], expected):
@@ -150,6 +160,29 @@ def test_model_statistics_count_requests_rows_failures_and_executions(published,
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelStatistics(pb.ModelStatisticsRequest(name="no-such-model"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-model" in err.value.details()
+
+
+def test_model_config_follows_the_models_batching(published, channel_module):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    models = models_pb2_grpc.ModelServiceStub(channel_module)
+
+    def config() -> pb.ModelConfig:
+        return stub.ModelConfig(pb.ModelConfigRequest(name="iris-kserve", version="production")).config
+
+    try:
+        models.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(
+            name=published.model, dynamic_batching=models_pb2.DynamicBatching(max_batch_size=8, max_delay_micros=300)))
+        got = config()
+        assert list(got.dynamic_batching.preferred_batch_size) == [8] and got.dynamic_batching.max_queue_delay_microseconds == 300
+        models.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(
+            name=published.model, dynamic_batching=models_pb2.DynamicBatching(enabled=False)))
+        assert not config().HasField("dynamic_batching")  # one onnxruntime call per request
+    finally:
+        models.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(name=published.model))  # the server's defaults
+    assert list(config().dynamic_batching.preferred_batch_size) == [64]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelConfig(pb.ModelConfigRequest(name="iris-kserve", version="staging"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "staging" in err.value.details()
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ answers the top K classes as BYTES "value:index:label" strings.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import struct
 import time
 
@@ -28,7 +29,8 @@ from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("classification", "statistics")
+EXTENSIONS = ("classification", "statistics", "model_configuration")
+BACKEND = "onnxruntime"
 # Open Inference Protocol datatype -> numpy dtype, and which typed-contents field carries it.
 DATATYPES = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
@@ -117,6 +119,28 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             inputs=[Tensor(name=input_name, datatype="FP32", shape=[-1, *model.input_shape])],
             outputs=[Tensor(name=output_name, datatype="FP32", shape=[-1, model.output_size])],
         )
+
+    def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        """Triton's model configuration extension: what tritonclient's get_model_config reads."""
+        served = self._served(request.name, request.version, "name")
+        model = served.model
+        input_name, output_name = self._io_names(model)
+        row_bytes = 4 * math.prod(served.input_shape)
+        config = pb.ModelConfig(
+            name=request.name,
+            platform=PLATFORM,
+            backend=BACKEND,
+            version_policy=pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All()),
+            # the batch axis is dynamic: one request may carry as many rows as fit in a message
+            max_batch_size=max(1, min(2**31 - 1, self.s.settings.max_message_bytes // row_bytes)),
+            input=[pb.ModelInput(name=input_name, data_type=pb.TYPE_FP32, dims=served.input_shape)],
+            output=[pb.ModelOutput(name=output_name, data_type=pb.TYPE_FP32, dims=[model.output_size])],
+        )
+        policy = served.policy
+        if policy.enabled:
+            config.dynamic_batching.preferred_batch_size.append(policy.max_batch_size)
+            config.dynamic_batching.max_queue_delay_microseconds = round(policy.max_delay_s * 1e6)
+        return pb.ModelConfigResponse(config=config)
 
     def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
         """Triton's statistics extension: one model version's (by name and version), or, with no
