@@ -271,3 +271,36 @@ def test_a_killed_rpc_process_leaves_no_unfinished_upload(tmp_path):
             other.join(60)
             channel.close()
         assert server.stop(signal.SIGTERM) == 0
+
+
+def test_one_client_with_several_connections_reaches_several_processes(tmp_path):
+    """gw.Client(connections=N): predictions go over N connections in turn, which the kernel
+    spreads over the RPC processes; with one connection they all reach one process."""
+    import gradwire as gw
+
+    port = free_port()
+    server = ServeProcess(tmp_path / "data", port, device="cpu", GRADWIRE_RPC_PROCESSES=str(PROCESSES))
+    try:
+        X, y = iris()
+        with gw.Client(server.target, timeout=30) as one:
+            model = one.train([gw.Dense(4), gw.ReLU(), gw.Dense(3)], (X, y), optimizer=gw.Adam(1e-2), batch_size=32, epochs=1, seed=0).wait(timeout=60)
+            expected = one.predict(model, X[:5])
+            before = serving_processes(server.proc.pid, port)
+            with gw.Client(server.target, timeout=30, connections=12) as pooled:
+                for _ in range(24):  # channels connect at their first call: 12 connections only if all are used
+                    np.testing.assert_array_equal(pooled.predict(model, X[:5]), expected)
+                during = serving_processes(server.proc.pid, port)
+                gained = [pid for pid in during if during[pid] > before.get(pid, 0)]
+                # P(all 12 on one of 3 processes) = 3 * (1/3)**12, about 6e-6
+                assert len(gained) >= 2, (before, during)
+                assert sum(during.values()) - sum(before.values()) == 12
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_connections_must_be_a_positive_int():
+    import gradwire as gw
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"connections must be an int >= 1, got {bad!r}"):
+            gw.Client("localhost:1", connections=bad)

@@ -101,3 +101,13 @@ def test_statistics_of_a_model(client, trained):
         client.statistics("registeredModels/no-such-model")
     with pytest.raises(ValueError, match="got 'datasets/x'"):
         client.statistics("datasets/x")
+
+
+def test_several_connections_predict_alike(target, trained):
+    X, _, _, _, model = trained
+    with gw.Client(target, timeout=30, connections=3) as pooled:
+        pooled.wait_for_ready(timeout=10)  # every connection
+        first = pooled.predict(model, X[:4])
+        for _ in range(5):  # over each connection in turn
+            np.testing.assert_array_equal(pooled.predict(model, X[:4]), first)
+        assert pooled.get_model(model.name).name == model.name  # other calls take the first connection

@@ -17,8 +17,10 @@ which apply the default deadline and the credentials' metadata, and turn any
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import pathlib
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, Union
@@ -109,6 +111,12 @@ class Client:
         certificate_chain, private_key: PEM bytes or file paths of this client's
             certificate and key, for servers that require mutual TLS.
         channel_options: extra ``grpc`` channel options, ``[(key, value), ...]``.
+        connections: how many connections ``predict`` and ``predict_full`` spread their calls
+            over, in turn (every other call uses the first). 1, the default, shares one
+            connection with the other clients of this process to the same target, as gRPC
+            does; above 1 each is this client's own. A server with ``GRADWIRE_RPC_PROCESSES``
+            hands each connection to one of its processes, so a client whose threads predict
+            concurrently reaches several processes only with several connections.
         credentials: a ready ``grpc.ChannelCredentials`` (instead of the TLS
             options above); plaintext when neither is given.
         metadata: ``[(key, value), ...]`` sent with every call.
@@ -136,9 +144,12 @@ class Client:
         channel_options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
+        connections: int = 1,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
+        if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+            raise ValueError(f"connections must be an int >= 1, got {connections!r}")
         options = list(channel_options or ())
         if max_message_bytes is not None:
             if max_message_bytes < 1:
@@ -160,21 +171,27 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._metadata = tuple(metadata or ()) + ((("authorization", f"Bearer {token}"),) if token else ())
+        if connections > 1:  # a subchannel pool of its own each: separate connections
+            options.append(("grpc.use_local_subchannel_pool", 1))
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=options)
+            self._channels = [grpc.insecure_channel(target, options=options) for _ in range(connections)]
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            self._channels = [grpc.secure_channel(target, credentials, options=options) for _ in range(connections)]
+        self._channel = self._channels[0]
         self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
         self._jobs = training_pb2_grpc.TrainingJobServiceStub(self._channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        # Predict's stub method of each connection, in turn (a C iterator: safe across threads)
+        self._predict_methods = itertools.cycle([models_pb2_grpc.ModelServiceStub(c).Predict for c in self._channels])
         self._network = network_pb2_grpc.NetworkServiceStub(self._channel)
         self._input_shapes: dict[str, tuple[int, ...]] = {}  # models are immutable: cache per name
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Closes the channel (every connection); calls in flight are cancelled."""
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -186,9 +203,11 @@ class Client:
         return f"<gradwire.Client target={self.target!r} timeout={self.timeout}>"
 
     def wait_for_ready(self, timeout: float = 10.0) -> None:
-        """Blocks until the channel connects; raises UnavailableError after ``timeout`` s."""
+        """Blocks until the channel connects (every connection); raises UnavailableError after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            for channel in self._channels:
+                grpc.channel_ready_future(channel).result(timeout=max(0.0, deadline - time.monotonic()))
         except grpc.FutureTimeoutError:
             from gradwire._errors import UnavailableError
 
@@ -540,7 +559,7 @@ class Client:
         if fields:
             request.read_mask.paths.extend(fields)
         fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
-        result = decode(self._unary(self._models.Predict, request, timeout))
+        result = decode(self._unary(next(self._predict_methods), request, timeout))
         return first(result) if single else result
 
     # --- the model registry ------------------------------------------------------------
