@@ -226,6 +226,9 @@ def test_a_killed_rpc_process_leaves_no_unfinished_upload(tmp_path):
     go_on, uploads = threading.Event(), []
     scratch = data_dir / "tmp"
 
+    def uploads_in_progress() -> set[pathlib.Path]:  # tmp/ also holds the processes' statistics files
+        return {d for d in scratch.glob("*") if d.is_dir()} if scratch.exists() else set()
+
     def upload(channel, outcome: list):
         def held_open():
             requests = upload_requests(X, y, chunk=16 * 1024)
@@ -242,13 +245,13 @@ def test_a_killed_rpc_process_leaves_no_unfinished_upload(tmp_path):
     try:
         victim = None
         for _ in range(30):  # a new connection each time, until one lands on an RPC process other than the main one
-            before = set(scratch.glob("*")) if scratch.exists() else set()
+            before = uploads_in_progress()
             channel = grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
             outcome: list = []
             thread = threading.Thread(target=upload, args=(channel, outcome))
             thread.start()
             uploads.append((channel, thread, outcome))
-            (new,) = _wait(lambda before=before: set(scratch.glob("*")) - before if scratch.exists() else set(), 10)
+            (new,) = _wait(lambda before=before: uploads_in_progress() - before, 10)
             if int(new.name.split("-")[0]) != server.proc.pid:
                 victim = int(new.name.split("-")[0])
                 break
@@ -264,7 +267,7 @@ def test_a_killed_rpc_process_leaves_no_unfinished_upload(tmp_path):
         for channel, other, result in uploads[:-1]:
             other.join(60)
             assert result[0].example_count == len(X), result[0]
-        assert list(scratch.glob("*")) == []
+        assert uploads_in_progress() == set()
     finally:
         go_on.set()
         for channel, other, _ in uploads:
@@ -275,7 +278,8 @@ def test_a_killed_rpc_process_leaves_no_unfinished_upload(tmp_path):
 
 def test_one_client_with_several_connections_reaches_several_processes(tmp_path):
     """gw.Client(connections=N): predictions go over N connections in turn, which the kernel
-    spreads over the RPC processes; with one connection they all reach one process."""
+    spreads over the RPC processes; with one connection they all reach one process. The
+    statistics extension, asked of any process, counts them all."""
     import gradwire as gw
 
     port = free_port()
@@ -294,6 +298,15 @@ def test_one_client_with_several_connections_reaches_several_processes(tmp_path)
                 # P(all 12 on one of 3 processes) = 3 * (1/3)**12, about 6e-6
                 assert len(gained) >= 2, (before, during)
                 assert sum(during.values()) - sum(before.values()) == 12
+            # Statistics cover the whole server: asked through any one connection, they count the
+            # 25 predictions that several processes served (each writes its counts every 0.5 s).
+            deadline = time.monotonic() + 15
+            while (s := one.statistics(model)[0]).requests != 25:
+                assert time.monotonic() < deadline, s
+                time.sleep(0.2)
+            assert (s.rows, s.executions) == (125, 25) and s.batches == {5: 25}
+            (listed,) = [m for m in one.statistics() if m.name == model.name.split("/", 1)[1]]
+            assert listed.requests == 25
     finally:
         assert server.stop(signal.SIGTERM) == 0
 

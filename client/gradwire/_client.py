@@ -635,7 +635,8 @@ class Client:
         """What the server answered for ``model`` (a ``Model``, ``models/{id}`` or
         ``registeredModels/{name}[@{version or alias}]``), or for every model it has served
         (``None``): requests, rows, onnxruntime calls by batch size, and where the time went.
-        Counted by the RPC process this client's connection reaches, since it started.
+        Counted since the server started (with several RPC processes, the others' counts are
+        up to 0.5 s late).
 
         >>> (s,) = client.statistics(model)            # doctest: +SKIP
         >>> s.rows / s.executions, s.queue_us          # doctest: +SKIP

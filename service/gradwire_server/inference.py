@@ -148,6 +148,33 @@ class ModelStats:
             copy.batches = {k: list(v) for k, v in self.batches.items()}
         return copy
 
+    def add(self, other: ModelStats) -> None:
+        """Adds another process's counts to these (a snapshot's: no lock is taken)."""
+        self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+        self.inference_count += other.inference_count
+        self.execution_count += other.execution_count
+        for name, (count, ns) in other.requests.items():
+            self.requests[name][0] += count
+            self.requests[name][1] += ns
+        for rows, values in other.batches.items():
+            mine = self.batches.setdefault(rows, [0, 0, 0, 0])
+            for i, v in enumerate(values):
+                mine[i] += v
+
+    def to_json(self) -> dict:
+        return {"last_inference_ms": self.last_inference_ms, "inference_count": self.inference_count,
+                "execution_count": self.execution_count, "requests": self.requests,
+                "batches": {str(rows): v for rows, v in self.batches.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelStats:
+        stats = cls()
+        stats.last_inference_ms, stats.inference_count = d["last_inference_ms"], d["inference_count"]
+        stats.execution_count = d["execution_count"]
+        stats.requests = {k: list(v) for k, v in d["requests"].items()}
+        stats.batches = {int(rows): list(v) for rows, v in d["batches"].items()}
+        return stats
+
 
 class Timing:
     """One request's moments (perf_counter_ns), filled in as it goes; as a context manager around
@@ -411,6 +438,12 @@ class SessionCache:
         """The models this process has statistics of."""
         with self._lock:
             return list(self._model_stats)
+
+    def all_model_stats(self) -> dict[str, ModelStats]:
+        """A snapshot of every model's statistics in this process."""
+        with self._lock:
+            items = list(self._model_stats.items())
+        return {model_id: stats.snapshot() for model_id, stats in items}
 
     def timing(self, model_id: str, arrived: int) -> Timing:
         """A request's `Timing`, to use as ``with sessions.timing(...) as t:`` around its handling."""

@@ -31,6 +31,7 @@ from .servicers.models import ModelServicer
 from .servicers.network import NetworkServicer
 from .servicers.training import TrainingJobServicer
 from .serving import ServingCache
+from .shared_stats import SharedStats
 from .store import Store
 
 log = logging.getLogger("gradwire.server")
@@ -92,10 +93,12 @@ class Running:
     def stop(self, grace: float | None) -> None:
         self.set_serving(False)
         self.server.stop(grace).wait()
+        if self.state.shared_stats is not None:
+            self.state.shared_stats.stop()
         self.state.store.close()
 
 
-def create_server(settings: Settings, *, recover: bool = True, serving: bool = True) -> Running:
+def create_server(settings: Settings, *, recover: bool = True, serving: bool = True, slot: int = 0) -> Running:
     """Build and start the gRPC server (no workers); returns it with the bound port. ``recover``
     runs start-up recovery first: in the first RPC process only, since in a later one it would
     remove the uploads the others have in progress. ``serving``: health says SERVING at once
@@ -111,7 +114,9 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         device=settings.device,
         batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
     )
-    state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions))
+    shared = SharedStats(settings.data_dir, slot, settings.rpc_processes, sessions) if settings.rpc_processes > 1 else None
+    state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions),
+                        shared_stats=shared)
     interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
     if settings.auth_enabled:
         interceptors.insert(0, AuthInterceptor(settings.tokens()))  # outermost: refused before anything runs
@@ -148,6 +153,8 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         raise SystemExit(f"gradwire serve: could not listen on {address} (GRADWIRE_HOST, GRADWIRE_PORT): the port is "
                          f"in use, or the address is not one of this machine's")
     server.start()
+    if shared is not None:
+        shared.start()
     running = Running(server, port, state, health_servicer)
     running.set_serving(serving)
     return running
@@ -234,7 +241,7 @@ def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def rpc_process(settings: Settings, parent_pid: int, ready) -> None:
+def rpc_process(settings: Settings, parent_pid: int, ready, slot: int) -> None:
     """One more RPC process on the same port (rpc_processes > 1). Stops gracefully on SIGTERM or
     SIGINT, and when the main process is gone (Linux sends SIGTERM then; elsewhere the loop below
     notices within 0.5 s). ``ready``: the write end of a pipe, written once listening; a pipe, not
@@ -244,7 +251,7 @@ def rpc_process(settings: Settings, parent_pid: int, ready) -> None:
     signal.signal(signal.SIGTERM, lambda _signum, _frame: done.set())
     signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
     worker.die_with_parent(parent_pid, signal.SIGTERM)
-    running = create_server(settings, recover=False)
+    running = create_server(settings, recover=False, slot=slot)
     worker.freeze_startup_objects()
     try:
         ready.send_bytes(b"listening")
@@ -275,7 +282,7 @@ class RpcPool(_Children):
 
     def _spawn(self, slot: int) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=rpc_process, args=(self.settings, os.getpid(), writer), name=f"gradwire-rpc{slot}",
+        proc = self._ctx.Process(target=rpc_process, args=(self.settings, os.getpid(), writer, slot), name=f"gradwire-rpc{slot}",
                                  daemon=False)
         proc.start()
         writer.close()  # the child's copy remains: its exit is EOF here

@@ -144,13 +144,15 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
         """Triton's statistics extension: one model version's (by name and version), or, with no
-        name, every model this RPC process has served. Counted per RPC process, since it started."""
+        name, every model the server has served, since it started (with several RPC processes, the
+        others' counts are up to shared_stats.FLUSH_S late)."""
+        others = self.s.shared_stats.others() if self.s.shared_stats is not None else {}
         if request.name:
             model = self._resolve(request.name, request.version, "name")
             entries = [(request.name, str(model.version) if model.version else "", model.name.split("/", 1)[1])]
         else:
             entries = []
-            for model_id in self.s.sessions.model_stats_ids():
+            for model_id in sorted({*self.s.sessions.model_stats_ids(), *others}):
                 try:
                     model = self.s.store.get_model(model_id)
                 except errors.NotFound:  # deleted since
@@ -159,8 +161,14 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     entries.append((model.registered_model.split("/", 1)[1], str(model.version), model_id))
                 else:
                     entries.append((model_id, "", model_id))
+        def whole_server(model_id: str) -> ModelStats:
+            stats = self.s.sessions.model_stats(model_id).snapshot()
+            if model_id in others:
+                stats.add(others[model_id])
+            return stats
+
         return pb.ModelStatisticsResponse(model_stats=[
-            _statistics(name, version, self.s.sessions.model_stats(model_id).snapshot()) for name, version, model_id in entries
+            _statistics(name, version, whole_server(model_id)) for name, version, model_id in entries
         ])
 
     # ---- inference ------------------------------------------------------
