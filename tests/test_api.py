@@ -145,6 +145,7 @@ def test_upload_in_many_chunks_then_get_list_delete(stubs):
     datasets = stubs[0]
     X, y = iris()
     ds = datasets.UploadDataset(upload_requests(X, y, chunk=1000, names=["a", "b", "c"]), timeout=30)
+    other = datasets.UploadDataset(upload_requests(X, y), timeout=30)  # paging below needs two, whatever ran before
     assert ds.example_count == 150 and list(ds.feature_shape) == [4] and ds.class_count == 3
     assert ds.label_kind == datasets_pb2.LABEL_KIND_CLASSES and len(ds.sha256) == 64
     assert datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=ds.name), timeout=10) == ds
@@ -153,6 +154,7 @@ def test_upload_in_many_chunks_then_get_list_delete(stubs):
     page = datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1), timeout=10)
     assert len(page.datasets) == 1 and page.next_page_token
     datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=ds.name), timeout=10)
+    datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=other.name), timeout=10)
     with pytest.raises(grpc.RpcError) as err:
         datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=ds.name), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

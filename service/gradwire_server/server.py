@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -29,6 +30,7 @@ from .servicers.datasets import DatasetServicer
 from .servicers.kserve import KServeServicer
 from .servicers.models import ModelServicer
 from .servicers.network import NetworkServicer
+from .servicers import wire
 from .servicers.training import TrainingJobServicer
 from .serving import ServingCache
 from .shared_stats import SharedStats
@@ -77,6 +79,32 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+class _Registration:
+    """Stands in for the server while a generated add_*Servicer_to_server registers its method
+    handlers, so that they can be changed before the real server gets them."""
+
+    def __init__(self) -> None:
+        self.service, self.handlers = "", {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def _add_servicer(server: grpc.Server, add: Callable, servicer: Any, deserializers: dict[str, Callable[[bytes], Any]]) -> None:
+    """``add(servicer, server)``, with the request deserializers of the methods named replaced."""
+    registration = _Registration()
+    add(servicer, registration)
+    if not registration.service or not set(deserializers) <= set(registration.handlers):
+        raise RuntimeError(f"the generated stubs registered {registration.service!r} with {sorted(registration.handlers)}")
+    handlers = {name: handler._replace(request_deserializer=deserializers[name]) if name in deserializers else handler
+                for name, handler in registration.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(registration.service, handlers),))
+    server.add_registered_method_handlers(registration.service, handlers)
 
 
 class Running:
@@ -134,8 +162,11 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     )
     datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(state), server)
     training_pb2_grpc.add_TrainingJobServiceServicer_to_server(TrainingJobServicer(state), server)
-    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(state), server)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
+    # Predict and ModelInfer read a large request's features where they arrived (servicers/wire.py)
+    _add_servicer(server, models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(state),
+                  {"Predict": wire.predict_request})
+    _add_servicer(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, KServeServicer(state),
+                  {"ModelInfer": wire.model_infer_request})
     network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -27,6 +27,7 @@ from ..serving import Serving
 from .context import ServerState
 from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
+from .wire import Decoded
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("classification", "statistics", "model_configuration")
@@ -173,7 +174,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference ------------------------------------------------------
 
-    def _input(self, request: pb.ModelInferRequest, input_name: str) -> np.ndarray:
+    def _input(self, request: pb.ModelInferRequest, raw: memoryview | None, input_name: str) -> np.ndarray:
         if len(request.inputs) != 1:
             raise errors.InvalidArgument(f"the model takes exactly one input, {input_name!r}; got {len(request.inputs)}", field="inputs")
         t = request.inputs[0]
@@ -184,28 +185,30 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         dtype, contents_field = DATATYPES[t.datatype]
         shape = list(t.shape)
         checked_count(shape, "inputs[0].shape")
-        if request.raw_input_contents:
-            if len(request.raw_input_contents) != 1:
-                raise errors.InvalidArgument(
-                    f"one entry per input (1), got {len(request.raw_input_contents)}", field="raw_input_contents"
-                )
+        contents = [raw] if raw is not None else request.raw_input_contents  # raw: as wire.model_infer_request left it
+        if contents:
+            if len(contents) != 1:
+                raise errors.InvalidArgument(f"one entry per input (1), got {len(contents)}", field="raw_input_contents")
             if t.HasField("contents"):
                 raise errors.InvalidArgument("set either raw_input_contents or inputs[0].contents, not both", field="inputs[0].contents")
-            return array_from_raw(request.raw_input_contents[0], dtype, shape, t.datatype, "raw_input_contents[0]")
+            return array_from_raw(contents[0], dtype, shape, t.datatype, "raw_input_contents[0]")
         values = getattr(t.contents, contents_field)
         check_value_count(values, shape, f"inputs[0].contents.{contents_field}")
         return np.asarray(values, dtype=dtype).reshape(shape)
 
-    def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+    def ModelInfer(self, request: pb.ModelInferRequest | Decoded, context) -> pb.ModelInferResponse:
         arrived = time.perf_counter_ns()
+        # a large request comes with its raw input's bytes apart, as they arrived (wire.model_infer_request)
+        request, raw = (request.message, request.raw) if isinstance(request, Decoded) else (request, None)
         served = self._served(request.model_name, request.model_version, "model_name")
         with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
-            return self._infer(request, served, timing)
+            return self._infer(request, raw, served, timing)
 
-    def _infer(self, request: pb.ModelInferRequest, served: Serving, timing: Timing) -> pb.ModelInferResponse:
+    def _infer(self, request: pb.ModelInferRequest, raw: memoryview | None, served: Serving,
+               timing: Timing) -> pb.ModelInferResponse:
         model = served.model
         input_name, output_name = self._io_names(model)
-        features = check_features(served, self._input(request, input_name), "inputs[0].shape")  # float32
+        features = check_features(served, self._input(request, raw, input_name), "inputs[0].shape")  # float32
         requested = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
         for i, out in enumerate(requested):
             if out.name != output_name:

@@ -22,6 +22,7 @@ from ..serving import Serving
 from ..store import resource_id
 from .context import ServerState
 from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
+from .wire import Decoded
 
 EXPORT_CHUNK_BYTES = 1024 * 1024
 
@@ -88,18 +89,21 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             while chunk := f.read(EXPORT_CHUNK_BYTES):
                 yield models_pb2.ExportModelResponse(chunk_data=chunk)
 
-    def Predict(self, request: models_pb2.PredictRequest, context) -> models_pb2.PredictResponse:
+    def Predict(self, request: models_pb2.PredictRequest | Decoded, context) -> models_pb2.PredictResponse:
         arrived = time.perf_counter_ns()
+        # a large request comes with its features' bytes apart, as they arrived (wire.predict_request)
+        request, raw = (request.message, request.raw) if isinstance(request, Decoded) else (request, None)
         name = request.name
         served = self.s.serving.get(name, lambda: self._model(name))
         with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
-            return self._predict(request, served, timing)
+            return self._predict(request, raw, served, timing)
 
-    def _predict(self, request: models_pb2.PredictRequest, served: Serving, timing: Timing) -> models_pb2.PredictResponse:
+    def _predict(self, request: models_pb2.PredictRequest, raw: memoryview | None, served: Serving,
+                 timing: Timing) -> models_pb2.PredictResponse:
         if not request.HasField("features"):
             raise errors.InvalidArgument("required", field="features")
         wanted = read_mask(request)
-        features = check_features(served, tensor_to_numpy(request.features, "features"), "features.shape")
+        features = check_features(served, tensor_to_numpy(request.features, "features", raw), "features.shape")
         output = run_model(self.s, served, features, timing)
         raw = is_raw(request.features)
         if served.regression:

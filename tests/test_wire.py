@@ -1,0 +1,130 @@
+"""Large Predict and ModelInfer requests are parsed without their features' bytes, which are read
+where gRPC delivered them (servicers/wire.py): the split itself against protobuf's own parser,
+then real requests above and below the size where it starts, over a real channel."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.internal.encoder import _VarintBytes
+
+from conftest import wait_for
+from gradwire.kserve import grpc_service_pb2 as pb
+from gradwire.kserve import grpc_service_pb2_grpc
+from gradwire.v1 import models_pb2, models_pb2_grpc, tensor_pb2, training_pb2, training_pb2_grpc
+from gradwire_server.servicers import wire
+from helpers import State, config, inline, iris, mlp, raw_tensor, values_tensor
+
+F32 = tensor_pb2.DATA_TYPE_FLOAT32
+
+
+def without_raw(request: models_pb2.PredictRequest) -> models_pb2.PredictRequest:
+    copy = models_pb2.PredictRequest()
+    copy.CopyFrom(request)
+    copy.features.raw_data = b""
+    return copy
+
+
+@pytest.mark.parametrize("raw_bytes", [0, 4, 100, 124, 128, 200, 16_384, 300_000])
+@pytest.mark.parametrize("name", ["", "models/abc", "registeredModels/x@production", "n" * 200])
+def test_split_equals_protobufs_parse(raw_bytes, name):
+    """Every length around the varint steps of the enclosing message's length (127/128, 16,383/16,384)."""
+    raw = bytes(range(256)) * (raw_bytes // 256) + bytes(raw_bytes % 256)
+    request = models_pb2.PredictRequest(name=name, features=tensor_pb2.Tensor(shape=[1, raw_bytes // 4], dtype=F32, raw_data=raw))
+    request.read_mask.paths.append("probabilities")
+    data = request.SerializeToString()
+    split = wire.split_bytes_field(data, (wire.FEATURES, wire.RAW_DATA))
+    if not raw_bytes:
+        assert split is None  # proto3 leaves an empty bytes field out: nothing to split
+        return
+    rest, view = split
+    assert models_pb2.PredictRequest.FromString(rest) == without_raw(request)
+    assert bytes(view) == raw and view.obj is data  # a view into the bytes as delivered: no copy
+
+
+def test_fields_in_any_order_and_unknown_fields_are_kept():
+    raw = np.arange(40, dtype=np.float32).tobytes()
+    tensor = tensor_pb2.Tensor(raw_data=raw).SerializeToString() + tensor_pb2.Tensor(shape=[4, 10], dtype=F32).SerializeToString()
+    unknown = _VarintBytes(99 << 3 | 2) + _VarintBytes(3) + b"abc"  # field 99, not in the schema
+    data = (_VarintBytes(2 << 3 | 2) + _VarintBytes(len(tensor)) + tensor + unknown
+            + models_pb2.PredictRequest(name="models/x").SerializeToString())
+    rest, view = wire.split_bytes_field(data, (wire.FEATURES, wire.RAW_DATA))
+    parsed, reference = models_pb2.PredictRequest.FromString(rest), models_pb2.PredictRequest.FromString(data)
+    assert parsed.name == "models/x" and list(parsed.features.shape) == [4, 10] and bytes(view) == raw
+    assert without_raw(reference).SerializeToString() == parsed.SerializeToString()  # the unknown field too
+
+
+@pytest.mark.parametrize("data", [
+    # features twice (protobuf merges them): parsed the ordinary way
+    models_pb2.PredictRequest(features=tensor_pb2.Tensor(raw_data=b"abcd")).SerializeToString() * 2,
+    # raw_data twice inside one features (the last wins)
+    _VarintBytes(2 << 3 | 2) + _VarintBytes(12) + tensor_pb2.Tensor(raw_data=b"abcd").SerializeToString() * 2,
+    # truncated: a length past the end
+    _VarintBytes(2 << 3 | 2) + _VarintBytes(100) + b"xx",
+    # a group (wire type 3)
+    _VarintBytes(5 << 3 | 3) + _VarintBytes(5 << 3 | 4),
+    # no features at all
+    models_pb2.PredictRequest(name="models/x").SerializeToString(),
+])
+def test_anything_unusual_is_left_to_protobuf(data):
+    assert wire.split_bytes_field(data, (wire.FEATURES, wire.RAW_DATA)) is None
+
+
+def test_small_requests_are_parsed_the_ordinary_way():
+    small = models_pb2.PredictRequest(name="models/x", features=raw_tensor(np.zeros((1, 4), np.float32)))
+    assert isinstance(wire.predict_request(small.SerializeToString()), models_pb2.PredictRequest)
+    big = models_pb2.PredictRequest(name="models/x", features=raw_tensor(np.zeros((5000, 4), np.float32)))
+    decoded = wire.predict_request(big.SerializeToString())
+    assert isinstance(decoded, wire.Decoded) and len(decoded.raw) == 80_000
+
+
+@pytest.fixture(scope="module")
+def model(target):
+    X, y = iris()
+    with grpc.insecure_channel(target) as ch:
+        jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
+        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(8, 3), training=config(epochs=2)))
+        done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state
+                        in (State.SUCCEEDED, State.FAILED) and j)
+        assert done.state == State.SUCCEEDED, done.error
+        return done.model
+
+
+def test_large_requests_answer_as_small_ones(target, model):
+    X, _ = iris()
+    rows = np.ascontiguousarray(np.resize(X, (6000, 4)))  # 96 KB: above wire.SPLIT_MIN_BYTES
+    assert rows.nbytes > wire.SPLIT_MIN_BYTES
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
+        models, kserve = models_pb2_grpc.ModelServiceStub(ch), grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        small = np.concatenate([np.frombuffer(models.Predict(models_pb2.PredictRequest(
+            name=model, features=raw_tensor(rows[i:i + 1000]))).probabilities.raw_data, "<f4") for i in range(0, 6000, 1000)])
+        large = models.Predict(models_pb2.PredictRequest(name=model, features=raw_tensor(rows)))
+        assert np.frombuffer(large.probabilities.raw_data, "<f4").tobytes() == small.tobytes()
+        assert len(large.predicted_classes) == 6000
+        infer = kserve.ModelInfer(pb.ModelInferRequest(model_name=model.split("/")[1], inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[6000, 4])],
+            raw_input_contents=[rows.tobytes()]))
+        assert infer.raw_output_contents[0] == small.tobytes()
+
+        # and their mistakes read as before, with the byte counts of what was sent
+        with pytest.raises(grpc.RpcError) as err:
+            models.Predict(models_pb2.PredictRequest(name=model, features=tensor_pb2.Tensor(
+                shape=[6000, 4], dtype=F32, raw_data=rows.tobytes()[:-4])))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "features.raw_data: shape [6000, 4] x DATA_TYPE_FLOAT32 needs 96000 bytes, got 95996"
+        both = raw_tensor(rows)
+        both.float_values.extend([1.0])
+        with pytest.raises(grpc.RpcError) as err:
+            models.Predict(models_pb2.PredictRequest(name=model, features=both))
+        assert "set only one of raw_data, float_values, int_values" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            kserve.ModelInfer(pb.ModelInferRequest(model_name=model.split("/")[1], inputs=[
+                pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[6000, 4],
+                                                      contents=pb.InferTensorContents(fp32_contents=[1.0]))],
+                raw_input_contents=[rows.tobytes()]))
+        assert "set either raw_input_contents or inputs[0].contents, not both" in err.value.details()
+        # a typed-numbers request of the same rows, for good measure
+        typed = models.Predict(models_pb2.PredictRequest(name=model, features=values_tensor(rows[:7])))
+        np.testing.assert_allclose(typed.probabilities.float_values, small[:21], atol=1e-6)
