@@ -50,3 +50,19 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
         value = predicate()
     assert value, f"condition not met within {timeout}s"
     return value
+
+
+def train_iris(target: str, network, epochs: int = 2) -> str:
+    """Trains ``network`` on inline iris through the server at ``target``; the model's name."""
+    from gradwire.v1 import training_pb2, training_pb2_grpc
+    from helpers import State, config, inline, iris
+
+    X, y = iris()
+    with grpc.insecure_channel(target) as ch:
+        jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
+        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=network, training=config(epochs=epochs)))
+        done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state
+                        in (State.SUCCEEDED, State.FAILED) and j)
+        assert done.state == State.SUCCEEDED, done.error
+        return done.model

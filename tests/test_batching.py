@@ -12,23 +12,16 @@ import pytest
 
 from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
-from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
+from gradwire.v1 import models_pb2, models_pb2_grpc
 from gradwire_server.inference import Batcher, BatchingPolicy
-from helpers import State, config, inline, iris, mlp, raw_tensor
+from helpers import mlp, raw_tensor
 
-from conftest import wait_for
+from conftest import train_iris, wait_for
 
 
 @pytest.fixture(scope="module")
 def model(target):
-    X, y = iris()
-    with grpc.insecure_channel(target) as ch:
-        jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
-        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
-            inline_dataset=inline(X, y), network=mlp(64, 64, 3), training=config(epochs=2)))
-        done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state in (State.SUCCEEDED, State.FAILED) and j)
-        assert done.state == State.SUCCEEDED, done.error
-        return done.model
+    return train_iris(target, mlp(64, 64, 3))
 
 
 def _predict(stub, name, rows):

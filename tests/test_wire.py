@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes
 
-from conftest import wait_for
+from conftest import train_iris
 from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
-from gradwire.v1 import models_pb2, models_pb2_grpc, tensor_pb2, training_pb2, training_pb2_grpc
+from gradwire.v1 import models_pb2, models_pb2_grpc, tensor_pb2
 from gradwire_server.servicers import wire
-from helpers import State, config, inline, iris, mlp, raw_tensor, values_tensor
+from helpers import iris, mlp, raw_tensor, values_tensor
 
 F32 = tensor_pb2.DATA_TYPE_FLOAT32
 
@@ -81,15 +81,7 @@ def test_small_requests_are_parsed_the_ordinary_way():
 
 @pytest.fixture(scope="module")
 def model(target):
-    X, y = iris()
-    with grpc.insecure_channel(target) as ch:
-        jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
-        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
-            inline_dataset=inline(X, y), network=mlp(8, 3), training=config(epochs=2)))
-        done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state
-                        in (State.SUCCEEDED, State.FAILED) and j)
-        assert done.state == State.SUCCEEDED, done.error
-        return done.model
+    return train_iris(target, mlp(8, 3))
 
 
 def test_large_requests_answer_as_small_ones(target, model):
