@@ -162,6 +162,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     entries.append((model.registered_model.split("/", 1)[1], str(model.version), model_id))
                 else:
                     entries.append((model_id, "", model_id))
+
         def whole_server(model_id: str) -> ModelStats:
             stats = self.s.sessions.model_stats(model_id).snapshot()
             if model_id in others:
