@@ -120,3 +120,42 @@ def test_large_requests_answer_as_small_ones(target, model):
         # a typed-numbers request of the same rows, for good measure
         typed = models.Predict(models_pb2.PredictRequest(name=model, features=values_tensor(rows[:7])))
         np.testing.assert_allclose(typed.probabilities.float_values, small[:21], atol=1e-6)
+
+
+def test_upload_chunks_are_taken_as_they_arrived():
+    from gradwire.v1 import datasets_pb2
+
+    chunk = bytes(range(256)) * 400  # 100 KB
+    data = datasets_pb2.UploadDatasetRequest(labels_chunk=chunk).SerializeToString()
+    got = wire.upload_request(data)
+    assert isinstance(got, wire.Chunk) and got.part == "labels_chunk" and bytes(got.data) == chunk and got.data.obj is data
+    header = datasets_pb2.UploadDatasetRequest(header=datasets_pb2.DatasetUploadHeader(display_name="x" * 70_000))
+    assert isinstance(wire.upload_request(header.SerializeToString()), datasets_pb2.UploadDatasetRequest)
+    small = datasets_pb2.UploadDatasetRequest(features_chunk=b"abcd").SerializeToString()
+    assert wire.upload_request(small) == datasets_pb2.UploadDatasetRequest(features_chunk=b"abcd")
+    # two parts in one message (the oneof keeps the last): protobuf decides
+    both = datasets_pb2.UploadDatasetRequest(features_chunk=chunk).SerializeToString() + \
+        datasets_pb2.UploadDatasetRequest(labels_chunk=b"xy").SerializeToString()
+    assert wire.upload_request(both) == datasets_pb2.UploadDatasetRequest(labels_chunk=b"xy")
+
+
+def test_uploads_in_large_chunks_store_exactly_their_bytes(target):
+    import hashlib
+
+    from gradwire.v1 import datasets_pb2, datasets_pb2_grpc
+    from helpers import upload_requests
+
+    rng = np.random.default_rng(1)
+    X, y = rng.random((100_000, 4), dtype=np.float32), (np.arange(100_000) % 3).astype(np.int64)
+    with grpc.insecure_channel(target) as ch:
+        stub = datasets_pb2_grpc.DatasetServiceStub(ch)
+        ds = stub.UploadDataset(upload_requests(X, y, chunk=256 * 1024), timeout=60)  # 1.6 MB + 0.8 MB in 256 KB chunks
+        assert ds.sha256 == hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest() and ds.example_count == 100_000
+        stub.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=ds.name), timeout=10)
+        # a chunk past the declared shape is still refused, naming its field
+        requests = list(upload_requests(X, y, chunk=256 * 1024))
+        requests.insert(2, datasets_pb2.UploadDatasetRequest(features_chunk=bytes(100_000)))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UploadDataset(iter(requests), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("features_chunk: more bytes than shape x dtype allows")

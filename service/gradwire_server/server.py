@@ -160,7 +160,8 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
             ("grpc.so_reuseport", int(settings.rpc_processes > 1)),
         ],
     )
-    datasets_pb2_grpc.add_DatasetServiceServicer_to_server(DatasetServicer(state), server)
+    _add_servicer(server, datasets_pb2_grpc.add_DatasetServiceServicer_to_server, DatasetServicer(state),
+                  {"UploadDataset": wire.upload_request})  # chunks taken as they arrived
     training_pb2_grpc.add_TrainingJobServiceServicer_to_server(TrainingJobServicer(state), server)
     # Predict and ModelInfer read a large request's features where they arrived (servicers/wire.py)
     _add_servicer(server, models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(state),

@@ -11,15 +11,16 @@ from gradwire.v1 import datasets_pb2, datasets_pb2_grpc
 from .. import datasets, errors
 from ..store import resource_id
 from .context import ServerState
+from .wire import Chunk
 
 
 class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
 
-    def UploadDataset(self, request_iterator: Iterator[datasets_pb2.UploadDatasetRequest], context) -> datasets_pb2.Dataset:
+    def UploadDataset(self, request_iterator: Iterator[datasets_pb2.UploadDatasetRequest | Chunk], context) -> datasets_pb2.Dataset:
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
+        if first is None or isinstance(first, Chunk) or first.WhichOneof("part") != "header":
             raise errors.InvalidArgument("the first message of an upload must be a header", field="header")
         writer = datasets.DatasetWriter(
             self.s.store,
@@ -30,11 +31,12 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
         )
         try:
             for message in request_iterator:
-                part = message.WhichOneof("part")
+                # a chunk message is taken as it arrived, unparsed (wire.upload_request)
+                part, chunk = (message.part, message.data) if isinstance(message, Chunk) else (message.WhichOneof("part"), None)
                 if part == "features_chunk":
-                    writer.write_features(message.features_chunk)
+                    writer.write_features(message.features_chunk if chunk is None else chunk)
                 elif part == "labels_chunk":
-                    writer.write_labels(message.labels_chunk)
+                    writer.write_labels(message.labels_chunk if chunk is None else chunk)
                 else:
                     raise errors.InvalidArgument(f"only the first message may be a header, got part {part!r}", field="header")
             return writer.finish()

@@ -1,12 +1,12 @@
-"""Requests whose big bytes field stays where it arrived: features without a copy.
+"""Requests whose big bytes field stays where it arrived: features and upload chunks without a copy.
 
 protobuf copies a bytes field twice on its way to Python: into the parsed message, then into a
 new bytes object at each read. For Predict's ``features.raw_data`` and ModelInfer's
 ``raw_input_contents`` (a 1,024-row digits request: 256 KB), `split_bytes_field` finds the
 field in the request as gRPC delivered it, and the message is parsed without it: the handler
 gets the message and a memoryview of those bytes, which ``np.frombuffer`` reads in place.
-Anything unusual (the field twice, a message on its path split in parts, groups) is parsed the
-ordinary way.
+Upload chunks are a message of one bytes field, which is taken as it is. Anything unusual (the
+field twice, a message on its path split in parts, groups) is parsed the ordinary way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any
 
 from gradwire.kserve import grpc_service_pb2 as kserve_pb2
-from gradwire.v1 import models_pb2
+from gradwire.v1 import datasets_pb2, models_pb2
 
 LEN = 2  # the length-delimited wire type
 # Below this a request is parsed the ordinary way: finding the field in Python (about 6 us) costs
@@ -23,6 +23,7 @@ LEN = 2  # the length-delimited wire type
 SPLIT_MIN_BYTES = 64 * 1024
 FEATURES, RAW_DATA = 2, 3  # PredictRequest.features, Tensor.raw_data
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
+CHUNKS = {2: "features_chunk", 3: "labels_chunk"}  # UploadDatasetRequest's bytes parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,3 +138,25 @@ def model_infer_request(data: bytes) -> kserve_pb2.ModelInferRequest | Decoded:
     if split is None:
         return kserve_pb2.ModelInferRequest.FromString(data)
     return Decoded(kserve_pb2.ModelInferRequest.FromString(split[0]), split[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """An upload message that is one bytes part and nothing else: which part, and its bytes."""
+
+    part: str
+    data: memoryview
+
+
+def upload_request(data: bytes) -> datasets_pb2.UploadDatasetRequest | Chunk:
+    """UploadDataset's request deserializer: a chunk message (one bytes field filling the whole
+    message, as every client sends them) is not parsed at all; anything else is."""
+    if len(data) >= SPLIT_MIN_BYTES:
+        try:
+            found = list(_fields(data, 0, len(data)))
+        except ValueError:
+            found = []
+        if len(found) == 1 and found[0][0] in CHUNKS and found[0][1] == LEN:
+            number, _, _, start, end = found[0]
+            return Chunk(CHUNKS[number], memoryview(data)[start:end])
+    return datasets_pb2.UploadDatasetRequest.FromString(data)
