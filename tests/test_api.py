@@ -350,14 +350,18 @@ def test_bad_predicts(trained, stubs):
     assert err.value.details().startswith("features.shape:") and "[30, 1, 4, 4]" in err.value.details()
 
 
-def test_delete_model_then_predict_is_not_found(stubs):
+def test_delete_model_then_predict_is_not_found(stubs, server):
     _, jobs, models = stubs
     X, y = iris(30)
     job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(inline_dataset=inline(X, y), network=mlp(3), training=config(epochs=1)), timeout=10)
     final = list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=60))[-1]
     assert final.state == State.SUCCEEDED, final.error
     models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(X)), timeout=10)
+    model_id = final.model.split("/", 1)[1]
+    assert model_id in server.state.sessions.model_stats_ids() and model_id in server.state.sessions.loaded()
     models.DeleteModel(models_pb2.DeleteModelRequest(name=final.model), timeout=10)
+    # its session and its statistics go with it
+    assert model_id not in server.state.sessions.model_stats_ids() and model_id not in server.state.sessions.loaded()
     with pytest.raises(grpc.RpcError) as err:
         models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(X)), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

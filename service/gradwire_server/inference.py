@@ -453,8 +453,10 @@ class SessionCache:
         return dataclasses.replace(self._get(model_id).batcher.stats)
 
     def evict(self, model_id: str) -> None:
+        """A deleted model: its session and its statistics go."""
         with self._lock:
             self._loaded.pop(model_id, None)
+            self._model_stats.pop(model_id, None)
 
     def policy(self, override=None) -> BatchingPolicy:
         """The server's defaults with a model's DynamicBatching override (zero / unset fields keep the default)."""
