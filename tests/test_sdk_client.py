@@ -111,3 +111,15 @@ def test_several_connections_predict_alike(target, trained):
         for _ in range(5):  # over each connection in turn
             np.testing.assert_array_equal(pooled.predict(model, X[:4]), first)
         assert pooled.get_model(model.name).name == model.name  # other calls take the first connection
+
+
+def test_a_large_batch_predicts_as_its_parts(client, trained):
+    X, _, _, _, model = trained
+    big = np.resize(X, (20_000, 4)).astype(np.float32)  # 320 KB: serialized by the SDK itself
+    assert big.nbytes >= gw._client.LARGE_REQUEST_BYTES
+    parts = np.concatenate([client.predict(model, big[i:i + 2000]) for i in range(0, 20_000, 2000)])
+    np.testing.assert_array_equal(client.predict(model, big), parts)
+    np.testing.assert_array_equal(client.predict_full(model, big).probabilities, parts)
+    with pytest.raises(gw.InvalidArgumentError) as err:  # the server's message, as for a small batch
+        client.predict(model.name, np.zeros((20_000, 5), np.float32))
+    assert err.value.field == "features.shape"

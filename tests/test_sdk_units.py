@@ -52,6 +52,23 @@ def test_tensor_decode_is_zero_copy():
     assert not decoded.flags.owndata and not decoded.flags.writeable
 
 
+@pytest.mark.parametrize("shape", [(1, 4), (3, 1, 8, 8), (0, 4), (40, 1000), (20_000, 64)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_a_tensor_appended_to_a_serialized_request_parses_as_one_filled_in(shape, dtype):
+    """with_tensor (what predict sends for a large batch) against protobuf filling the field."""
+    from gradwire._tensors import as_wire_array, fill_tensor, with_tensor
+    from gradwire.v1 import models_pb2
+
+    wire = as_wire_array(np.arange(np.prod(shape)).reshape(shape), dtype)
+    head = models_pb2.PredictRequest(name="registeredModels/x@production")
+    head.read_mask.paths.extend(["probabilities", "values"])
+    expected = models_pb2.PredictRequest()
+    expected.CopyFrom(head)
+    fill_tensor(expected.features, wire)
+    got = models_pb2.PredictRequest.FromString(with_tensor(head.SerializeToString(), 2, wire))
+    assert got == expected
+
+
 def test_tensor_dtype_cast_and_rejection():
     assert gw.to_tensor([1.5, 2.5], dtype=np.float32).dtype == tensor_pb2.DATA_TYPE_FLOAT32
     with pytest.raises(TypeError, match="uint8"):

@@ -42,7 +42,7 @@ from gradwire._resources import (
     _Resource,
 )
 from gradwire._summary import NetworkSummary
-from gradwire._tensors import DTYPES, as_wire_array, fill_tensor, from_tensor, to_tensor
+from gradwire._tensors import DTYPES, as_wire_array, fill_tensor, from_tensor, to_tensor, with_tensor
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
@@ -181,8 +181,12 @@ class Client:
         self._datasets = datasets_pb2_grpc.DatasetServiceStub(self._channel)
         self._jobs = training_pb2_grpc.TrainingJobServiceStub(self._channel)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
-        # Predict's stub method of each connection, in turn (a C iterator: safe across threads)
-        self._predict_methods = itertools.cycle([models_pb2_grpc.ModelServiceStub(c).Predict for c in self._channels])
+        # Predict's stub method of each connection, in turn (a C iterator: safe across threads); and
+        # one that sends a request already serialized (a large one: see _predict)
+        self._predict_methods = itertools.cycle([
+            (models_pb2_grpc.ModelServiceStub(c).Predict,
+             c.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=models_pb2.PredictResponse.FromString))
+            for c in self._channels])
         self._network = network_pb2_grpc.NetworkServiceStub(self._channel)
         self._input_shapes: dict[str, tuple[int, ...]] = {}  # models are immutable: cache per name
 
@@ -558,8 +562,13 @@ class Client:
         request = models_pb2.PredictRequest(name=name)
         if fields:
             request.read_mask.paths.extend(fields)
-        fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
-        result = decode(self._unary(next(self._predict_methods), request, timeout))
+        method, serialized = next(self._predict_methods)
+        if feats.nbytes >= LARGE_REQUEST_BYTES:  # the features' bytes copied once, not three times
+            response = self._unary(serialized, with_tensor(request.SerializeToString(), FEATURES_FIELD, feats), timeout)
+        else:
+            fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
+            response = self._unary(method, request, timeout)
+        result = decode(response)
         return first(result) if single else result
 
     # --- the model registry ------------------------------------------------------------
@@ -798,6 +807,9 @@ def _inline_dataset(features: Any, labels: Any, *, display_name: str = "") -> da
 
 
 OUTPUT_ONLY = ("probabilities", "values")  # predict()'s read_mask: the server skips class indices and names
+PREDICT_METHOD = "/gradwire.v1.ModelService/Predict"
+FEATURES_FIELD = models_pb2.PredictRequest.DESCRIPTOR.fields_by_name["features"].number
+LARGE_REQUEST_BYTES = 64 * 1024  # from here on, predict serializes its request itself (with_tensor)
 
 
 def _output(response: models_pb2.PredictResponse) -> np.ndarray:
