@@ -807,7 +807,7 @@ def _inline_dataset(features: Any, labels: Any, *, display_name: str = "") -> da
 
 
 OUTPUT_ONLY = ("probabilities", "values")  # predict()'s read_mask: the server skips class indices and names
-PREDICT_METHOD = "/gradwire.v1.ModelService/Predict"
+PREDICT_METHOD = f"/{models_pb2.DESCRIPTOR.services_by_name['ModelService'].full_name}/Predict"
 FEATURES_FIELD = models_pb2.PredictRequest.DESCRIPTOR.fields_by_name["features"].number
 LARGE_REQUEST_BYTES = 64 * 1024  # from here on, predict serializes its request itself (with_tensor)
 

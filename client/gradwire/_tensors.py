@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from gradwire.v1 import tensor_pb2
 
-__all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "with_tensor", "DTYPES"]
+__all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "with_tensor", "encode_varint", "DTYPES"]
 
 # numpy dtype (little-endian) <-> wire dtype.
 DTYPES: dict[np.dtype, int] = {
@@ -56,7 +56,9 @@ def to_tensor(array: ArrayLike, *, dtype: DTypeLike | None = None) -> tensor_pb2
     return tensor
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """A non-negative integer in protobuf's base-128 varint encoding (the server's
+    servicers/wire.py uses it too)."""
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -65,7 +67,7 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_RAW_DATA_TAG = bytes([3 << 3 | 2])  # Tensor.raw_data, length-delimited
+_RAW_DATA_TAG = encode_varint(tensor_pb2.Tensor.DESCRIPTOR.fields_by_name["raw_data"].number << 3 | 2)  # length-delimited
 
 
 def with_tensor(message: bytes, field: int, wire: np.ndarray) -> bytes:
@@ -75,9 +77,9 @@ def with_tensor(message: bytes, field: int, wire: np.ndarray) -> bytes:
     (``tobytes``, into the message, out of it). Fields may come in any order on the wire."""
     raw = wire.reshape(-1).view(np.uint8)  # its bytes, no copy (C-contiguous)
     head = tensor_pb2.Tensor(shape=wire.shape, dtype=DTYPES[wire.dtype]).SerializeToString()
-    raw_length = _varint(raw.nbytes)
+    raw_length = encode_varint(raw.nbytes)
     inner = len(head) + len(_RAW_DATA_TAG) + len(raw_length) + raw.nbytes
-    return b"".join((message, _varint(field << 3 | 2), _varint(inner), head, _RAW_DATA_TAG, raw_length, raw))
+    return b"".join((message, encode_varint(field << 3 | 2), encode_varint(inner), head, _RAW_DATA_TAG, raw_length, raw))
 
 
 def fill_tensor(tensor: tensor_pb2.Tensor, wire: np.ndarray) -> None:

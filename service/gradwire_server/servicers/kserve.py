@@ -27,6 +27,7 @@ from ..serving import Serving
 from .context import ServerState
 from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
+from . import wire
 from .wire import Decoded
 
 PLATFORM = "onnxruntime_onnx"
@@ -199,8 +200,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelInfer(self, request: pb.ModelInferRequest | Decoded, context) -> pb.ModelInferResponse:
         arrived = time.perf_counter_ns()
-        # a large request comes with its raw input's bytes apart, as they arrived (wire.model_infer_request)
-        request, raw = (request.message, request.raw) if isinstance(request, Decoded) else (request, None)
+        request, raw = wire.unwrap(request)  # a large request's raw input bytes apart, as they arrived
         served = self._served(request.model_name, request.model_version, "model_name")
         with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
             return self._infer(request, raw, served, timing)

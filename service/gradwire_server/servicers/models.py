@@ -22,6 +22,7 @@ from ..serving import Serving
 from ..store import resource_id
 from .context import ServerState
 from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
+from . import wire
 from .wire import Decoded
 
 EXPORT_CHUNK_BYTES = 1024 * 1024
@@ -91,8 +92,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     def Predict(self, request: models_pb2.PredictRequest | Decoded, context) -> models_pb2.PredictResponse:
         arrived = time.perf_counter_ns()
-        # a large request comes with its features' bytes apart, as they arrived (wire.predict_request)
-        request, raw = (request.message, request.raw) if isinstance(request, Decoded) else (request, None)
+        request, raw = wire.unwrap(request)  # a large request's features' bytes apart, as they arrived
         name = request.name
         served = self.s.serving.get(name, lambda: self._model(name))
         with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
@@ -105,11 +105,11 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         wanted = read_mask(request)
         features = check_features(served, tensor_to_numpy(request.features, "features", raw), "features.shape")
         output = run_model(self.s, served, features, timing)
-        raw = is_raw(request.features)
+        in_kind = is_raw(request.features)  # answered in the request's encoding
         if served.regression:
-            return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=raw) if "values" in wanted else None)
+            return models_pb2.PredictResponse(values=numpy_to_tensor(output, raw=in_kind) if "values" in wanted else None)
         response = models_pb2.PredictResponse(
-            probabilities=numpy_to_tensor(output, raw=raw) if "probabilities" in wanted else None)
+            probabilities=numpy_to_tensor(output, raw=in_kind) if "probabilities" in wanted else None)
         names = served.class_names
         if "predicted_classes" in wanted or "predicted_class_names" in wanted:
             classes = output.argmax(axis=1).tolist()

@@ -14,16 +14,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gradwire._tensors import encode_varint
 from gradwire.kserve import grpc_service_pb2 as kserve_pb2
-from gradwire.v1 import datasets_pb2, models_pb2
+from gradwire.v1 import datasets_pb2, models_pb2, tensor_pb2
 
 LEN = 2  # the length-delimited wire type
 # Below this a request is parsed the ordinary way: finding the field in Python (about 6 us) costs
 # more than protobuf's two copies of a few kilobytes (a 1,024-row digits request: 19 us, then 7).
 SPLIT_MIN_BYTES = 64 * 1024
-FEATURES, RAW_DATA = 2, 3  # PredictRequest.features, Tensor.raw_data
-RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
-CHUNKS = {2: "features_chunk", 3: "labels_chunk"}  # UploadDatasetRequest's bytes parts
+
+def _number(message, field: str) -> int:
+    return message.DESCRIPTOR.fields_by_name[field].number
+
+
+FEATURES, RAW_DATA = _number(models_pb2.PredictRequest, "features"), _number(tensor_pb2.Tensor, "raw_data")
+RAW_INPUT_CONTENTS = _number(kserve_pb2.ModelInferRequest, "raw_input_contents")
+CHUNKS = {_number(datasets_pb2.UploadDatasetRequest, part): part for part in ("features_chunk", "labels_chunk")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,11 @@ class Decoded:
 
     message: Any
     raw: memoryview
+
+
+def unwrap(request: Any) -> tuple[Any, memoryview | None]:
+    """A handler's request as (message, the big field's bytes when they came apart, else None)."""
+    return (request.message, request.raw) if isinstance(request, Decoded) else (request, None)
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -45,15 +56,6 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         if b < 0x80:
             return value, i
         shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _fields(buf: bytes, start: int, end: int):
@@ -117,27 +119,30 @@ def split_bytes_field(data: bytes, path: tuple[int, ...]) -> tuple[bytes, memory
     for outer_tag, outer_payload, outer_end in reversed(spans[:-1]):
         key_end = _varint(data, outer_tag)[1]
         new_length = outer_end - outer_payload - removed
-        prefix = data[outer_tag:key_end] + _encode_varint(new_length)
+        prefix = data[outer_tag:key_end] + encode_varint(new_length)
         old_prefix_length = outer_payload - outer_tag
         rest = rest[:outer_tag] + prefix + rest[outer_payload:]
         removed += old_prefix_length - len(prefix)
     return rest, memoryview(data)[payload:field_end]
 
 
+def _parse(message_class: Any, data: bytes, path: tuple[int, ...]) -> Any:
+    """``message_class`` parsed from ``data``; a large one as a `Decoded`, when its field at
+    ``path`` can be split off."""
+    split = split_bytes_field(data, path) if len(data) >= SPLIT_MIN_BYTES else None
+    if split is None:
+        return message_class.FromString(data)
+    return Decoded(message_class.FromString(split[0]), split[1])
+
+
 def predict_request(data: bytes) -> models_pb2.PredictRequest | Decoded:
     """Predict's request deserializer."""
-    split = split_bytes_field(data, (FEATURES, RAW_DATA)) if len(data) >= SPLIT_MIN_BYTES else None
-    if split is None:
-        return models_pb2.PredictRequest.FromString(data)
-    return Decoded(models_pb2.PredictRequest.FromString(split[0]), split[1])
+    return _parse(models_pb2.PredictRequest, data, (FEATURES, RAW_DATA))
 
 
 def model_infer_request(data: bytes) -> kserve_pb2.ModelInferRequest | Decoded:
     """ModelInfer's request deserializer."""
-    split = split_bytes_field(data, (RAW_INPUT_CONTENTS,)) if len(data) >= SPLIT_MIN_BYTES else None
-    if split is None:
-        return kserve_pb2.ModelInferRequest.FromString(data)
-    return Decoded(kserve_pb2.ModelInferRequest.FromString(split[0]), split[1])
+    return _parse(kserve_pb2.ModelInferRequest, data, (RAW_INPUT_CONTENTS,))
 
 
 @dataclasses.dataclass(frozen=True)
