@@ -73,20 +73,23 @@ def quota_lock(data_dir: pathlib.Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: pathlib.Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: pathlib.Path, *, durable: bool = True) -> Iterator[BinaryIO]:
     """Open a temp file beside `path`; on success fsync and rename it over `path`.
 
-    On any exception the temp file is removed and `path` is left as it was.
+    On any exception the temp file is removed and `path` is left as it was. ``durable=False``
+    skips the fsyncs: for what need not survive a crash, only never be seen half-written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # see clean_leftovers_of
     try:
         with open(tmp, "wb") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

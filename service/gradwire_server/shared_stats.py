@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 import threading
-import uuid
 
 from . import files
 from .inference import ModelStats, SessionCache
@@ -53,16 +51,9 @@ class SharedStats:
                 log.warning("could not write this RPC process's statistics: %s", exc)
 
     def _write(self, counts: dict) -> None:
-        path = self._path(self._slot)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        # named as files.atomic_writer names its temp files, so a crash's leftover is found and removed
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(json.dumps(counts))
-            os.replace(tmp, path)  # no fsync: the figures are this run's, not kept across a crash
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # not durable: the figures are this run's, not kept across a crash
+        with files.atomic_writer(self._path(self._slot), durable=False) as f:
+            f.write(json.dumps(counts).encode())
 
     def others(self) -> dict[str, ModelStats]:
         """The other processes' latest counts, summed per model id."""
