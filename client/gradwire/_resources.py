@@ -175,7 +175,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ModelStatistics:
-    """What the server answered for one model version since its RPC process started (KServe's
+    """What the server answered for one model version since it started (KServe's
     ModelStatistics, Triton's statistics extension), from ``client.statistics(model)``.
 
     ``requests`` and ``rows`` count successful calls and the examples in them; ``executions``

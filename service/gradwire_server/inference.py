@@ -121,11 +121,11 @@ class ModelStats:
             b[2] += infer_ns
             b[3] += output_ns
 
-    def succeeded(self, t: Timing, rows: int, now: int) -> None:
+    def succeeded(self, t: Timing, now: int) -> None:
         stages = (("success", now - t.arrived), ("compute_input", t.enter - t.arrived), ("queue", t.start - t.enter),
                   ("compute_infer", t.end - t.start), ("compute_output", now - t.end))
         with self._lock:
-            self.inference_count += rows
+            self.inference_count += t.rows
             self.last_inference_ms = time.time_ns() // 1_000_000
             for name, ns in stages:
                 c = self.requests[name]
@@ -194,7 +194,7 @@ class Timing:
     def __exit__(self, kind, exc, tb) -> None:
         now = time.perf_counter_ns()
         if kind is None:
-            self.stats.succeeded(self, self.rows, now)
+            self.stats.succeeded(self, now)
         else:
             self.stats.failed(now - self.arrived)
 

@@ -294,9 +294,7 @@ def rpc_process(settings: Settings, parent_pid: int, ready, slot: int) -> None:
         if os.getppid() != parent_pid:
             log.warning("the main gradwire process is gone; this RPC process stops")
             break
-    running.set_serving(False)
-    running.server.stop(settings.grace_period_s).wait()
-    running.stop(0)
+    running.stop(settings.grace_period_s)
 
 
 class RpcPool(_Children):
