@@ -102,18 +102,34 @@ def reference(result: train.TrainResult, features: np.ndarray, classifier: bool 
         return (torch.softmax(out, -1) if classifier and not explicit_softmax else out).numpy()
 
 
+real_export_lean = export._export_lean
+
+
 def test_every_layer_kind_has_a_case():
     assert sorted(CASES) == sorted(LAYER_KINDS)
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["folded", "weights-as-inputs"])
 @pytest.mark.parametrize("kind", LAYER_KINDS)
-def test_layer_kind_exports_and_matches_pytorch(kind, tmp_path):
+def test_layer_kind_exports_and_matches_pytorch(kind, lean, tmp_path, monkeypatch, caplog):
+    # Both ways of exporting, whichever a network's size picks: the exporter's folding (small
+    # networks) and the weights traced as inputs, then appended as initializers (large ones).
+    monkeypatch.setattr(export, "LEAN_EXPORT_BYTES", 0 if lean else 1 << 40)
+    took = []
+    monkeypatch.setattr(export, "_export_lean", lambda *a: took.append(1) or real_export_lean(*a))
     shape, network = CASES[kind]
     result = trained(shape, network)
     path = tmp_path / "model.onnx"
     exported = export.export_onnx(result, input_shape=shape, label_kind=datasets_pb2.LABEL_KIND_CLASSES,
                                   class_names=["a", "b", "c"], path=path)
+    assert took == ([1] if lean else []) and "failed" not in caplog.text
     onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["features"]
+    if lean:  # every weight the graph reads is in it, once
+        names = [t.name for t in model.graph.initializer]
+        wrapper = export.ExportedModel(result.model, result.normalization, classifier=True)
+        assert len(names) == len(set(names)) and set(names) <= set(wrapper.state_dict())
     assert exported.parity_max_abs_diff <= 1e-4
     assert exported.size_bytes == path.stat().st_size
 
@@ -217,3 +233,26 @@ def test_dynamo_exporter_fallback(tmp_path, monkeypatch, caplog):
     assert isinstance(session.get_inputs()[0].shape[0], str)
     x = np.random.default_rng(1).normal(size=(7, *shape)).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {"features": x})[0], reference(result, x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shapes", [[(4, 3), (3,), ()], [(0, 2), (70, 300)]])
+def test_serialize_appends_weights_as_protobuf_would(shapes):
+    # _serialize writes the initializers' bytes itself; onnx must read exactly the model it would
+    # have built with them as TensorProtos (float32 and int64, a scalar, an empty tensor, a tensor
+    # whose length needs a 3-byte varint).
+    rng = np.random.default_rng(0)
+    weights = {f"w{i}": (rng.normal(size=s).astype(np.float32) if i % 2 == 0 else rng.integers(-9, 9, size=s))
+               for i, s in enumerate(shapes)}
+    x = onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["batch", 3])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["features"], ["out"])], "g", [x],
+                                   [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["batch", 3])])
+    model = onnx.helper.make_model(graph, producer_name="gradwire")
+    model.metadata_props.add(key="k", value="v")
+    expected = onnx.ModelProto()
+    expected.CopyFrom(model)
+    expected.graph.initializer.extend(onnx.numpy_helper.from_array(a, name) for name, a in weights.items())
+    got = onnx.load_from_string(export._serialize(model, weights))
+    assert got == expected
+    for name, a in weights.items():
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(next(t for t in got.graph.initializer if t.name == name)), a)
+    assert export._serialize(model, {}) == model.SerializeToString()

@@ -21,6 +21,13 @@ exports ~10x faster and needs no torch.export tracing, so it is the default;
 it is deprecated upstream, so when it fails (or is gone in a future torch) we
 fall back to dynamo=True. Either way the parity check below decides whether
 the file is accepted.
+
+A network with 16 MB of weights or more is exported with its weights as graph inputs, which
+become initializers again in the file (`_export_lean`, `_serialize`): the exporter's passes
+copied the weights several times (for an 18.9M-parameter MLP, 76 MB: 0.6-0.9 s of export,
+10 ms this way). Its file keeps a batch norm beside its convolution, for onnxruntime to fold
+when it loads the file. The file is written while the checker and the parity check run.
+Measured for that MLP, export to file on disk: 1.6 s before, 0.43-0.59 s now.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pathlib
 import warnings
+from concurrent import futures
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +48,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from gradwire._tensors import encode_varint
 from gradwire.v1 import datasets_pb2, network_pb2
 
 from . import errors, files, nets
@@ -49,6 +59,11 @@ log = logging.getLogger(__name__)
 OPSET_VERSION = 17  # onnxruntime >= 1.14 and every current Triton ORT backend run it
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "features"
+# Networks whose weights (parameters and buffers) take this much or more are exported with them as
+# graph inputs (`_export_lean`); smaller ones keep the exporter's constant folding, which gives
+# a tidier graph (a batch norm folded into its convolution) at little cost.
+LEAN_EXPORT_BYTES = 16 << 20
+MAX_PROTO_BYTES = 2**31 - (64 << 20)  # protobuf's 2 GB limit on one message, less room for the graph
 
 
 @dataclass(frozen=True)
@@ -108,28 +123,45 @@ def export_onnx(
     if holdout.ndim < 1 or len(holdout) == 0 or tuple(holdout.shape[1:]) != tuple(input_shape):
         raise errors.Internal(f"holdout features of shape {holdout.shape} do not fit input shape {tuple(input_shape)}")
 
-    model = _export(wrapper, holdout, output)
+    model, weights = _export(wrapper, holdout, output)
     _add_metadata(model, result.normalization, input_shape=input_shape, label_kind=label_kind,
                   class_names=class_names, extra=metadata or {})
-    data = model.SerializeToString()
-    onnx.checker.check_model(data, full_check=True)  # the bytes: a ModelProto would be serialized again
+    data = _serialize(model, weights)
+    del model, weights
 
-    diff = _parity(wrapper, data, holdout, output)
-    if not diff <= PARITY_TOLERANCE:  # also catches NaN
-        raise errors.Internal(
-            f"ONNX export does not match PyTorch: max abs difference {diff:.3g} > {PARITY_TOLERANCE:g}")
+    # The file is written, fsynced and hashed on another thread while the checks run (76 MB:
+    # 0.3 s); it replaces `path` only once both passed, and is removed when either fails.
+    with files.atomic_writer(path) as f, futures.ThreadPoolExecutor(1, thread_name_prefix="onnx-writer") as pool:
+        written = pool.submit(_write, f, data)
+        onnx.checker.check_model(data, full_check=True)  # the bytes: a ModelProto would be serialized again
+        diff = _parity(wrapper, data, holdout, output)
+        if not diff <= PARITY_TOLERANCE:  # also catches NaN
+            raise errors.Internal(
+                f"ONNX export does not match PyTorch: max abs difference {diff:.3g} > {PARITY_TOLERANCE:g}")
+        sha256 = written.result()
+    return ExportResult(parity_max_abs_diff=diff, opset_version=OPSET_VERSION, sha256=sha256, size_bytes=len(data))
 
-    with files.atomic_writer(path) as f:
-        f.write(data)
-    return ExportResult(parity_max_abs_diff=diff, opset_version=OPSET_VERSION,
-                        sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+def _write(f, data: bytes) -> str:
+    """Writes and fsyncs ``data`` (atomic_writer's own fsync then finds nothing left to do); its sha256."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
 
 
-def _export(wrapper: ExportedModel, holdout: np.ndarray, output: str) -> onnx.ModelProto:
+def _export(wrapper: ExportedModel, holdout: np.ndarray, output: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The graph, and the weights to add to it as initializers (none when the graph holds them)."""
     example = torch.from_numpy(holdout[:2])
     with warnings.catch_warnings():
         # The exporters announce deprecations and tracer details on every call; the parity check is what we trust.
         warnings.simplefilter("ignore")
+        weights = {name: t.detach() for name, t in wrapper.state_dict().items()}
+        if LEAN_EXPORT_BYTES <= sum(t.nbytes for t in weights.values()) < MAX_PROTO_BYTES:
+            try:
+                return _export_lean(wrapper, example, output, weights)
+            except Exception as exc:  # a layer the tracer cannot take with its weights as inputs
+                log.warning("export with the weights as graph inputs failed (%s); exporting with them folded in", exc)
         try:
             buffer = io.BytesIO()  # in memory: no temporary file written and read back
             torch.onnx.export(
@@ -137,7 +169,7 @@ def _export(wrapper: ExportedModel, holdout: np.ndarray, output: str) -> onnx.Mo
                 input_names=[INPUT_NAME], output_names=[output],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}},
             )
-            return onnx.load_from_string(buffer.getvalue())
+            return onnx.load_from_string(buffer.getvalue()), {}
         except Exception as exc:  # the legacy exporter is deprecated upstream
             log.warning("TorchScript ONNX export failed (%s); using the dynamo exporter", exc)
             program = torch.onnx.export(
@@ -145,7 +177,82 @@ def _export(wrapper: ExportedModel, holdout: np.ndarray, output: str) -> onnx.Mo
                 input_names=[INPUT_NAME], output_names=[output],
                 dynamic_shapes={"features": {0: torch.export.Dim("batch")}},
             )
-            return program.model_proto
+            return program.model_proto, {}
+
+
+class _WeightsAsInputs(nn.Module):
+    """Runs ``inner`` with the tensors passed after the features in place of its weights, so that
+    the exporter traces them as graph inputs: its passes (shape inference, constant folding) then
+    never copy the weights. ``inner`` is held outside the module tree: it adds no parameters."""
+
+    def __init__(self, inner: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        object.__setattr__(self, "inner", inner)
+        self.names = names
+
+    def forward(self, features: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        swapped = []
+        try:
+            for name, tensor in zip(self.names, weights, strict=True):
+                owner, _, attr = name.rpartition(".")
+                module = self.inner.get_submodule(owner)
+                table = module._parameters if attr in module._parameters else module._buffers
+                swapped.append((table, attr, table[attr]))
+                table[attr] = tensor
+            return self.inner(features)
+        finally:
+            for table, attr, original in swapped:
+                table[attr] = original
+
+
+def _export_lean(wrapper: ExportedModel, example: torch.Tensor, output: str,
+                 weights: dict[str, torch.Tensor]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The graph with the weights as inputs, which become initializers again when serialized.
+
+    For an 18.9M-parameter MLP (76 MB) this takes 10 ms where the plain export takes 0.6-0.9 s,
+    nearly all of it copies of the weights in the exporter's shape inference and constant
+    folding, and in its serialization. What the folding would have done (a batch norm folded
+    into its convolution) onnxruntime does when it loads the file."""
+    names = list(weights)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        _WeightsAsInputs(wrapper, names), (example, *weights.values()), buffer, dynamo=False,
+        opset_version=OPSET_VERSION, input_names=[INPUT_NAME, *names], output_names=[output],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}},
+    )
+    model = onnx.load_from_string(buffer.getvalue())
+    inputs = list(model.graph.input)
+    if [i.name for i in inputs if i.name not in weights] != [INPUT_NAME]:
+        raise ValueError(f"unexpected graph inputs {[i.name for i in inputs]}")
+    del model.graph.input[:]
+    model.graph.input.extend(i for i in inputs if i.name == INPUT_NAME)
+    used = {i.name for i in inputs}  # the exporter drops inputs nothing reads
+    return model, {name: t.cpu().contiguous().numpy() for name, t in weights.items() if name in used}
+
+
+_GRAPH_TAG = encode_varint(onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number << 3 | 2)
+_INITIALIZER_TAG = encode_varint(onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number << 3 | 2)
+_RAW_DATA_TAG = encode_varint(onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number << 3 | 2)
+
+
+def _serialize(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> bytes:
+    """The model's bytes, with ``weights`` appended to its graph as initializers (raw, little-endian
+    data): each weight is copied once, into the result, instead of into a TensorProto, the
+    graph and the serialization in turn (for 76 MB, 20-30 ms instead of about 250 ms)."""
+    if not weights:
+        return model.SerializeToString()
+    parts: list[bytes | memoryview] = [model.graph.SerializeToString()]
+    for name, array in weights.items():
+        head = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
+                                dims=array.shape).SerializeToString()
+        raw = memoryview(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+        size = len(head) + len(_RAW_DATA_TAG) + len(encode_varint(raw.nbytes)) + raw.nbytes
+        parts += [_INITIALIZER_TAG, encode_varint(size), head, _RAW_DATA_TAG, encode_varint(raw.nbytes), raw]
+    graph_size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    rest = onnx.ModelProto()
+    rest.CopyFrom(model)
+    rest.ClearField("graph")
+    return b"".join([rest.SerializeToString(), _GRAPH_TAG, encode_varint(graph_size), *parts])
 
 
 def _add_metadata(model: onnx.ModelProto, normalization: Normalization, *, input_shape, label_kind: int,
