@@ -54,7 +54,7 @@ def test_hits_and_every_kind_of_change(stores, tmp_path):
     assert get("registeredModels/iris").model_id == "m2"
     assert get("registeredModels/iris@production").model_id == "m1"
 
-    # This process moves the alias (its own commits are not in PRAGMA data_version).
+    # This process moves the alias.
     rpc.set_alias("registeredModels/iris", "production", 2)
     assert get("registeredModels/iris@production").model_id == "m2"
 
@@ -84,6 +84,41 @@ def test_change_stamp_moves_on_any_commit(stores):
     assert after_worker != before
     _insert(rpc, "r", 2)
     assert rpc.change_stamp() != after_worker
+
+
+def _bump_many(path: str, commits: int, bumps: int) -> None:
+    store = Store(pathlib.Path(path))
+    for _ in range(commits):
+        with store._tx():
+            pass
+    for _ in range(bumps):  # the counter alone, as fast as it goes: where an unlocked add loses counts
+        store._changes.bump()
+    store.close()
+
+
+def test_change_stamp_counts_every_commit_of_concurrent_processes(tmp_path):
+    # Three processes commit at once. Each bump is a read-and-add under an flock: without it two
+    # would interleave and lose a count, and a late one could set the count back to a value a
+    # reader already holds (which would hide a commit from its cache).
+    import multiprocessing
+
+    path = tmp_path / "db.sqlite"
+    reader = Store(path)
+    before = reader.change_stamp()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_bump_many, args=(str(path), 300, 20_000)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    seen = [reader.change_stamp()]
+    while any(p.is_alive() for p in procs):
+        seen.append(reader.change_stamp())
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert reader.change_stamp() - before == 3 * (300 + 20_000) + 3  # and each Store's start-up schema check
+    assert seen == sorted(seen)  # never set back
+    assert (tmp_path / "db.sqlite.changes").stat().st_size == 8
+    reader.close()
 
 
 def _tiny_onnx(path: pathlib.Path) -> np.ndarray:

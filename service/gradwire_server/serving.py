@@ -5,9 +5,9 @@ Predict and ModelInfer name models by id, by registered name, version or alias. 
 a name and reading the model's row, its registry entry and its batching override costs
 several SQLite queries (about 0.06 ms, a tenth of a one-row Predict). `ServingCache`
 answers repeated names from memory and checks one counter per call
-(`Store.change_stamp()`: this process's commits and `PRAGMA data_version` for every other
-connection's, such as a worker publishing a new version), so a moved alias, a new
-`latest` or a deleted model is seen on the very next call.
+(`Store.change_stamp()`: the commits of every process, such as a worker publishing a new
+version, counted in shared memory), so a moved alias, a new `latest` or a deleted model is
+seen on the very next call.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ServingCache:
         self._store = store
         self._sessions = sessions
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: int | None = None
         self._entries: dict[Hashable, Serving] = {}
 
     def get(self, key: Hashable, load: Callable[[], models_pb2.Model]) -> Serving:

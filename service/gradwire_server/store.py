@@ -10,6 +10,9 @@ columns for what changes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import mmap
+import os
 import pathlib
 import sqlite3
 import threading
@@ -134,14 +137,54 @@ def resource_id(name: str, collection: str, field: str = "name") -> str:
     return rid
 
 
+COUNTER_BYTES = 8
+
+
+class _ChangeCounter:
+    """A count of the commits to one database by every Store of every process (RPC processes,
+    workers), in an 8-byte file beside it that each maps into memory: reading it costs about
+    0.3 us, where `PRAGMA data_version` took 17-20 us in a serving process.
+
+    A commit bumps it after the COMMIT, so whoever sees the new count also sees the commit. The
+    bump holds an flock: two writers' read-and-add would otherwise interleave, and a late one
+    could set the count back to a value that a reader already holds, hiding a commit from it.
+    The count is read and written as one native 8-byte word (a memoryview of format "Q" copies
+    it in one aligned load or store), never byte by byte as `struct`'s "<Q" does: a reader
+    could then see half of a bump."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._fd).st_size < COUNTER_BYTES:
+            os.ftruncate(self._fd, COUNTER_BYTES)  # zeros; a no-op where another process got there first
+        self._map = mmap.mmap(self._fd, COUNTER_BYTES)
+        self._word = memoryview(self._map).cast("Q")
+
+    def value(self) -> int:
+        return self._word[0]
+
+    def bump(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            self._word[0] = (self._word[0] + 1) % 2**64
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._word.release()
+        self._map.close()
+        os.close(self._fd)
+
+
 class Store:
-    """Thread-safe access to the SQLite file (one connection per Store, guarded by a lock)."""
+    """Thread-safe access to the SQLite file (one connection per Store, guarded by a lock).
+
+    Every write goes through a Store (`_tx`): that is what `change_stamp` counts."""
 
     def __init__(self, path: pathlib.Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
-        self._commits = 0  # this connection's own commits (PRAGMA data_version counts only the others')
+        self._changes = _ChangeCounter(path.with_name(path.name + ".changes"))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -175,6 +218,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._changes.close()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -187,19 +231,17 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            self._commits += 1
+            self._changes.bump()
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def change_stamp(self) -> tuple[int, int]:
+    def change_stamp(self) -> int:
         """Changes whenever anything was committed since the last call saw it: by this process or by
-        any other connection to the file (a worker publishing a model). Cheap (a few microseconds):
-        what caches of the database's contents are checked against."""
-        with self._lock:
-            (version,) = self._db.execute("PRAGMA data_version").fetchone()
-            return version, self._commits
+        any other Store on the file (a worker publishing a model, another RPC process). Cheap (a
+        read of shared memory): what caches of the database's contents are checked against."""
+        return self._changes.value()
 
     def integrity_check(self) -> str:
         return self._query("PRAGMA integrity_check")[0][0]
