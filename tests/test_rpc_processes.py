@@ -307,6 +307,17 @@ def test_one_client_with_several_connections_reaches_several_processes(tmp_path)
             assert (s.rows, s.executions) == (125, 25) and s.batches == {5: 25}
             (listed,) = [m for m in one.statistics() if m.name == model.name.split("/", 1)[1]]
             assert listed.requests == 25
+
+        # A killed RPC process that served some of them: its replacement goes on from the counts
+        # it last wrote (without that, it wrote its own empty ones over them within 0.5 s).
+        victim = next(pid for pid in gained if pid != server.proc.pid)  # of two or more, one is not the main process
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: len(serving_processes(server.proc.pid, port)) == PROCESSES and victim not in serving_processes(server.proc.pid, port), 60)
+        time.sleep(1.5)  # three of the new process's flushes
+        for _ in range(6):  # fresh connections, some to the new process
+            with gw.Client(server.target, timeout=30, connections=1) as fresh:
+                (s,) = fresh.statistics(model)
+                assert (s.requests, s.rows, s.executions) == (25, 125, 25), s
     finally:
         assert server.stop(signal.SIGTERM) == 0
 

@@ -4,7 +4,10 @@ Each process counts what it serves (`inference.ModelStats`). Here each one also 
 counts to data_dir/tmp/stats-{slot}.json, at most every FLUSH_S and only when they changed, and
 ModelStatistics adds the other processes' latest files to its own live counts: the figures then
 cover the whole server, the other processes' up to FLUSH_S late. The server's start removes the
-files (they live under tmp/); a restarted RPC process starts its counts afresh.
+files (they live under tmp/): the counts are the server's since it started, as Triton's are.
+
+An RPC process that died is restarted in its slot; the new one takes the counts its predecessor
+last wrote and goes on from them (what the dead one served in its last FLUSH_S is lost).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class SharedStats:
         self._slot, self._processes, self._sessions = slot, processes, sessions
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-writer", daemon=True)
+        self._inherited = self._read(slot)  # this slot's dead predecessor's, in this run of the server
 
     def _path(self, slot: int) -> pathlib.Path:
         return self._dir / f"stats-{slot}.json"
@@ -41,7 +45,9 @@ class SharedStats:
     def _run(self) -> None:
         written = None
         while not self._stopping.wait(FLUSH_S):
-            counts = {model_id: stats.to_json() for model_id, stats in self._sessions.all_model_stats().items()}
+            mine = self._sessions.all_model_stats()
+            counts = {model_id: _sum(stats, self._inherited.get(model_id)).to_json() for model_id, stats in mine.items()}
+            counts |= {model_id: stats.to_json() for model_id, stats in self._inherited.items() if model_id not in mine}
             if counts == written:
                 continue
             try:
@@ -55,20 +61,27 @@ class SharedStats:
         with files.atomic_writer(self._path(self._slot), durable=False) as f:
             f.write(json.dumps(counts).encode())
 
+    def _read(self, slot: int) -> dict[str, ModelStats]:
+        try:
+            counts = json.loads(self._path(slot).read_text())
+        except (OSError, ValueError):  # not written yet
+            return {}
+        return {model_id: ModelStats.from_json(d) for model_id, d in counts.items()}
+
     def others(self) -> dict[str, ModelStats]:
-        """The other processes' latest counts, summed per model id."""
+        """What this process's live counts leave out, summed per model id: the other processes'
+        latest counts, and this slot's predecessor's."""
         total: dict[str, ModelStats] = {}
         for slot in range(self._processes):
-            if slot == self._slot:
-                continue
-            try:
-                counts = json.loads(self._path(slot).read_text())
-            except (OSError, ValueError):  # not written yet
-                continue
-            for model_id, d in counts.items():
-                stats = ModelStats.from_json(d)
-                if model_id in total:
-                    total[model_id].add(stats)
-                else:
-                    total[model_id] = stats
+            for model_id, stats in (self._read(slot) if slot != self._slot else self._inherited).items():
+                total[model_id] = _sum(stats, total.get(model_id))
         return total
+
+
+def _sum(stats: ModelStats, more: ModelStats | None) -> ModelStats:
+    """``stats`` plus ``more`` (a new ModelStats; neither is changed)."""
+    total = ModelStats()
+    total.add(stats)
+    if more is not None:
+        total.add(more)
+    return total
