@@ -13,7 +13,7 @@ from gradwire_server.server import WorkerPool, create_server
 
 
 def start(data_dir: pathlib.Path, **overrides):
-    settings = Settings(host="127.0.0.1", port=0, data_dir=data_dir, poll_interval_s=0.05, grace_period_s=1.0, **overrides)
+    settings = Settings(host="127.0.0.1", port=0, data_dir=data_dir, **{"poll_interval_s": 0.05, "grace_period_s": 1.0, **overrides})
     running = create_server(settings)
     pool = WorkerPool(settings)
     pool.start()

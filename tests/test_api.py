@@ -365,3 +365,32 @@ def test_delete_model_then_predict_is_not_found(stubs, server):
     with pytest.raises(grpc.RpcError) as err:
         models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(X)), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_job_is_picked_up_and_followed_without_waiting_for_the_poll(tmp_path):
+    """The worker and Watch streams wake on the store's change counter, not on their poll: with a
+    10 s poll a job is still claimed, trained and watched to its end in well under a second of
+    waiting (before the counter: up to a poll interval to start, and another to see the end)."""
+    import time
+
+    from conftest import start
+
+    running, pool = start(tmp_path / "data", poll_interval_s=10.0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            jobs = training_pb2_grpc.TrainingJobServiceStub(ch)
+            X, y = iris()
+            for attempt in range(2):  # the first waits for the worker process to start
+                time.sleep(0.5)  # the idle worker is in its wait
+                started = time.monotonic()
+                job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                    inline_dataset=inline(X, y), network=mlp(8, 3), training=config(epochs=1)))
+                events = list(jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=job.name), timeout=30))
+                took = time.monotonic() - started
+                assert events[-1].state == State.SUCCEEDED, events[-1]
+                done = jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))
+                queued = (done.start_time.ToNanoseconds() - done.create_time.ToNanoseconds()) / 1e9
+                assert attempt == 0 or (queued < 1.0 and took < 5.0), (queued, took)
+    finally:
+        pool.stop(timeout=5)
+        running.stop(grace=1)

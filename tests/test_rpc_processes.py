@@ -311,6 +311,7 @@ def test_one_client_with_several_connections_reaches_several_processes(tmp_path)
         # A killed RPC process that served some of them: its replacement goes on from the counts
         # it last wrote (without that, it wrote its own empty ones over them within 0.5 s).
         victim = next(pid for pid in gained if pid != server.proc.pid)  # of two or more, one is not the main process
+        time.sleep(1.0)  # every process has written its counts (what one serves in its last 0.5 s dies with it)
         os.kill(victim, signal.SIGKILL)
         _wait(lambda: len(serving_processes(server.proc.pid, port)) == PROCESSES and victim not in serving_processes(server.proc.pid, port), 60)
         time.sleep(1.5)  # three of the new process's flushes

@@ -66,7 +66,8 @@ class Settings:
     """Dynamic batching: how long a batch may also wait for company when the model is free, in
     microseconds (0: never; while the model is busy, requests always wait for it and merge)."""
     poll_interval_s: float = 0.2
-    """How often the worker and Watch streams look at the store for news."""
+    """How often an idle worker and a Watch stream query the store even when its change counter has
+    not moved (they look at the counter every 20 ms, and query as soon as it moves)."""
     log_level: str = "INFO"
     """Python logging level."""
 

@@ -138,6 +138,7 @@ def resource_id(name: str, collection: str, field: str = "name") -> str:
 
 
 COUNTER_BYTES = 8
+CHANGE_POLL_S = 0.02  # how often Store.wait_for_change's poller looks at the counter (0.3 us a look)
 
 
 class _ChangeCounter:
@@ -185,6 +186,10 @@ class Store:
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._changes = _ChangeCounter(path.with_name(path.name + ".changes"))
+        self._change_cv = threading.Condition()  # wait_for_change's waiters and poller
+        self._waiting = 0
+        self._poller: threading.Thread | None = None
+        self._closed = False
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -216,6 +221,11 @@ class Store:
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL")
 
     def close(self) -> None:
+        with self._change_cv:
+            self._closed = True
+            self._change_cv.notify_all()
+        if self._poller is not None:
+            self._poller.join(1)
         with self._lock:
             self._db.close()
             self._changes.close()
@@ -225,13 +235,15 @@ class Store:
         """One write transaction, taken immediately so concurrent writers queue up."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.total_changes
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            self._changes.bump()
+            if self._db.total_changes != rows:  # a claim that found no job changes nothing: no one is woken
+                self._changes.bump()
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -242,6 +254,45 @@ class Store:
         any other Store on the file (a worker publishing a model, another RPC process). Cheap (a
         read of shared memory): what caches of the database's contents are checked against."""
         return self._changes.value()
+
+    def wait_for_change(self, stamp: int, timeout: float, stop: threading.Event | None = None) -> None:
+        """Returns once `change_stamp()` is no longer `stamp`, `timeout` seconds passed or `stop` is
+        set (seen within 0.1 s): what an idle worker and a Watch stream wait on. One thread per Store looks at the counter every
+        CHANGE_POLL_S while anyone waits, and wakes them all when it moves: however many streams
+        are open, a process pays for one look (a wake-up every CHANGE_POLL_S costs this VM 0.5%
+        of a core)."""
+        deadline = time.monotonic() + timeout
+        with self._change_cv:
+            if self._poller is None:
+                self._poller = threading.Thread(target=self._poll_changes, name="store-changes", daemon=True)
+                self._poller.start()
+            self._waiting += 1
+            self._change_cv.notify_all()  # the poller may be asleep for want of waiters
+            try:
+                while self._changes.value() == stamp and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or (stop is not None and stop.is_set()):
+                        return
+                    self._change_cv.wait(left if stop is None else min(left, 0.1))
+            finally:
+                self._waiting -= 1
+
+    def _poll_changes(self) -> None:
+        seen = self._changes.value()
+        while True:
+            with self._change_cv:
+                while not self._waiting and not self._closed:
+                    self._change_cv.wait()
+                if self._closed:
+                    return
+            time.sleep(CHANGE_POLL_S)
+            with self._change_cv:
+                if self._closed:
+                    return
+                now = self._changes.value()
+                if now != seen:
+                    seen = now
+                    self._change_cv.notify_all()
 
     def integrity_check(self) -> str:
         return self._query("PRAGMA integrity_check")[0][0]

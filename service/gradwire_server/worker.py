@@ -137,9 +137,10 @@ class Worker:
         freeze_startup_objects()
         log.info("worker %s ready on %s (torch %s)", self.name, device, torch.__version__)
         while not self.stopping.is_set() and not self.parent_gone():
+            stamp = self.store.change_stamp()  # before the claim's query: a job queued after it moves the stamp
             job = self.store.claim_next_job(self.name, str(device))
-            if job is None:
-                self.stopping.wait(self.settings.poll_interval_s)
+            if job is None:  # a new job is picked up within CHANGE_POLL_S
+                self.store.wait_for_change(stamp, self.settings.poll_interval_s, self.stopping)
                 continue
             self.run_job(job, device)
 

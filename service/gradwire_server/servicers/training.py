@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -173,15 +172,18 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                 "(GRADWIRE_MAX_WATCH_STREAMS); poll GetTrainingJob instead, or watch again later")
         try:
             last = 0
+            ended = threading.Event()  # the client went away or the server is stopping
+            context.add_callback(ended.set)
             while context.is_active():
+                stamp = self.s.store.change_stamp()  # before the query: an event stored after it moves the stamp
                 events = self.s.store.events_after(job_id, last)
                 for event in events:
                     yield event
                     last = event.sequence
                     if event.state in TERMINAL_STATES:
                         return
-                if not events:
-                    time.sleep(self.s.settings.poll_interval_s)
+                if not events:  # an event is sent within CHANGE_POLL_S of its commit
+                    self.s.store.wait_for_change(stamp, self.s.settings.poll_interval_s, ended)
         finally:
             self._watch_slots.release()
 
