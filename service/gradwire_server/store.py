@@ -142,9 +142,9 @@ CHANGE_POLL_S = 0.02  # how often Store.wait_for_change's poller looks at the co
 
 
 class _ChangeCounter:
-    """A count of the commits to one database by every Store of every process (RPC processes,
-    workers), in an 8-byte file beside it that each maps into memory: reading it costs about
-    0.3 us, where `PRAGMA data_version` took 17-20 us in a serving process.
+    """A count of the commits that changed rows of one database, by every Store of every process
+    (RPC processes, workers), in an 8-byte file beside it that each maps into memory: reading it
+    costs about 0.3 us, where `PRAGMA data_version` took 17-20 us in a serving process.
 
     A commit bumps it after the COMMIT, so whoever sees the new count also sees the commit. The
     bump holds an flock: two writers' read-and-add would otherwise interleave, and a late one
@@ -250,17 +250,17 @@ class Store:
             return self._db.execute(sql, args).fetchall()
 
     def change_stamp(self) -> int:
-        """Changes whenever anything was committed since the last call saw it: by this process or by
+        """Changes whenever a commit changed rows since the last call saw it: by this process or by
         any other Store on the file (a worker publishing a model, another RPC process). Cheap (a
         read of shared memory): what caches of the database's contents are checked against."""
         return self._changes.value()
 
     def wait_for_change(self, stamp: int, timeout: float, stop: threading.Event | None = None) -> None:
         """Returns once `change_stamp()` is no longer `stamp`, `timeout` seconds passed or `stop` is
-        set (seen within 0.1 s): what an idle worker and a Watch stream wait on. One thread per Store looks at the counter every
-        CHANGE_POLL_S while anyone waits, and wakes them all when it moves: however many streams
-        are open, a process pays for one look (a wake-up every CHANGE_POLL_S costs this VM 0.5%
-        of a core)."""
+        set (seen within 0.1 s): what an idle worker and a Watch stream wait on. One thread per
+        Store looks at the counter every CHANGE_POLL_S while anyone waits, and wakes them all when
+        it moves: however many streams are open, a process pays for one look (a wake-up every
+        CHANGE_POLL_S costs this VM 0.5% of a core)."""
         deadline = time.monotonic() + timeout
         with self._change_cv:
             if self._poller is None:
