@@ -294,7 +294,22 @@ def rpc_process(settings: Settings, parent_pid: int, ready, slot: int) -> None:
         if os.getppid() != parent_pid:
             log.warning("the main gradwire process is gone; this RPC process stops")
             break
+    # Whatever a handler thread is stuck in, this process is gone 10 s after its grace period:
+    # an orphan would hold the port (and its share of connections) beside the next server.
+    deadline = settings.grace_period_s + STOP_MARGIN_S
+    watchdog = threading.Timer(deadline, _exit_stuck, args=(deadline,))
+    watchdog.daemon = True
+    watchdog.start()
     running.stop(settings.grace_period_s)
+
+
+STOP_MARGIN_S = 10.0
+
+
+def _exit_stuck(after: float) -> None:
+    log.error("this RPC process had not stopped %.0f s after it was asked to; exiting", after)
+    logging.shutdown()
+    os._exit(1)
 
 
 class RpcPool(_Children):
