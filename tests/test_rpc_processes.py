@@ -155,8 +155,16 @@ def test_the_rpc_processes_stop_with_a_killed_main_process(tmp_path):
     others = [p for p in serving_processes(server.proc.pid, port) if p != server.proc.pid]
     assert len(others) == 1
     server.stop(signal.SIGKILL)
-    _wait(lambda: not pathlib.Path(f"/proc/{others[0]}").exists()
-          or "zombie" in pathlib.Path(f"/proc/{others[0]}/status").read_text(), 30)
+    gone = lambda: (not pathlib.Path(f"/proc/{others[0]}").exists()  # noqa: E731
+                    or "zombie" in pathlib.Path(f"/proc/{others[0]}/status").read_text())
+    try:
+        _wait(gone, 30)
+    except AssertionError:  # say where it is stuck: its state and its threads' names and wait channels
+        proc = pathlib.Path(f"/proc/{others[0]}")
+        threads = {t.name: ((t / "comm").read_text().strip(), (t / "wchan").read_text()) for t in proc.glob("task/*")}
+        state = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("State"))
+        raise AssertionError(f"RPC process {others[0]} still alive 30 s after its main process was killed: {state}; "
+                             f"threads {threads}") from None
     assert not _sockets_on_port(port) or "0A" not in _sockets_on_port(port).values()
 
 
