@@ -95,3 +95,53 @@ def test_cancel_stops_a_running_job_at_the_next_step(channel):
     nxt = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
         inline_dataset=inline(Xs, ys), network=mlp(4, 3), training=config(epochs=1)), timeout=10)
     assert watch_to_end(jobs, nxt.name)[-1].state == State.SUCCEEDED
+
+
+STOP_SIGNALS_SCRIPT = """
+import sys, time
+from gradwire_server.server import _StopSignals
+
+stop = _StopSignals()
+print("ready", flush=True)
+started = time.monotonic()
+print(stop.wait(0.0005, lambda: True), round(time.monotonic() - started, 1), flush=True)
+sys.stdin.readline()  # the signals go on landing, in the handler too, until the test says done
+"""
+
+PELT_SCRIPT = "import os, signal, sys\nfor _ in range(20000): os.kill(int(sys.argv[1]), signal.SIGTERM)"
+
+
+def test_a_stop_signal_is_waited_for_without_a_lock():
+    """The main and RPC processes wait for SIGTERM / SIGINT through Python's wakeup fd, with
+    handlers that only note the signal. Their handlers used to set a threading.Event: a second
+    signal landing inside the first handler, while it held the Event's lock, ran the handler
+    again in the same thread, which then waited for that lock for ever (an RPC process hung so
+    after its main process was killed). Here another process sends 20,000 SIGTERMs as fast as it
+    can: the wait ends at the first, and the process stays responsive through all of them."""
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", STOP_SIGNALS_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as waiter:
+        try:
+            assert waiter.stdout.readline().strip() == "ready"
+            subprocess.run([sys.executable, "-c", PELT_SCRIPT, str(waiter.pid)], timeout=60, check=True)
+            waiter.stdin.write("done\n")
+            waiter.stdin.flush()
+            assert waiter.wait(timeout=20) == 0, waiter.stderr.read()
+            got, seconds = waiter.stdout.readline().split()
+            assert int(got) == signal.SIGTERM and float(seconds) < 20, (got, seconds)
+        finally:
+            waiter.kill()
+
+
+def test_the_rpc_processes_wait_ends_when_the_main_process_is_gone():
+    from gradwire_server.server import _StopSignals
+
+    stop = _StopSignals()
+    try:
+        assert stop.wait(0.01, lambda: False) is None  # keep_going said no: no signal to report
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import select
 import signal
 import socket
 import threading
@@ -279,21 +280,18 @@ def rpc_process(settings: Settings, parent_pid: int, ready, slot: int) -> None:
     notices within 0.5 s). ``ready``: the write end of a pipe, written once listening; a pipe, not
     a shared lock, so a main process killed meanwhile cannot leave this one blocked."""
     _setup_logging(settings)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: done.set())
-    signal.signal(signal.SIGINT, lambda _signum, _frame: done.set())
+    stop = _StopSignals()  # before die_with_parent: its SIGTERM must find the handler
     worker.die_with_parent(parent_pid, signal.SIGTERM)
     running = create_server(settings, recover=False, slot=slot)
     worker.freeze_startup_objects()
     try:
         ready.send_bytes(b"listening")
+        parent_alive = True
     except OSError:  # the main process is gone
-        done.set()
+        parent_alive = False
     ready.close()
-    while not done.wait(0.5):
-        if os.getppid() != parent_pid:
-            log.warning("the main gradwire process is gone; this RPC process stops")
-            break
+    if parent_alive and stop.wait(0.5, lambda: os.getppid() == parent_pid) is None:
+        log.warning("the main gradwire process is gone; this RPC process stops")
     # Whatever a handler thread is stuck in, this process is gone 10 s after its grace period:
     # an orphan would hold the port (and its share of connections) beside the next server.
     deadline = settings.grace_period_s + STOP_MARGIN_S
@@ -304,6 +302,32 @@ def rpc_process(settings: Settings, parent_pid: int, ready, slot: int) -> None:
 
 
 STOP_MARGIN_S = 10.0
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT, waited for without a lock. The handlers only note the signal, and
+    Python's wakeup fd wakes the wait. A handler that set a threading.Event deadlocked: it runs
+    in the main thread, and when it interrupted that thread inside the Event's own wait, where the
+    Event's lock is held, `set()` waited for that lock for ever (an RPC process hung so, in a
+    test, after its main process was killed)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        signal.set_wakeup_fd(self._write)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: self.received.append(signum))
+
+    def wait(self, poll_s: float | None = None, keep_going: Callable[[], bool] = lambda: True) -> int | None:
+        """The first signal received, or None once ``keep_going()`` (asked every ``poll_s``) is False."""
+        while not self.received:
+            if not keep_going():
+                return None
+            select.select([self._read], [], [], poll_s)
+            while select.select([self._read], [], [], 0)[0]:  # drain: the next wait blocks again
+                os.read(self._read, 512)
+        return self.received[0]
 
 
 def _exit_stuck(after: float) -> None:
@@ -383,15 +407,9 @@ def serve(settings: Settings) -> None:
              settings.data_dir.resolve(), settings.rpc_processes, settings.workers)
     print(f"gradwire listening on port {running.port}", flush=True)
 
-    done = threading.Event()
-
-    def shutdown(signum, _frame) -> None:
-        log.info("received %s; shutting down (grace %.1fs)", signal.Signals(signum).name, settings.grace_period_s)
-        done.set()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    done.wait()
+    stop = _StopSignals()
+    signum = stop.wait()
+    log.info("received %s; shutting down (grace %.1fs)", signal.Signals(signum).name, settings.grace_period_s)
     # Health turns NOT_SERVING at once (watchers and balancers see it), new RPCs are refused,
     # in-flight ones get the grace period; meanwhile the workers stop at their next step and
     # leave their job RUNNING with its last epoch checkpoint, to be requeued at the next start.

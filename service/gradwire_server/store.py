@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
@@ -255,9 +255,9 @@ class Store:
         read of shared memory): what caches of the database's contents are checked against."""
         return self._changes.value()
 
-    def wait_for_change(self, stamp: int, timeout: float, stop: threading.Event | None = None) -> None:
-        """Returns once `change_stamp()` is no longer `stamp`, `timeout` seconds passed or `stop` is
-        set (seen within 0.1 s): what an idle worker and a Watch stream wait on. One thread per
+    def wait_for_change(self, stamp: int, timeout: float, stopped: Callable[[], bool] | None = None) -> None:
+        """Returns once `change_stamp()` is no longer `stamp`, `timeout` seconds passed or `stopped()`
+        says so (asked every 0.1 s): what an idle worker and a Watch stream wait on. One thread per
         Store looks at the counter every CHANGE_POLL_S while anyone waits, and wakes them all when
         it moves: however many streams are open, a process pays for one look (a wake-up every
         CHANGE_POLL_S costs this VM 0.5% of a core)."""
@@ -271,9 +271,9 @@ class Store:
             try:
                 while self._changes.value() == stamp and not self._closed:
                     left = deadline - time.monotonic()
-                    if left <= 0 or (stop is not None and stop.is_set()):
+                    if left <= 0 or (stopped is not None and stopped()):
                         return
-                    self._change_cv.wait(left if stop is None else min(left, 0.1))
+                    self._change_cv.wait(left if stopped is None else min(left, 0.1))
             finally:
                 self._waiting -= 1
 

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import threading
 import time
 
 from google.rpc import status_pb2
@@ -118,7 +117,7 @@ class Worker:
         self.settings = settings
         self.name = name
         self.store = Store(settings.database_path)
-        self.stopping = threading.Event()
+        self.stopping = StopFlag()  # set by SIGTERM / SIGINT
         self._parent = parent_pid if parent_pid is not None else os.getppid()
 
     def parent_gone(self) -> bool:
@@ -140,7 +139,7 @@ class Worker:
             stamp = self.store.change_stamp()  # before the claim's query: a job queued after it moves the stamp
             job = self.store.claim_next_job(self.name, str(device))
             if job is None:  # a new job is picked up within CHANGE_POLL_S
-                self.store.wait_for_change(stamp, self.settings.poll_interval_s, self.stopping)
+                self.store.wait_for_change(stamp, self.settings.poll_interval_s, self.stopping.is_set)
                 continue
             self.run_job(job, device)
 
@@ -289,6 +288,22 @@ class Worker:
                 fail(exc, safe_message(exc))
         finally:
             release_memory()
+
+
+class StopFlag:
+    """A flag a signal handler sets: `set()` takes no lock. threading.Event.set takes one, and a
+    second signal that lands inside the first handler, while it holds that lock, runs the handler
+    again in the same thread, which then waits for the lock for ever (tests/test_shutdown.py
+    shows it). Read with `is_set()`, as an Event's."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 def freeze_startup_objects() -> None:

@@ -183,7 +183,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                     if event.state in TERMINAL_STATES:
                         return
                 if not events:  # an event is sent within CHANGE_POLL_S of its commit
-                    self.s.store.wait_for_change(stamp, self.s.settings.poll_interval_s, ended)
+                    self.s.store.wait_for_change(stamp, self.s.settings.poll_interval_s, ended.is_set)
         finally:
             self._watch_slots.release()
 
