@@ -108,7 +108,14 @@ print(stop.wait(0.0005, lambda: True), round(time.monotonic() - started, 1), flu
 sys.stdin.readline()  # the signals go on landing, in the handler too, until the test says done
 """
 
-PELT_SCRIPT = "import os, signal, sys\nfor _ in range(20000): os.kill(int(sys.argv[1]), signal.SIGTERM)"
+PELT_SCRIPT = """
+import os, signal, sys
+for _ in range(20000):
+    try:
+        os.kill(int(sys.argv[1]), signal.SIGTERM)
+    except ProcessLookupError:  # it stopped meanwhile
+        break
+"""
 
 
 def test_a_stop_signal_is_waited_for_without_a_lock():
@@ -145,3 +152,38 @@ def test_the_rpc_processes_wait_ends_when_the_main_process_is_gone():
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_worker_pelted_with_sigterms_stops(tmp_path):
+    """A worker's SIGTERM handler sets a lock-free flag (it set a threading.Event, which its idle
+    loop waited on: the same deadlock). 20,000 SIGTERMs: the worker stops within seconds, and the
+    server, which restarts it, still stops cleanly."""
+    import pathlib
+    import subprocess
+    import sys
+
+    port = free_port()
+    server = ServeProcess(tmp_path / "data", port, device="cpu")
+    wait_for(lambda: "ready on" in pathlib.Path(server.log.name).read_text(), timeout=60)
+
+    def children() -> list[int]:
+        found = []
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == server.proc.pid and b"spawn_main" in cmdline:
+                found.append(int(stat.parent.name))
+        return found
+
+    (worker,) = children()
+    try:
+        subprocess.run([sys.executable, "-c", PELT_SCRIPT, str(worker)], timeout=60, check=True)
+        wait_for(lambda: not pathlib.Path(f"/proc/{worker}").exists()
+                 or "zombie" in pathlib.Path(f"/proc/{worker}/status").read_text(), timeout=15)
+    except BaseException:
+        server.stop(signal.SIGKILL)  # and the workers with it (their parent-death signal)
+        raise
+    assert server.stop(signal.SIGTERM) == 0
