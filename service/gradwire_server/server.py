@@ -306,10 +306,10 @@ STOP_MARGIN_S = 10.0
 
 class _StopSignals:
     """SIGTERM and SIGINT, waited for without a lock. The handlers only note the signal, and
-    Python's wakeup fd wakes the wait. A handler that set a threading.Event deadlocked: it runs
-    in the main thread, and when it interrupted that thread inside the Event's own wait, where the
-    Event's lock is held, `set()` waited for that lock for ever (an RPC process hung so, in a
-    test, after its main process was killed)."""
+    Python's wakeup fd wakes the wait. Handlers that set a threading.Event deadlocked: a second
+    signal landing inside the first handler, while it held the Event's lock, ran the handler again
+    in the same (main) thread, which then waited for that lock for ever (an RPC process hung so
+    after its main process was killed; tests/test_shutdown.py shows it)."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
