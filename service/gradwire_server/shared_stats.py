@@ -45,9 +45,8 @@ class SharedStats:
     def _run(self) -> None:
         written = None
         while not self._stopping.wait(FLUSH_S):
-            mine = self._sessions.all_model_stats()
-            counts = {model_id: _sum(stats, self._inherited.get(model_id)).to_json() for model_id, stats in mine.items()}
-            counts |= {model_id: stats.to_json() for model_id, stats in self._inherited.items() if model_id not in mine}
+            mine = _summed(self._sessions.all_model_stats(), self._inherited)
+            counts = {model_id: stats.to_json() for model_id, stats in mine.items()}
             if counts == written:
                 continue
             try:
@@ -71,17 +70,13 @@ class SharedStats:
     def others(self) -> dict[str, ModelStats]:
         """What this process's live counts leave out, summed per model id: the other processes'
         latest counts, and this slot's predecessor's."""
-        total: dict[str, ModelStats] = {}
-        for slot in range(self._processes):
-            for model_id, stats in (self._read(slot) if slot != self._slot else self._inherited).items():
-                total[model_id] = _sum(stats, total.get(model_id))
-        return total
+        return _summed(*(self._read(slot) if slot != self._slot else self._inherited for slot in range(self._processes)))
 
 
-def _sum(stats: ModelStats, more: ModelStats | None) -> ModelStats:
-    """``stats`` plus ``more`` (a new ModelStats; neither is changed)."""
-    total = ModelStats()
-    total.add(stats)
-    if more is not None:
-        total.add(more)
+def _summed(*groups: dict[str, ModelStats]) -> dict[str, ModelStats]:
+    """Per model id, the sum of its counts in every group (new ModelStats: the groups are not changed)."""
+    total: dict[str, ModelStats] = {}
+    for group in groups:
+        for model_id, stats in group.items():
+            total.setdefault(model_id, ModelStats()).add(stats)
     return total
