@@ -14,13 +14,14 @@ accepts ``float_values`` / ``int_values``, which is what grpcurl users send.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from gradwire.v1 import tensor_pb2
 
-__all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "with_tensor", "encode_varint", "DTYPES"]
+__all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "with_tensor", "encode_varint", "delimited", "DTYPES"]
 
 # numpy dtype (little-endian) <-> wire dtype.
 DTYPES: dict[np.dtype, int] = {
@@ -67,7 +68,15 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-_RAW_DATA_TAG = encode_varint(tensor_pb2.Tensor.DESCRIPTOR.fields_by_name["raw_data"].number << 3 | 2)  # length-delimited
+def delimited(field: int, parts: Sequence[bytes | memoryview | np.ndarray]) -> list[bytes | memoryview | np.ndarray]:
+    """A length-delimited field number ``field`` whose payload is ``parts`` one after another: its
+    tag, its length and the parts, left for the caller to join once (the server's export.py uses
+    it too, for an ONNX file's weights)."""
+    size = sum(memoryview(part).nbytes for part in parts)
+    return [encode_varint(field << 3 | 2), encode_varint(size), *parts]
+
+
+_RAW_DATA = tensor_pb2.Tensor.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
 def with_tensor(message: bytes, field: int, wire: np.ndarray) -> bytes:
@@ -77,9 +86,7 @@ def with_tensor(message: bytes, field: int, wire: np.ndarray) -> bytes:
     (``tobytes``, into the message, out of it). Fields may come in any order on the wire."""
     raw = wire.reshape(-1).view(np.uint8)  # its bytes, no copy (C-contiguous)
     head = tensor_pb2.Tensor(shape=wire.shape, dtype=DTYPES[wire.dtype]).SerializeToString()
-    raw_length = encode_varint(raw.nbytes)
-    inner = len(head) + len(_RAW_DATA_TAG) + len(raw_length) + raw.nbytes
-    return b"".join((message, encode_varint(field << 3 | 2), encode_varint(inner), head, _RAW_DATA_TAG, raw_length, raw))
+    return b"".join([message, *delimited(field, [head, *delimited(_RAW_DATA, [raw])])])
 
 
 def fill_tensor(tensor: tensor_pb2.Tensor, wire: np.ndarray) -> None:
