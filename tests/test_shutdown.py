@@ -166,19 +166,10 @@ def test_a_worker_pelted_with_sigterms_stops(tmp_path):
     server = ServeProcess(tmp_path / "data", port, device="cpu")
     wait_for(lambda: "ready on" in pathlib.Path(server.log.name).read_text(), timeout=60)
 
-    def children() -> list[int]:
-        found = []
-        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[1]) == server.proc.pid and b"spawn_main" in cmdline:
-                found.append(int(stat.parent.name))
-        return found
+    from test_rpc_processes import _descendants
 
-    (worker,) = children()
+    (worker,) = [pid for pid in _descendants(server.proc.pid)
+                 if pid != server.proc.pid and b"spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()]
     try:
         subprocess.run([sys.executable, "-c", PELT_SCRIPT, str(worker)], timeout=60, check=True)
         wait_for(lambda: not pathlib.Path(f"/proc/{worker}").exists()
