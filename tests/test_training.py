@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from torch import nn
 
 from gradwire.v1 import datasets_pb2, network_pb2
 from gradwire_server import errors, spec, train
+from gradwire_server.config import parse_settings
 
 CPU = torch.device("cpu")
 MLP = """
@@ -408,6 +410,49 @@ def test_a_cancel_does_not_wait_for_one_more_save(tmp_path, monkeypatch, for_goo
     assert reported == [1, 2]
     # (The first save is of epoch 2 itself when the writer woke after epoch 2 had ended: rare.)
     assert saved in ([1], [2]) if for_good else saved[-1] == 2
+
+
+def test_a_checkpoint_budget_spaces_the_saves_and_reports_no_epoch_before_its_save(tmp_path, monkeypatch):
+    """checkpoint_budget=0.25: after a save of s seconds the next starts at least 3 s later. Saves
+    of 40 ms against epochs of a few ms: far fewer saves than epochs, spaced as the budget says;
+    every epoch is reported, in order, and only once a saved checkpoint holds it; the last epoch
+    is saved (train() ends with it on disk); and the result equals an unbudgeted run's."""
+    data = blobs()
+    training = RESUMABLE_TRAINING.replace("epochs: 4", "epochs: 40").replace("early_stopping { patience: 3 }", "")
+    real_save = train.save_checkpoint
+    saves, on_disk, reported = [], [0], []
+
+    def slow_save(state, path):
+        began = time.monotonic()
+        time.sleep(0.04)
+        real_save(state, path)
+        saves.append((began, time.monotonic(), state["epoch"]))
+        on_disk[0] = state["epoch"]
+
+    def report(result):
+        assert result.epoch <= on_disk[0], f"epoch {result.epoch} reported while the checkpoint holds {on_disk[0]}"
+        reported.append(result.epoch)
+
+    monkeypatch.setattr(train, "save_checkpoint", slow_save)
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    result = run(RESUMABLE_NET, training, data, seed=7, checkpoint_path=checkpoint, on_epoch=report,
+                 checkpoint_budget=0.25)
+    assert reported == list(range(1, 41))
+    assert saves[-1][2] == 40 and torch.load(checkpoint, weights_only=True)["epoch"] == 40
+    assert len(saves) < 20, saves  # one save per epoch would be 40
+    budgeted = saves[:-1]  # the last one starts at once, when training ends
+    for (began, done, _), (next_began, _, _) in zip(budgeted, budgeted[1:]):
+        assert next_began - done >= 3 * (done - began), saves
+    unbudgeted = run(RESUMABLE_NET, training, data, seed=7)
+    assert_same_weights(weights(result.model), weights(unbudgeted.model))
+
+
+def test_the_checkpoint_budget_is_checked():
+    with pytest.raises(ValueError, match="checkpoint budget"):
+        train._EpochWriter(None, lambda r: None, CPU, budget=0.0)
+    with pytest.raises(ValueError, match="GRADWIRE_CHECKPOINT_BUDGET.*1.5"):
+        parse_settings([], {"GRADWIRE_CHECKPOINT_BUDGET": "1.5"})
+    assert parse_settings([], {"GRADWIRE_CHECKPOINT_BUDGET": "1"}).checkpoint_budget == 1.0
 
 
 def _count_tensors(obj) -> int:

@@ -68,6 +68,10 @@ class Settings:
     poll_interval_s: float = 0.2
     """How often an idle worker and a Watch stream query the store even when its change counter has
     not moved (they look at the counter every 20 ms, and query as soon as it moves)."""
+    checkpoint_budget: float = 0.1
+    """Largest share of a job's time its checkpoint saves may take: after a save of s seconds the
+    next starts at least s * (1 - budget) / budget later, and the epochs ending meanwhile are
+    reported when it covers them (1: every epoch, as soon as the last save is done)."""
     log_level: str = "INFO"
     """Python logging level."""
 
@@ -118,6 +122,7 @@ class Settings:
             "batch_max_size": self.batch_max_size >= 1,
             "batch_max_delay_us": self.batch_max_delay_us >= 0,
             "poll_interval_s": self.poll_interval_s > 0,
+            "checkpoint_budget": 0 < self.checkpoint_budget <= 1,
             "log_level": self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"},
             "data_quota_bytes": self.data_quota_bytes > 0,
             "max_parameters": self.max_parameters >= 1,
