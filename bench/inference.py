@@ -331,16 +331,18 @@ def torch_wide_mlp(inputs: int = 512, width: int = 4096):
 
 
 def plain_loop(make_net, X, y, epochs, batch, device, lr):
-    """The oracle: the same network, data and hyperparameters (Adam) as a plain PyTorch loop in this process."""
+    """The oracle: the same network, data and hyperparameters (Adam) as a plain PyTorch loop in this
+    process. Timed, as a job's time is, from the data in memory and the network not yet built (for
+    the 4096-wide MLP, building it takes 0.09 s) to the trained network."""
     import torch
     from torch import nn
 
     dev = torch.device(device)
     torch.manual_seed(0)
+    t0 = time.perf_counter()
     net = make_net().to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
-    t0 = time.perf_counter()
     xt, yt = torch.from_numpy(X).to(dev), torch.from_numpy(y).to(dev)
     for _ in range(epochs):
         perm = torch.randperm(len(yt), device=dev)
