@@ -433,18 +433,95 @@ def test_a_checkpoint_budget_spaces_the_saves_and_reports_no_epoch_before_its_sa
         assert result.epoch <= on_disk[0], f"epoch {result.epoch} reported while the checkpoint holds {on_disk[0]}"
         reported.append(result.epoch)
 
+    snapshots = []
+    real_snapshot = train._Progress.snapshot
+
+    def counted_snapshot(progress, buffers):
+        snapshots.append(len(progress.history))
+        return real_snapshot(progress, buffers)
+
     monkeypatch.setattr(train, "save_checkpoint", slow_save)
+    monkeypatch.setattr(train._Progress, "snapshot", counted_snapshot)
     checkpoint = tmp_path / "job" / "checkpoint.pt"
     result = run(RESUMABLE_NET, training, data, seed=7, checkpoint_path=checkpoint, on_epoch=report,
                  checkpoint_budget=0.25)
     assert reported == list(range(1, 41))
     assert saves[-1][2] == 40 and torch.load(checkpoint, weights_only=True)["epoch"] == 40
     assert len(saves) < 20, saves  # one save per epoch would be 40
+    # A snapshot (a copy of the whole state) is taken only when a save may start before the next
+    # epoch ends, and the last epoch's always: each save is of one of them.
+    assert snapshots[-1] == 40 and len(snapshots) < 30, snapshots
+    assert {epoch for _, _, epoch in saves} <= set(snapshots)
     budgeted = saves[:-1]  # the last one starts at once, when training ends
     for (began, done, _), (next_began, _, _) in zip(budgeted, budgeted[1:]):
         assert next_began - done >= 3 * (done - began), saves
     unbudgeted = run(RESUMABLE_NET, training, data, seed=7)
     assert_same_weights(weights(result.model), weights(unbudgeted.model))
+
+
+def test_a_shutdown_under_a_checkpoint_budget_resumes_from_the_last_save(tmp_path, monkeypatch):
+    """Stopped to resume later (a shutdown) with epochs finished since the last save: those epochs
+    stay unreported (no report without a save), the resumed run trains and reports them, and ends
+    with an uninterrupted run's weights. A failure instead ends the job for good: every finished
+    epoch is reported."""
+    data = blobs()
+    training = RESUMABLE_TRAINING.replace("epochs: 4", "epochs: 30").replace("early_stopping { patience: 3 }", "")
+    uninterrupted = run(RESUMABLE_NET, training, data, seed=7)
+    real_save = train.save_checkpoint
+    saved = []
+
+    def slow_save(state, path):
+        time.sleep(0.03)
+        real_save(state, path)
+        saved.append(state["epoch"])
+
+    snapshots = []
+    real_snapshot = train._Progress.snapshot
+
+    def counted_snapshot(progress, buffers):
+        snapshots.append(len(progress.history))
+        return real_snapshot(progress, buffers)
+
+    monkeypatch.setattr(train, "save_checkpoint", slow_save)
+    monkeypatch.setattr(train._Progress, "snapshot", counted_snapshot)
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    steps, reported, finished = [], [], [0]
+
+    def stop_after_an_epoch_without_snapshot() -> bool:
+        steps.append(1)
+        if len(steps) % 5 != 1:  # 5 steps per epoch: stop only at an epoch's first step
+            return False
+        finished[0] = len(steps) // 5
+        return finished[0] >= 10 and finished[0] not in snapshots
+
+    with pytest.raises(errors.Cancelled):
+        run(RESUMABLE_NET, training, data, seed=7, checkpoint_path=checkpoint,
+            should_stop=stop_after_an_epoch_without_snapshot, on_epoch=lambda r: reported.append(r.epoch),
+            checkpoint_budget=0.1)
+    held = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert held < finished[0], (held, finished, saved)  # epochs held+1..finished are in no save...
+    assert reported == list(range(1, held + 1))  # ...and not reported
+    resumed_reports = []
+    resumed = run(RESUMABLE_NET, training, data, seed=7, checkpoint_path=checkpoint,
+                  on_epoch=lambda r: resumed_reports.append(r.epoch), checkpoint_budget=0.1)
+    assert resumed_reports == list(range(held + 1, 31))
+    assert_same_weights(weights(resumed.model), weights(uninterrupted.model))
+    assert _without_timing(resumed.history) == _without_timing(uninterrupted.history)
+
+    steps.clear()
+    reported.clear()
+    monkeypatch.setattr(train._Progress, "snapshot", real_snapshot)
+
+    def fail_in_epoch_25() -> bool:
+        steps.append(1)
+        if len(steps) == 24 * 5 + 1:
+            raise RuntimeError("the disk went away")
+        return False
+
+    with pytest.raises(RuntimeError, match="went away"):
+        run(RESUMABLE_NET, training, data, seed=7, checkpoint_path=tmp_path / "other" / "checkpoint.pt",
+            should_stop=fail_in_epoch_25, on_epoch=lambda r: reported.append(r.epoch), checkpoint_budget=0.1)
+    assert reported == list(range(1, 25))
 
 
 def test_the_checkpoint_budget_is_checked():

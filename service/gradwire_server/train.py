@@ -688,6 +688,7 @@ class _EpochWriter:
         self._path, self._on_epoch = checkpoint_path, on_epoch
         self._pause = (1 - budget) / budget  # seconds of waiting per second of saving
         self._not_before = 0.0  # time.monotonic() before which no save starts, unless closing
+        self._saving = False  # a save under way
         self.buffers = _HostBuffers(pinned=device.type == "cuda")
         self._cv = threading.Condition()
         self._snapshot: tuple[dict, list[torch.Tensor]] | None = None  # the newest finished epoch's, not yet being written
@@ -725,6 +726,7 @@ class _EpochWriter:
                 if not self._wait():
                     return  # closing, with everything written
                 snapshot, self._snapshot = self._snapshot, None
+                self._saving = snapshot is not None
                 pending = list(self._unreported)
             state = None
             try:
@@ -733,7 +735,9 @@ class _EpochWriter:
                     began = time.monotonic()
                     save_checkpoint(state, self._path)
                     done = time.monotonic()
-                    self._not_before = done + (done - began) * self._pause
+                    with self._cv:
+                        self._saving = False
+                        self._not_before = done + (done - began) * self._pause
                     self.buffers.give_back(copies)
                 covered = state["epoch"] if state is not None else pending[-1].epoch
                 for result in pending:
@@ -762,6 +766,13 @@ class _EpochWriter:
                     self.buffers.give_back(self._snapshot[1])
                 self._snapshot = snapshot
             self._cv.notify()
+
+    def wants_snapshot(self, epoch_seconds: float) -> bool:
+        """Whether a snapshot handed over now could be saved before the next epoch's, ``epoch_seconds``
+        from now, replaces it: False while the budget keeps the next save from starting before then
+        (a snapshot costs the training thread a copy of the whole state: for 227 MB, 20-30 ms)."""
+        with self._cv:
+            return self._saving or time.monotonic() + epoch_seconds >= self._not_before
 
     def finish(self) -> None:
         """No epoch will follow: the snapshot waiting is saved at once, whatever the budget (no
@@ -964,8 +975,12 @@ def train(
                 progress.stopped = stopper.update(result, model)
             if plateau is not None:
                 plateau.update(result)
-            # Saved, then reported, on the writer's thread while the next epoch trains.
-            writer.submit(progress.snapshot(writer.buffers) if checkpoint_path is not None else None, result)
+            # Saved, then reported, on the writer's thread while the next epoch trains. No snapshot when
+            # the budget lets no save start before the next epoch's snapshot would replace it: the
+            # epoch is then reported once a later save covers it.
+            last = progress.stopped or epoch == training.epochs
+            wanted = checkpoint_path is not None and (last or writer.wants_snapshot(time.perf_counter() - epoch_start))
+            writer.submit(progress.snapshot(writer.buffers) if wanted else None, result)
 
         writer.finish()  # the last snapshot is saved now, whatever the budget
 
@@ -985,9 +1000,11 @@ def train(
             evaluations.append(evaluate(forward, loss_fn, x_test, _labels_tensor(test_data).to(device), split="test",
                                         **score))
     except BaseException as exc:
-        # Epochs already finished are still saved and reported, except that a job cancelled for
-        # good does not wait for one more save of a checkpoint about to be deleted.
-        for_good = isinstance(exc, errors.Cancelled) and cancelled_for_good()
+        # A job that ends for good (cancelled, or failed: the caller deletes its checkpoint) reports
+        # every finished epoch and waits for no more saves. One that stops to resume later (a
+        # shutdown) saves the snapshot waiting; epochs no save covers stay unreported, and are
+        # trained again on resume.
+        for_good = cancelled_for_good() if isinstance(exc, errors.Cancelled) else isinstance(exc, Exception)
         writer.close(raise_error=False, save_pending=not for_good)
         raise
     if not keep_saving:
