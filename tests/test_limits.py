@@ -310,7 +310,9 @@ def test_settings_refuse_bad_limits():
 
 
 def test_job_over_its_wall_time_fails_with_a_clear_reason(tmp_path):
-    running, pool = start(tmp_path / "data", max_job_seconds=1.0)
+    # A checkpoint budget that allows one save in the job's second: its history must still hold
+    # every epoch it finished (a job that fails for good reports them without a save).
+    running, pool = start(tmp_path / "data", max_job_seconds=1.0, checkpoint_budget=0.001)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
@@ -323,6 +325,8 @@ def test_job_over_its_wall_time_fails_with_a_clear_reason(tmp_path):
         assert final.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
         assert "wall-time limit of 1 s (GRADWIRE_MAX_JOB_SECONDS)" in final.error.message
         assert not (tmp_path / "data" / "checkpoints" / job.name.split("/")[1]).exists()
+        epochs = [m.epoch for m in final.history]
+        assert epochs == list(range(1, len(epochs) + 1)) and final.history[-1].elapsed_seconds > 0.5, final.history
         channel.close()
     finally:
         pool.stop(timeout=5)

@@ -138,8 +138,10 @@ def export_onnx(
     with files.atomic_writer(path) as f, futures.ThreadPoolExecutor(3, thread_name_prefix="onnx-export") as pool:
         written = pool.submit(_write, f, data)
         checked = pool.submit(onnx.checker.check_model, data, full_check=True)  # the bytes, not a ModelProto
-        diff = _parity(wrapper, data, holdout, output, pool)
-        checked.result()
+        try:
+            diff = _parity(wrapper, data, holdout, output, pool)
+        finally:
+            checked.result()  # a file the checker refuses fails with the checker's message
         if not diff <= PARITY_TOLERANCE:  # also catches NaN
             raise errors.Internal(
                 f"ONNX export does not match PyTorch: max abs difference {diff:.3g} > {PARITY_TOLERANCE:g}")

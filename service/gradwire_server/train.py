@@ -670,13 +670,15 @@ class _EpochWriter:
     a save is still running, its snapshot waits, and a newer epoch's snapshot replaces it (that
     save then covers both epochs' reports). So a job whose saves take longer than its epochs
     trains at full speed and checkpoints as often as the disk allows, and at most two snapshots
-    (one being written, one waiting) are held. ``close`` writes the last snapshot: the newest
-    finished epoch is always saved. After a failed save or report nothing more is written; the
-    error is raised to the training thread at its next ``submit`` or at ``close``.
+    (one being written, one waiting) are held. ``finish`` and ``close`` save the snapshot
+    waiting; the last epoch always has one, so a run that ends is saved whole. After a failed
+    save or report nothing more is written; the error is raised to the training thread at its
+    next ``submit`` or at ``close``.
 
     ``budget`` bounds the share of the job's time spent saving: after a save that took s seconds
     the next one starts no sooner than s * (1 - budget) / budget seconds later (1: as soon as the
-    last is done), and the snapshots of epochs ending meanwhile replace each other as above. On a
+    last is done), and the snapshots of epochs ending meanwhile replace each other as above (the
+    training thread takes none it knows will be replaced: ``wants_snapshot``). On a
     machine with few cores a save takes CPU from training even on its own thread: for an
     18.9M-parameter MLP whose 227 MB checkpoint takes 0.3 s and whose epochs take 0.8 s, saving
     every epoch slowed its steps by 10-25%."""

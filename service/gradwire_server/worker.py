@@ -214,7 +214,7 @@ class Worker:
                 test_data=test_data,
                 reported_epochs=max((m.epoch for m in job.history), default=0),  # as claimed, with its history
                 keep_saving=True,  # the last epoch's checkpoint is written while the export runs
-                cancelled_for_good=lambda: cancelled[0],  # its checkpoint goes: no save waited for
+                cancelled_for_good=lambda: cancelled[0] or over_time[0],  # its checkpoint goes: no save waited for
                 checkpoint_budget=self.settings.checkpoint_budget,
             )
             model_id = new_id()
