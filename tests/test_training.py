@@ -412,6 +412,19 @@ def test_a_cancel_does_not_wait_for_one_more_save(tmp_path, monkeypatch, for_goo
     assert saved in ([1], [2]) if for_good else saved[-1] == 2
 
 
+def _count_snapshots(monkeypatch) -> list[int]:
+    """The epochs whose snapshot the training thread takes, in order, from now on."""
+    snapshots = []
+    real_snapshot = train._Progress.snapshot
+
+    def counted_snapshot(progress, buffers):
+        snapshots.append(len(progress.history))
+        return real_snapshot(progress, buffers)
+
+    monkeypatch.setattr(train._Progress, "snapshot", counted_snapshot)
+    return snapshots
+
+
 def test_a_checkpoint_budget_spaces_the_saves_and_reports_no_epoch_before_its_save(tmp_path, monkeypatch):
     """checkpoint_budget=0.25: after a save of s seconds the next starts at least 3 s later. Saves
     of 40 ms against epochs of a few ms: far fewer saves than epochs, spaced as the budget says;
@@ -433,15 +446,8 @@ def test_a_checkpoint_budget_spaces_the_saves_and_reports_no_epoch_before_its_sa
         assert result.epoch <= on_disk[0], f"epoch {result.epoch} reported while the checkpoint holds {on_disk[0]}"
         reported.append(result.epoch)
 
-    snapshots = []
-    real_snapshot = train._Progress.snapshot
-
-    def counted_snapshot(progress, buffers):
-        snapshots.append(len(progress.history))
-        return real_snapshot(progress, buffers)
-
     monkeypatch.setattr(train, "save_checkpoint", slow_save)
-    monkeypatch.setattr(train._Progress, "snapshot", counted_snapshot)
+    snapshots = _count_snapshots(monkeypatch)
     checkpoint = tmp_path / "job" / "checkpoint.pt"
     result = run(RESUMABLE_NET, training, data, seed=7, checkpoint_path=checkpoint, on_epoch=report,
                  checkpoint_budget=0.25)
@@ -475,15 +481,8 @@ def test_a_shutdown_under_a_checkpoint_budget_resumes_from_the_last_save(tmp_pat
         real_save(state, path)
         saved.append(state["epoch"])
 
-    snapshots = []
-    real_snapshot = train._Progress.snapshot
-
-    def counted_snapshot(progress, buffers):
-        snapshots.append(len(progress.history))
-        return real_snapshot(progress, buffers)
-
     monkeypatch.setattr(train, "save_checkpoint", slow_save)
-    monkeypatch.setattr(train._Progress, "snapshot", counted_snapshot)
+    snapshots = _count_snapshots(monkeypatch)
     checkpoint = tmp_path / "job" / "checkpoint.pt"
     steps, reported, finished = [], [], [0]
 
@@ -510,7 +509,6 @@ def test_a_shutdown_under_a_checkpoint_budget_resumes_from_the_last_save(tmp_pat
 
     steps.clear()
     reported.clear()
-    monkeypatch.setattr(train._Progress, "snapshot", real_snapshot)
 
     def fail_in_epoch_25() -> bool:
         steps.append(1)
