@@ -167,3 +167,17 @@ def test_a_gpu_provider_that_does_not_load_falls_back_to_the_cpu_and_says_so(tmp
     with caplog.at_level(logging.INFO, "gradwire.inference"):
         cpu.run("m1", x)
     assert "model m1 loaded on CPUExecutionProvider" in caplog.text and "did not load" not in caplog.text
+
+
+@pytest.mark.parametrize(("spin_us", "key", "value"), [(0, "session.intra_op.allow_spinning", "0"),
+                                                       (100, "session.intra_op.spin_duration_us", "100")])
+def test_the_inference_spin_setting_reaches_the_sessions_and_changes_no_result(tmp_path, spin_us, key, value):
+    from gradwire_server import inference
+
+    _tiny_onnx(inference.model_path(tmp_path, "m1"))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    tuned, default = SessionCache(tmp_path, spin_us=spin_us), SessionCache(tmp_path)
+    assert tuned.get("m1").get_session_options().get_session_config_entry(key) == value
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default
+        default.get("m1").get_session_options().get_session_config_entry(key)
+    assert np.array_equal(tuned.run("m1", x), default.run("m1", x))

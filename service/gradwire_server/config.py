@@ -54,6 +54,10 @@ class Settings:
     """Largest single gRPC message the server accepts (uploads stream in chunks)."""
     inference_threads: int = 0
     """onnxruntime intra-op threads per session (0: onnxruntime's default)."""
+    inference_spin_us: int = -1
+    """How long onnxruntime's idle intra-op threads spin for more work before they sleep, in
+    microseconds (-1: onnxruntime's default; 0: no spinning). Spinning saves a wake-up per call
+    but takes a core: on a machine with few cores shared with other work it delays that work."""
     max_sessions: int = 32
     """onnxruntime sessions kept loaded (least recently used are evicted)."""
     inference_optimization: str = "all"
@@ -117,6 +121,7 @@ class Settings:
             "max_inline_examples": self.max_inline_examples > 0,
             "max_message_bytes": self.max_message_bytes >= 1024**2,
             "inference_threads": self.inference_threads >= 0,
+            "inference_spin_us": self.inference_spin_us >= -1,
             "max_sessions": self.max_sessions >= 1,
             "inference_optimization": self.inference_optimization in {"disable", "basic", "extended", "all"},
             "batch_max_size": self.batch_max_size >= 1,

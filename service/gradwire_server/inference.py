@@ -361,6 +361,7 @@ class SessionCache:
         *,
         max_sessions: int = 32,
         intra_op_threads: int = 0,
+        spin_us: int = -1,
         optimization: str = "all",
         device: str = "auto",
         batching: BatchingPolicy = BatchingPolicy(),
@@ -368,6 +369,7 @@ class SessionCache:
         self._data_dir = data_dir
         self._max = max_sessions
         self._threads = intra_op_threads
+        self._spin_us = spin_us  # -1: onnxruntime's default; 0: no spinning
         self._optimization = OPTIMIZATION_LEVELS[optimization]
         self._providers = providers(device)
         self.default_policy = batching
@@ -385,6 +387,10 @@ class SessionCache:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a Sequential network: nothing to run in parallel
         if self._threads:
             options.intra_op_num_threads = self._threads
+        if self._spin_us == 0:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif self._spin_us > 0:  # onnxruntime >= 1.26
+            options.add_session_config_entry("session.intra_op.spin_duration_us", str(self._spin_us))
         session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
         asked, got = _provider_name(self._providers[0]), session.get_providers()[0]
         if got != asked:  # onnxruntime falls back to the CPU when a provider does not load: say so

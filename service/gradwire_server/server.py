@@ -139,6 +139,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         settings.data_dir,
         max_sessions=settings.max_sessions,
         intra_op_threads=settings.inference_threads,
+        spin_us=settings.inference_spin_us,
         optimization=settings.inference_optimization,
         device=settings.device,
         batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
