@@ -6,6 +6,7 @@ Servers here run without a worker unless a test needs one, so queued jobs stay q
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -327,6 +328,32 @@ def test_job_over_its_wall_time_fails_with_a_clear_reason(tmp_path):
         assert not (tmp_path / "data" / "checkpoints" / job.name.split("/")[1]).exists()
         epochs = [m.epoch for m in final.history]
         assert epochs == list(range(1, len(epochs) + 1)) and final.history[-1].elapsed_seconds > 0.5, final.history
+        channel.close()
+    finally:
+        pool.stop(timeout=5)
+        running.stop(0)
+
+
+def test_the_workers_honour_the_checkpoint_budget(tmp_path):
+    """GRADWIRE_CHECKPOINT_BUDGET through a real server: with a budget so small that the next save
+    waits many seconds after the first, epochs of about 0.1 s go on training, but none past the
+    first is reported, since none is saved; a cancel then reports every finished epoch."""
+    running, pool = start(tmp_path / "data", checkpoint_budget=1e-5)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+        X, y = iris()
+        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+            inline_dataset=inline(X, y), network=mlp(32, 3), training=config(epochs=10_000, batch_size=1)), timeout=10)
+        get = lambda: jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=5)  # noqa: E731
+        wait_for(lambda: len(get().history) >= 1, timeout=60)
+        time.sleep(1.5)
+        running_job = get()
+        assert running_job.state == State.RUNNING and [m.epoch for m in running_job.history] == [1]
+        jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=job.name), timeout=10)
+        final = wait_for(lambda: (j := get()).state == State.CANCELLED and j, timeout=30)
+        epochs = [m.epoch for m in final.history]
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 2, epochs
         channel.close()
     finally:
         pool.stop(timeout=5)

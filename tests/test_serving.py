@@ -181,3 +181,21 @@ def test_the_inference_spin_setting_reaches_the_sessions_and_changes_no_result(t
     with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default
         default.get("m1").get_session_options().get_session_config_entry(key)
     assert np.array_equal(tuned.run("m1", x), default.run("m1", x))
+
+
+def test_the_server_passes_its_inference_spin_setting_on_and_refuses_bad_ones(tmp_path):
+    from gradwire_server import inference
+    from gradwire_server.config import Settings, parse_settings
+    from gradwire_server.server import create_server
+
+    running = create_server(Settings(host="127.0.0.1", port=0, data_dir=tmp_path, inference_spin_us=0))
+    try:
+        _tiny_onnx(inference.model_path(tmp_path, "m1"))
+        options = running.state.sessions.get("m1").get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    finally:
+        running.stop(0)
+    with pytest.raises(ValueError, match=r"inference_spin_us \(GRADWIRE_INFERENCE_SPIN_US\): got -2"):
+        parse_settings([], {"GRADWIRE_INFERENCE_SPIN_US": "-2"})
+    with pytest.raises(ValueError, match="GRADWIRE_INFERENCE_SPIN_US.*'fast' is not a valid int"):
+        parse_settings([], {"GRADWIRE_INFERENCE_SPIN_US": "fast"})
