@@ -141,14 +141,16 @@ COUNTER_BYTES = 8
 CHANGE_POLL_S = 0.02  # how often Store.wait_for_change's poller looks at the counter (0.3 us a look)
 
 
-class _ChangeCounter:
-    """A count of the commits that changed rows of one database, by every Store of every process
-    (RPC processes, workers), in an 8-byte file beside it that each maps into memory: reading it
-    costs about 0.3 us, where `PRAGMA data_version` took 17-20 us in a serving process.
+class ChangeCounter:
+    """A count of changes made by any process of the server (RPC processes, workers), in an 8-byte
+    file that each maps into memory: reading it costs about 0.3 us and no system call. The
+    Store counts the commits that changed rows of its database with one beside it (where
+    `PRAGMA data_version` took 17-20 us in a serving process); shm.py counts registrations.
 
-    A commit bumps it after the COMMIT, so whoever sees the new count also sees the commit. The
-    bump holds an flock: two writers' read-and-add would otherwise interleave, and a late one
-    could set the count back to a value that a reader already holds, hiding a commit from it.
+    A change bumps it after it is made, so whoever sees the new count also sees the change (a
+    commit: after the COMMIT). The bump holds an flock: two writers' read-and-add would
+    otherwise interleave, and a late one could set the count back to a value that a reader
+    already holds, hiding a change from it.
     The count is read and written as one native 8-byte word (a memoryview of format "Q" copies
     it in one aligned load or store), never byte by byte as `struct`'s "<Q" does: a reader
     could then see half of a bump."""
@@ -185,7 +187,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
-        self._changes = _ChangeCounter(path.with_name(path.name + ".changes"))
+        self._changes = ChangeCounter(path.with_name(path.name + ".changes"))
         self._change_cv = threading.Condition()  # wait_for_change's waiters and poller
         self._waiting = 0
         self._poller: threading.Thread | None = None
