@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import uuid
+
 import numpy as np
 from sklearn.datasets import load_iris
 
+from gradwire.kserve import grpc_service_pb2 as kserve_pb
 from gradwire.v1 import datasets_pb2, network_pb2, tensor_pb2, training_pb2
 
 State = training_pb2.TrainingJob.State
@@ -71,3 +76,48 @@ def upload_requests(X: np.ndarray, y: np.ndarray, *, chunk: int = 1 << 20, label
         yield datasets_pb2.UploadDatasetRequest(features_chunk=bytes(fb[i : i + chunk]))
     for i in range(0, len(lb), chunk):
         yield datasets_pb2.UploadDatasetRequest(labels_chunk=bytes(lb[i : i + chunk]))
+
+
+class ShmObject:
+    """A POSIX shared memory object of the test's own (what shm_open creates: a file in /dev/shm)."""
+
+    def __init__(self, size: int) -> None:
+        self.key = f"/gradwire-test-{uuid.uuid4().hex[:12]}"
+        self.path = pathlib.Path("/dev/shm") / self.key[1:]
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.ftruncate(fd, size)
+        os.close(fd)
+
+    def write(self, data: bytes, at: int) -> None:
+        fd = os.open(self.path, os.O_RDWR)
+        os.pwrite(fd, data, at)
+        os.close(fd)
+
+    def read(self, size: int, at: int) -> bytes:
+        fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(fd, size, at)
+        os.close(fd)
+        return data
+
+    def truncate(self, size: int) -> None:
+        os.truncate(self.path, size)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def shm_params(region: str, byte_size: int, offset: int | None = None) -> dict:
+    params = {"shared_memory_region": kserve_pb.InferParameter(string_param=region),
+              "shared_memory_byte_size": kserve_pb.InferParameter(int64_param=byte_size)}
+    if offset is not None:
+        params["shared_memory_offset"] = kserve_pb.InferParameter(int64_param=offset)
+    return params
+
+
+def shm_request(rows: int, in_region: str | None = "in", out_region: str | None = "out", out_offset: int | None = None):
+    """An iris request whose input is read from ``in_region`` and whose output goes to ``out_region``."""
+    inp = kserve_pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[rows, 4],
+                                                parameters=shm_params(in_region, rows * 16) if in_region else None)
+    outputs = [kserve_pb.ModelInferRequest.InferRequestedOutputTensor(
+        name="probabilities", parameters=shm_params(out_region, rows * 12, out_offset))] if out_region else []
+    return kserve_pb.ModelInferRequest(model_name="iris-kserve", inputs=[inp], outputs=outputs)

@@ -2,21 +2,66 @@
 protobuf symbols and pins protobuf<7): talks to a live gradwire server over KServe v2 and
 prints what it saw as one JSON object. Used by tests/test_kserve.py and bench/inference.py.
 
-    python tests/kserve_client.py HOST:PORT MODEL_NAME MODEL_VERSION FEATURES.npy [--bench N]
+    python tests/kserve_client.py HOST:PORT MODEL_NAME MODEL_VERSION FEATURES.npy [--bench N] [--bench-shm N]
+
+--bench N: N one-row requests, their latencies. --bench-shm N: N requests of every row in
+FEATURES.npy, alternately through system shared memory and over the wire, in blocks.
 """
 
 import json
+import os
 import sys
 import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import triton_to_np_dtype
+
+
+class ShmRequests:
+    """Requests of ``X`` whose input and output cross system shared memory regions, made and
+    registered with tritonclient's own utilities."""
+
+    def __init__(self, client, model, version, inp, out, X, rows_out):
+        self.client, self.model, self.version = client, model, version
+        tag = f"{os.getpid()}-{time.time_ns()}"
+        in_bytes, self.out_bytes = X.nbytes, rows_out * 4
+        self.names = (f"gw-in-{tag}", f"gw-out-{tag}")
+        self.handles = [shm.create_shared_memory_region(self.names[0], f"/{self.names[0]}", in_bytes),
+                        shm.create_shared_memory_region(self.names[1], f"/{self.names[1]}", self.out_bytes)]
+        shm.set_shared_memory_region(self.handles[0], [np.ascontiguousarray(X)])
+        client.register_system_shared_memory(self.names[0], f"/{self.names[0]}", in_bytes)
+        client.register_system_shared_memory(self.names[1], f"/{self.names[1]}", self.out_bytes)
+        self.input = grpcclient.InferInput(inp.name, list(X.shape), inp.datatype)
+        self.input.set_shared_memory(self.names[0], in_bytes)
+        self.output = grpcclient.InferRequestedOutput(out.name)
+        self.output.set_shared_memory(self.names[1], self.out_bytes)
+        self.out_name = out.name
+
+    def infer(self):
+        return self.client.infer(self.model, [self.input], model_version=self.version, outputs=[self.output])
+
+    def result(self, answer) -> np.ndarray:
+        o = answer.get_output(self.out_name)
+        return shm.get_contents_as_numpy(self.handles[1], triton_to_np_dtype(o.datatype), list(o.shape))
+
+    def close(self):
+        for name in self.names:
+            self.client.unregister_system_shared_memory(name)
+        for handle in self.handles:
+            shm.destroy_shared_memory_region(handle)
+
+
+def status(client) -> list:
+    regions = client.get_system_shared_memory_status().regions
+    return sorted([r.name, r.key, r.offset, r.byte_size] for r in regions.values())
 
 
 def main() -> None:
     target, model, version, path = sys.argv[1:5]
-    bench = int(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[5] == "--bench" else 0
+    bench = int(sys.argv[sys.argv.index("--bench") + 1]) if "--bench" in sys.argv else 0
     X = np.load(path)
     client = grpcclient.InferenceServerClient(url=target)
     meta = client.get_server_metadata()
@@ -58,6 +103,32 @@ def main() -> None:
                                         cfg.dynamic_batching.max_queue_delay_microseconds]
                    if cfg.HasField("dynamic_batching") else None},
     }
+    # System shared memory: the same request, its tensors through regions tritonclient made.
+    shared = ShmRequests(client, model, version, inp, out, X, probs.size)
+    answer = shared.infer()
+    report["shared_memory"] = {"probabilities": shared.result(answer).tolist(), "status": status(client),
+                               "raw_output_contents": [len(b) for b in answer.get_response().raw_output_contents],
+                               "output": [answer.get_output(out.name).datatype, list(answer.get_output(out.name).shape)]}
+    shared.close()
+    report["shared_memory"]["status_after"] = status(client)
+    if "--bench-shm" in sys.argv:  # every row per request: shared memory and the wire, alternating blocks
+        n = int(sys.argv[sys.argv.index("--bench-shm") + 1])
+        shared = ShmRequests(client, model, version, inp, out, X, probs.size)
+        wire = [grpcclient.InferInput(inp.name, list(X.shape), inp.datatype)]
+        wire[0].set_data_from_numpy(X)
+        calls = {"shm": shared.infer, "wire": lambda: client.infer(model, wire, model_version=version).as_numpy(out.name)}
+        seen = {k: [] for k in calls}
+        block = max(1, n // 4)
+        for b in range(-(-n // block)):
+            for k in calls if b % 2 == 0 else reversed(list(calls)):
+                for _ in range(3):  # warm-up
+                    calls[k]()
+                for _ in range(min(block, n - b * block)):
+                    t0 = time.perf_counter()
+                    calls[k]()
+                    seen[k].append(time.perf_counter() - t0)
+        shared.close()
+        report["bench_shm_s"] = seen
     if bench:  # one-row requests, sequential: latency percentiles in seconds
         one = grpcclient.InferInput(inp.name, [1, *X.shape[1:]], inp.datatype)
         one.set_data_from_numpy(X[:1])

@@ -5,8 +5,10 @@ through our own generated `inference` stubs."""
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import time
+import uuid
 
 import grpc
 import numpy as np
@@ -15,7 +17,9 @@ import pytest
 from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
-from helpers import State, config, inline, iris, mlp, raw_tensor
+from gradwire_server.config import Settings
+from gradwire_server.server import create_server
+from helpers import ShmObject, State, config, inline, iris, mlp, raw_tensor, shm_request
 
 import triton_env
 from conftest import wait_for
@@ -91,6 +95,16 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
         "input": [["features", "TYPE_FP32", [4]]], "output": [["probabilities", "TYPE_FP32", [3]]],
         "dynamic_batching": [[64], 0],
     }
+
+    # System shared memory extension, through tritonclient's own shared memory utilities: the
+    # input read from a region, the probabilities written to one, bit for bit Predict's.
+    assert "system_shared_memory" in seen["server"]["extensions"]
+    shared = seen["shared_memory"]
+    np.testing.assert_array_equal(np.asarray(shared["probabilities"], dtype=np.float32), expected)
+    assert shared["output"] == ["FP32", [10, 3]] and shared["raw_output_contents"] == [0]
+    assert [(name[:6], key, offset, size) for name, key, offset, size in shared["status"]] == [
+        ("gw-in-", "/" + shared["status"][0][0], 0, 160), ("gw-out", "/" + shared["status"][1][0], 0, 120)]
+    assert shared["status_after"] == []
 
     # Classification extension: top 2 as "value:index:label", best first.
     for row, probs in zip(seen["classification"], expected):
@@ -216,3 +230,212 @@ def test_reflection_lists_the_inference_service(channel_module):
     stub = reflection_pb2_grpc.ServerReflectionStub(channel_module)
     (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     assert "inference.GRPCInferenceService" in {s.name for s in answer.list_services_response.service}
+
+
+# ---- Triton's system shared memory extension --------------------------------------------------
+
+
+@pytest.fixture()
+def shm_object():
+    made: list[ShmObject] = []
+
+    def make(size: int) -> ShmObject:
+        made.append(ShmObject(size))
+        return made[-1]
+
+    yield make
+    for obj in made:
+        obj.remove()
+
+
+@pytest.fixture()
+def kserve(channel_module):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    yield stub
+    stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())  # every region: tests leave none
+
+
+needs_shm = pytest.mark.skipif(not pathlib.Path("/dev/shm").is_dir(), reason="POSIX shared memory lives in /dev/shm (Linux)")
+
+
+@needs_shm
+def test_system_shared_memory_carries_inputs_and_outputs(published, kserve, shm_object):
+    X, _ = iris()
+    X = np.ascontiguousarray(X[:5])
+    plain = kserve.ModelInfer(pb.ModelInferRequest(model_name="iris-kserve", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=[5, 4])], raw_input_contents=[X.tobytes()])).raw_output_contents[0]
+    assert "system_shared_memory" in kserve.ServerMetadata(pb.ServerMetadataRequest()).extensions
+
+    # One object, two regions: the input at byte 64, the output at byte 1024 (and 12 bytes into it).
+    obj = shm_object(4096)
+    obj.write(X.tobytes(), 64)
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="in", key=obj.key, offset=64, byte_size=80))
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="out", key=obj.key.lstrip("/"), offset=1024,
+                                                                             byte_size=256))
+    status = kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
+    assert {n: (r.name, r.key, r.offset, r.byte_size) for n, r in status.items()} == {
+        "in": ("in", obj.key, 64, 80), "out": ("out", obj.key.lstrip("/"), 1024, 256)}
+    assert list(kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="out")).regions) == ["out"]
+
+    answer = kserve.ModelInfer(shm_request(5, out_offset=12))
+    assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [("probabilities", "FP32", [5, 3])]
+    assert list(answer.raw_output_contents) == [b""]  # the data went to the region, as Triton answers
+    assert obj.read(60, 1024 + 12) == plain
+    # Input from shared memory, output on the wire; and input on the wire, output to shared memory.
+    assert kserve.ModelInfer(shm_request(5, out_region=None)).raw_output_contents == [plain]
+    obj.write(b"\0" * 60, 1024)
+    wire_in = shm_request(5, in_region=None)
+    wire_in.raw_input_contents.append(X.tobytes())
+    kserve.ModelInfer(wire_in)
+    assert obj.read(60, 1024) == plain
+
+    # Unregistered: a request naming it is refused, naming the field; unregistering twice is fine.
+    kserve.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="in"))
+    kserve.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="in"))
+    assert list(kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions) == ["out"]
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.ModelInfer(shm_request(5))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "inputs[0].parameters.shared_memory_region" in err.value.details()
+    # The name is free again, for another object.
+    other = shm_object(80)
+    other.write(X[::-1].tobytes(), 0)
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="in", key=other.key, byte_size=80))
+    reversed_rows = kserve.ModelInfer(shm_request(5, out_region=None)).raw_output_contents[0]
+    assert np.array_equal(np.frombuffer(reversed_rows, "<f4").reshape(5, 3), np.frombuffer(plain, "<f4").reshape(5, 3)[::-1])
+    kserve.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())  # all
+    assert not kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
+
+
+@needs_shm
+@pytest.mark.parametrize(
+    "register, code, text",
+    [
+        (lambda key: dict(name="r", key="/../../etc/passwd", byte_size=8), "INVALID_ARGUMENT", "key: must name a POSIX shared memory object"),
+        (lambda key: dict(name="r", key="/", byte_size=8), "INVALID_ARGUMENT", "key: "),
+        (lambda key: dict(name="r", key="/gradwire-test-none-such", byte_size=8), "NOT_FOUND", "'/gradwire-test-none-such' does not exist"),
+        (lambda key: dict(name="r", key=key, offset=100, byte_size=29), "INVALID_ARGUMENT", "past the end of shared memory object"),
+        (lambda key: dict(name="r", key=key, byte_size=0), "INVALID_ARGUMENT", "byte_size: must be > 0, got 0"),
+        (lambda key: dict(name="", key=key, byte_size=8), "INVALID_ARGUMENT", "name: required"),
+        (lambda key: dict(name="taken", key=key, byte_size=8), "ALREADY_EXISTS", "'taken' is already registered"),
+    ],
+)
+def test_bad_registrations_name_the_field(kserve, shm_object, register, code, text):
+    obj = shm_object(128)
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="taken", key=obj.key, byte_size=128))
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(**register(obj.key)))
+    assert err.value.code().name == code and text in err.value.details(), err.value.details()
+    assert list(kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions) == ["taken"]  # nothing half-made
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="r"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "no system shared memory region named 'r'" in err.value.details()
+
+
+def _set_param(tensor, name, param):
+    tensor.parameters[name].CopyFrom(param)
+
+
+@needs_shm
+@pytest.mark.parametrize(
+    "mutate, code, text",
+    [
+        (lambda r: _set_param(r.inputs[0], "shared_memory_byte_size", pb.InferParameter(int64_param=40)),
+         "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_byte_size: shape [2, 4] x FP32 needs 32 bytes, got 40"),
+        (lambda r: _set_param(r.inputs[0], "shared_memory_byte_size", pb.InferParameter(string_param="32")),
+         "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_byte_size: must be an integer"),
+        (lambda r: r.inputs[0].parameters.pop("shared_memory_byte_size"), "INVALID_ARGUMENT", "shared_memory_byte_size: required"),
+        (lambda r: _set_param(r.inputs[0], "shared_memory_offset", pb.InferParameter(int64_param=20)),
+         "INVALID_ARGUMENT", "32 bytes from offset 20 go past the end of system shared memory region 'in' (48 bytes)"),
+        (lambda r: _set_param(r.inputs[0], "shared_memory_offset", pb.InferParameter(int64_param=-4)),
+         "INVALID_ARGUMENT", "shared_memory_offset must be >= 0, got -4"),
+        (lambda r: _set_param(r.inputs[0], "shared_memory_region", pb.InferParameter(int64_param=1)),
+         "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_region: must be a string"),
+        (lambda r: _set_param(r.inputs[0], "shared_memory_region", pb.InferParameter(string_param="nope")),
+         "NOT_FOUND", "no system shared memory region named 'nope'"),
+        (lambda r: r.inputs[0].parameters.pop("shared_memory_region"), "INVALID_ARGUMENT",
+         "inputs[0].parameters.shared_memory_byte_size: 'shared_memory_byte_size' needs 'shared_memory_region'"),
+        (lambda r: r.raw_input_contents.append(b"\0" * 32), "INVALID_ARGUMENT", "set neither raw_input_contents nor inputs[0].contents"),
+        (lambda r: _set_param(r.outputs[0], "shared_memory_byte_size", pb.InferParameter(int64_param=20)),
+         "INVALID_ARGUMENT", "outputs[0].parameters.shared_memory_byte_size: the output takes 24 bytes, more than the 20 given"),
+        (lambda r: _set_param(r.outputs[0], "shared_memory_offset", pb.InferParameter(int64_param=30)),
+         "INVALID_ARGUMENT", "24 bytes from offset 30 go past the end of system shared memory region 'out' (48 bytes)"),
+        (lambda r: _set_param(r.outputs[0], "shared_memory_region", pb.InferParameter(string_param="nope")),
+         "NOT_FOUND", "outputs[0].parameters.shared_memory_region: no system shared memory region named 'nope'"),
+    ],
+)
+def test_bad_shared_memory_requests_name_the_field(published, kserve, shm_object, mutate, code, text):
+    obj = shm_object(96)
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="in", key=obj.key, byte_size=48))
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="out", key=obj.key, offset=48, byte_size=48))
+    request = shm_request(2)
+    kserve.ModelInfer(request)  # as it stands, it works
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.ModelInfer(request)
+    assert err.value.code().name == code and text in err.value.details(), err.value.details()
+
+
+@needs_shm
+def test_a_shrunk_or_removed_object_is_an_error_not_a_crash(published, kserve, shm_object):
+    """A mapping of an object the client has shrunk faults (SIGBUS): the server reads and writes
+    with preadv/pwrite instead, and answers FAILED_PRECONDITION."""
+    obj = shm_object(96)
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="in", key=obj.key, byte_size=48))
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="out", key=obj.key, offset=48, byte_size=48))
+    kserve.ModelInfer(shm_request(2))
+    obj.truncate(60)  # the input still fits; the output (48..72) does not
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.ModelInfer(shm_request(2))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert "outputs[0].parameters.shared_memory_region: system shared memory region 'out' ends early" in err.value.details()
+    assert obj.path.stat().st_size == 60  # not grown back by the server
+    obj.truncate(16)  # now the input does not fit either
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.ModelInfer(shm_request(2, out_region=None))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert "inputs[0].parameters.shared_memory_region: system shared memory region 'in' ends early: shared memory " \
+           "object" in err.value.details() and "now holds 16 bytes, 32 were to be read from byte 0" in err.value.details()
+    obj.remove()
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.ModelInfer(shm_request(2))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "does not exist" in err.value.details()
+    assert kserve.ServerLive(pb.ServerLiveRequest()).live
+    plain = shm_request(1, in_region=None, out_region=None)
+    plain.raw_input_contents.append(b"\0" * 16)
+    assert kserve.ModelInfer(plain).outputs[0].shape == [1, 3]
+
+
+@needs_shm
+def test_links_and_non_files_are_refused(kserve, tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"x" * 64)
+    link = pathlib.Path("/dev/shm") / f"gradwire-test-link-{uuid.uuid4().hex[:8]}"
+    folder = pathlib.Path("/dev/shm") / f"gradwire-test-dir-{uuid.uuid4().hex[:8]}"
+    link.symlink_to(outside)
+    folder.mkdir()
+    try:
+        for key in (f"/{link.name}", f"/{folder.name}"):
+            with pytest.raises(grpc.RpcError) as err:
+                kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="r", key=key, byte_size=8))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and f"cannot open shared memory object '{key}'" in err.value.details()
+    finally:
+        link.unlink()
+        folder.rmdir()
+    assert not kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
+
+
+def test_system_shared_memory_can_be_turned_off(tmp_path):
+    running = create_server(Settings(host="127.0.0.1", port=0, data_dir=tmp_path, system_shared_memory=False))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+            extensions = set(stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10).extensions)
+            assert "system_shared_memory" not in extensions and "statistics" in extensions
+            for call, request in ((stub.SystemSharedMemoryRegister, pb.SystemSharedMemoryRegisterRequest(name="r", key="/x", byte_size=8)),
+                                  (stub.SystemSharedMemoryStatus, pb.SystemSharedMemoryStatusRequest())):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, timeout=10)
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert "turned off (GRADWIRE_SYSTEM_SHARED_MEMORY)" in err.value.details(), err.value.details()
+    finally:
+        running.stop(grace=0)

@@ -18,8 +18,10 @@ import grpc
 import numpy as np
 import pytest
 
+from gradwire.kserve import grpc_service_pb2 as kserve_pb
+from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
-from helpers import State, config, inline, iris, mlp, raw_tensor, upload_requests
+from helpers import ShmObject, State, config, inline, iris, mlp, raw_tensor, shm_request, upload_requests
 from test_durability import GRADWIRE, ServeProcess, free_port, pytestmark, serve_env  # noqa: F401  (skip without the command)
 
 PROCESSES = 3
@@ -118,6 +120,40 @@ def test_rpc_processes_share_the_port_and_the_store(tmp_path):
         # Moved through one connection: every process serves the new version at its next call.
         server.models.SetModelAlias(models_pb2.SetModelAliasRequest(name="registeredModels/iris", alias="prod", version=2), timeout=10)
         assert by_alias() == {expected[1]}
+
+        # Triton's system shared memory regions, registered through one connection, serve every
+        # process; unregistered or registered anew, every process sees it at its next call.
+        kserve = [grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch) for ch in channels]
+        rows = np.ascontiguousarray(X[:4])
+        obj = ShmObject(4096)
+        try:
+            obj.write(rows.tobytes(), 0)
+            kserve[0].SystemSharedMemoryRegister(kserve_pb.SystemSharedMemoryRegisterRequest(name="in", key=obj.key, byte_size=64))
+            kserve[0].SystemSharedMemoryRegister(kserve_pb.SystemSharedMemoryRegisterRequest(name="out", key=obj.key, offset=64,
+                                                                                               byte_size=48))
+            request = shm_request(4, in_region="in", out_region="out")
+            request.model_name, request.model_version = "iris", "prod"
+            expected_rows = np.frombuffer(expected[1], "<f4").reshape(len(X), 3)[:4].tobytes()
+            for stub in kserve:
+                obj.write(b"\0" * 48, 64)
+                stub.ModelInfer(request, timeout=10)
+                assert obj.read(48, 64) == expected_rows
+            kserve[-1].SystemSharedMemoryUnregister(kserve_pb.SystemSharedMemoryUnregisterRequest(name="in"))
+            for stub in kserve:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.ModelInfer(request, timeout=10)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+            obj.write(rows[::-1].tobytes(), 128)  # the same name, now on other bytes
+            kserve[1].SystemSharedMemoryRegister(kserve_pb.SystemSharedMemoryRegisterRequest(name="in", key=obj.key, offset=128,
+                                                                                               byte_size=64))
+            reversed_rows = np.frombuffer(expected_rows, "<f4").reshape(4, 3)[::-1].tobytes()
+            for stub in kserve:
+                stub.ModelInfer(request, timeout=10)
+                assert obj.read(48, 64) == reversed_rows
+            assert {len(s.SystemSharedMemoryStatus(kserve_pb.SystemSharedMemoryStatusRequest(), timeout=10).regions)
+                    for s in kserve} == {2}
+        finally:
+            obj.remove()
 
         # A job created through one connection is watched to its end through each process.
         job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(

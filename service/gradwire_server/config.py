@@ -108,6 +108,11 @@ class Settings:
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     reflection: bool = True
     """Serve gRPC server reflection (what `grpcurl list/describe` use)."""
+    system_shared_memory: bool = True
+    """Serve Triton's system shared memory extension on the KServe API: clients on the server's
+    host pass tensors through POSIX shared memory objects they register, instead of the
+    connection. Any client that can call the server can then read and write the shared memory
+    objects the server's user can open: turn it off where untrusted clients can reach the port."""
 
     def __post_init__(self) -> None:
         checks = {

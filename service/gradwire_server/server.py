@@ -22,7 +22,7 @@ from gradwire.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 from gradwire.v1 import network_pb2, network_pb2_grpc
 
-from . import datasets, files, reflection, worker
+from . import datasets, files, reflection, shm, worker
 from .config import Settings
 from .inference import BatchingPolicy, SessionCache
 from .interceptors import AuthInterceptor, ErrorInterceptor
@@ -35,6 +35,7 @@ from .servicers import wire
 from .servicers.training import TrainingJobServicer
 from .serving import ServingCache
 from .shared_stats import SharedStats
+from .shm import SharedMemoryRegions
 from .store import Store
 
 log = logging.getLogger("gradwire.server")
@@ -124,6 +125,8 @@ class Running:
         self.server.stop(grace).wait()
         if self.state.shared_stats is not None:
             self.state.shared_stats.stop()
+        if self.state.shm is not None:
+            self.state.shm.close()
         self.state.store.close()
 
 
@@ -145,8 +148,9 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
     )
     shared = SharedStats(settings.data_dir, slot, settings.rpc_processes, sessions) if settings.rpc_processes > 1 else None
+    regions = SharedMemoryRegions(settings.data_dir) if settings.system_shared_memory and shm.available() else None
     state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions),
-                        shared_stats=shared)
+                        shared_stats=shared, shm=regions)
     interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
     if settings.auth_enabled:
         interceptors.insert(0, AuthInterceptor(settings.tokens()))  # outermost: refused before anything runs

@@ -5,7 +5,9 @@ number, an alias (`production`) or "" for the latest; or a model id (the `{id}` 
 `models/{id}`) with an empty version. Inputs arrive as raw_input_contents (decoded
 with np.frombuffer, no copy) or as typed contents; outputs go back as
 raw_output_contents, which is what tritonclient reads. The classification extension
-answers the top K classes as BYTES "value:index:label" strings.
+answers the top K classes as BYTES "value:index:label" strings. With Triton's system shared
+memory extension (shm.py), an input's or output's parameters may name a registered region
+instead: "shared_memory_region", "shared_memory_byte_size" and "shared_memory_offset".
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gradwire.v1 import datasets_pb2, models_pb2
 from .. import errors
 from ..inference import ModelStats, Timing, model_path
 from ..serving import Serving
+from ..shm import Region, SharedMemoryRegions
 from .context import ServerState
 from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
@@ -32,6 +35,8 @@ from .wire import Decoded
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("classification", "statistics", "model_configuration")
+SHM_EXTENSION = "system_shared_memory"
+SHM_REGION, SHM_BYTE_SIZE, SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 BACKEND = "onnxruntime"
 # Open Inference Protocol datatype -> numpy dtype, and which typed-contents field carries it.
 DATATYPES = {
@@ -99,7 +104,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=model_path(self.s.settings.data_dir, model.name.split("/", 1)[1]).exists())
 
     def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="gradwire", version=self._server_version, extensions=EXTENSIONS)
+        extensions = (*EXTENSIONS, SHM_EXTENSION) if self.s.shm is not None else EXTENSIONS
+        return pb.ServerMetadataResponse(name="gradwire", version=self._server_version, extensions=extensions)
 
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         model = self._resolve(request.name, request.version, "name")
@@ -174,6 +180,50 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             _statistics(name, version, whole_server(model_id)) for name, version, model_id in entries
         ])
 
+    # ---- system shared memory ------------------------------------------
+
+    def _regions(self) -> SharedMemoryRegions:
+        if self.s.shm is None:
+            why = ("it is turned off (GRADWIRE_SYSTEM_SHARED_MEMORY)" if not self.s.settings.system_shared_memory
+                   else "this platform has no /dev/shm")
+            raise errors.FailedPrecondition(f"this server does not serve the system shared memory extension: {why}")
+        return self.s.shm
+
+    def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest, context) -> pb.SystemSharedMemoryStatusResponse:
+        Status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(regions={
+            r.name: Status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            for r in self._regions().status(request.name)
+        })
+
+    def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest,
+                                   context) -> pb.SystemSharedMemoryRegisterResponse:
+        self._regions().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest,
+                                     context) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._regions().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    def _shm_target(self, params, field: str) -> tuple[Region, int, int] | None:
+        """(region, offset, byte_size) when a tensor's ``params`` name a shared memory region, else None."""
+        if SHM_REGION not in params:
+            for name in (SHM_BYTE_SIZE, SHM_OFFSET):
+                if name in params:
+                    raise errors.InvalidArgument(f"{name!r} needs {SHM_REGION!r} beside it", field=f"{field}.{name}")
+            return None
+        param = params[SHM_REGION]
+        if param.WhichOneof("parameter_choice") != "string_param":
+            raise errors.InvalidArgument(f"must be a string (a registered region's name), got "
+                                         f"{param.WhichOneof('parameter_choice')}", field=f"{field}.{SHM_REGION}")
+        region = self._regions().lookup(param.string_param, f"{field}.{SHM_REGION}")
+        if SHM_BYTE_SIZE not in params:
+            raise errors.InvalidArgument(f"required with {SHM_REGION!r}", field=f"{field}.{SHM_BYTE_SIZE}")
+        byte_size = _integer(params[SHM_BYTE_SIZE], f"{field}.{SHM_BYTE_SIZE}")
+        offset = _integer(params[SHM_OFFSET], f"{field}.{SHM_OFFSET}") if SHM_OFFSET in params else 0
+        return region, offset, byte_size
+
     # ---- inference ------------------------------------------------------
 
     def _input(self, request: pb.ModelInferRequest, raw: memoryview | None, input_name: str) -> np.ndarray:
@@ -188,6 +238,19 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         shape = list(t.shape)
         checked_count(shape, "inputs[0].shape")
         contents = [raw] if raw is not None else request.raw_input_contents  # raw: as wire.model_infer_request left it
+        target = self._shm_target(t.parameters, "inputs[0].parameters")
+        if target is not None:
+            if contents or t.HasField("contents"):
+                raise errors.InvalidArgument(f"the input's data comes from {SHM_REGION!r}: set neither raw_input_contents "
+                                             f"nor inputs[0].contents", field="inputs[0].parameters")
+            region, offset, byte_size = target
+            count = math.prod(shape)
+            if byte_size != count * dtype.itemsize:
+                raise errors.InvalidArgument(f"shape {shape} x {t.datatype} needs {count * dtype.itemsize} bytes, got {byte_size}",
+                                             field=f"inputs[0].parameters.{SHM_BYTE_SIZE}")
+            array = np.empty(shape, dtype)  # aligned, and filled straight from the object
+            self._regions().read_into(region, offset, array, f"inputs[0].parameters.{SHM_REGION}")
+            return array
         if contents:
             if len(contents) != 1:
                 raise errors.InvalidArgument(f"one entry per input (1), got {len(contents)}", field="raw_input_contents")
@@ -211,20 +274,29 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         input_name, output_name = self._io_names(model)
         features = check_features(served, self._input(request, raw, input_name), "inputs[0].shape")  # float32
         requested = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
+        targets = []  # per output: where in shared memory it goes, or None
         for i, out in enumerate(requested):
             if out.name != output_name:
                 raise errors.InvalidArgument(f"the model's output is {output_name!r}, got {out.name!r}", field=f"outputs[{i}].name")
+            targets.append(self._shm_target(out.parameters, f"outputs[{i}].parameters"))  # refused before the model runs
         output = run_model(self.s, served, features, timing)  # (batch, output_size) float32
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=str(model.version) if model.version else "", id=request.id
         )
-        for i, out in enumerate(requested):
+        for i, (out, target) in enumerate(zip(requested, targets)):
             if "classification" in out.parameters:
                 data, shape = self._classification(model, output, out.parameters["classification"], f"outputs[{i}].parameters")
                 response.outputs.add(name=out.name, datatype="BYTES", shape=shape)
             else:
                 data = np.ascontiguousarray(output, dtype="<f4").tobytes()
                 response.outputs.add(name=out.name, datatype="FP32", shape=output.shape)
+            if target is not None:
+                region, offset, byte_size = target
+                if len(data) > byte_size:
+                    raise errors.InvalidArgument(f"the output takes {len(data)} bytes, more than the {byte_size} given",
+                                                 field=f"outputs[{i}].parameters.{SHM_BYTE_SIZE}")
+                self._regions().write(region, offset, data, f"outputs[{i}].parameters.{SHM_REGION}")
+                data = b""  # as Triton does: an empty entry keeps raw_output_contents in step with outputs
             response.raw_output_contents.append(data)
         return response
 
@@ -248,6 +320,13 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 label = f":{model.class_names[idx]}" if model.class_names else ""
                 items.append(f"{row[idx]:f}:{idx}{label}".encode())
         return serialize_bytes(items), [len(output), k]
+
+
+def _integer(param: pb.InferParameter, field: str) -> int:
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise errors.InvalidArgument(f"must be an integer (int64_param), got {kind}", field=field)
+    return getattr(param, kind)
 
 
 def _statistics(name: str, version: str, stats: ModelStats) -> pb.ModelStatistics:
