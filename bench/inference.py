@@ -23,7 +23,10 @@ It starts its own `gradwire serve` (and a bare gRPC echo server as a baseline) o
       with the same network, data and hyperparameters in this process, for the digits CNN
       and for the 4096-wide MLP (whose per-epoch checkpoints and export weigh) target >= 0.9x
   (f) the KServe v2 endpoint through tritonclient (its own venv), 1-row latency against (a)'s
-      baseline, and its probabilities against Predict's
+      baseline, and its probabilities against Predict's; and (b) through tritonclient, the
+      1,024-row tensors in system shared memory (client and server on one host: the request
+      carries the region's name, not the 256 KB) and over the wire, against in-process
+      onnxruntime timed just before and after                                 target >= 0.8x
 """
 
 from __future__ import annotations
@@ -396,6 +399,35 @@ def bench_f(target, model_name, version, X, n, base_p50_ms, base_p99_ms, client)
             "ratio_p99": pct(lat, 99) * 1e3 / base_p99_ms, "same_as_predict": same}
 
 
+def bench_f_shm(target, model_name, version, onnx_path, X, n):
+    """(b) through tritonclient: 1,024-row requests with the tensors in system shared memory, and
+    over the wire, in alternating blocks; in-process onnxruntime is timed before and after it.
+    Also the most any RPC could reach, whatever it carries: ORT / (ORT + an empty call's round
+    trip, the server's ServerLive)."""
+    import triton_env
+
+    py, why = triton_env.ensure()
+    if py is None:
+        return {"skipped": why}
+    session = ort_session(onnx_path)
+    rows = np.ascontiguousarray(np.resize(X, (1024, *X.shape[1:])))
+    local = timed(lambda: session.run(None, {"features": rows}), max(10, n // 2), warmup=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/x.npy", rows)
+        run = subprocess.run([str(py), str(triton_env.CLIENT), target, model_name, version, f"{tmp}/x.npy", "--bench-shm", str(n)],
+                             capture_output=True, text=True, timeout=600, check=False)
+    local += timed(lambda: session.run(None, {"features": rows}), max(10, n // 2), warmup=3)
+    with grpc.insecure_channel(target) as ch:
+        live = ch.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        empty = float(np.median(timed(lambda: live(b""), 300)))
+    if run.returncode != 0:
+        return {"skipped": f"tritonclient failed: {run.stderr[-500:]}"}
+    seen = json.loads(run.stdout)
+    ort, shm, wire = (float(np.median(t)) for t in (local, seen["bench_shm_s"]["shm"], seen["bench_shm_s"]["wire"]))
+    return {"shm_rows_s": 1024 / shm, "wire_rows_s": 1024 / wire, "ort_rows_s": 1024 / ort,
+            "ratio_shm": ort / shm, "ratio_wire": ort / wire, "empty_call_ms": empty * 1e3, "ceiling": ort / (ort + empty)}
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -488,6 +520,7 @@ def main() -> None:
             if "f" in only:
                 base = results.get("a") or bench_a(client, echo_target, model, onnx_path, X, 300)
                 results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
+                results["f_shm"] = bench_f_shm(target, "digits", "production", onnx_path, X, int(60 * s))
     pinned = f"; server pinned to CPUs {args.server_cpus}, (c)'s clients to {args.client_cpus}" if args.server_cpus or args.client_cpus else ""
     if args.rpc_processes > 1:
         pinned += f"; {args.rpc_processes} RPC processes"
@@ -546,6 +579,16 @@ def report(r: dict, where: str, wall: float) -> None:
             row("(f) KServe ModelInfer 1-row p50, tritonclient vs (a) baseline (ms)", f"{f['p50_ms']:.3f}", "", f["ratio_p50"], "")
             row("(f) KServe ModelInfer 1-row p99 (ms)", f"{f['p99_ms']:.3f}", "", f["ratio_p99"], "")
             print(f"(f) tritonclient probabilities identical to Predict's: {f['same_as_predict']}")
+    if "f_shm" in r:
+        f = r["f_shm"]
+        if "skipped" in f:
+            print(f"(f) 1024-row requests via tritonclient: skipped: {f['skipped']}")
+        else:
+            row("(f) rows/s, 1024-row ModelInfer, system shared memory vs in-process ORT, digits CNN", f"{f['shm_rows_s']:,.0f}",
+                f"{f['ort_rows_s']:,.0f}", f["ratio_shm"], ">= 0.8")
+            row("    the same requests over the wire (tritonclient)", f"{f['wire_rows_s']:,.0f}", f"{f['ort_rows_s']:,.0f}",
+                f["ratio_wire"], "")
+            print(f"    ceiling of any RPC: ORT / (ORT + an empty call's round trip, {f['empty_call_ms']:.3f} ms) = {f['ceiling']:.2f}")
     print(f"total bench time {wall:.0f} s")
 
 
