@@ -439,3 +439,19 @@ def test_system_shared_memory_can_be_turned_off(tmp_path):
                 assert "turned off (GRADWIRE_SYSTEM_SHARED_MEMORY)" in err.value.details(), err.value.details()
     finally:
         running.stop(grace=0)
+
+
+@needs_shm
+def test_the_number_of_regions_is_bounded(kserve, shm_object, monkeypatch):
+    from gradwire_server import shm
+
+    monkeypatch.setattr(shm, "MAX_REGIONS", 2)
+    obj = shm_object(64)
+    for name in ("a", "b"):
+        kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name=name, key=obj.key, byte_size=64))
+    with pytest.raises(grpc.RpcError) as err:
+        kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="c", key=obj.key, byte_size=64))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 system shared memory regions" in err.value.details()
+    kserve.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="a"))
+    kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="c", key=obj.key, byte_size=64))
+    assert sorted(kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions) == ["b", "c"]
