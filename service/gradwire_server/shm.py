@@ -179,7 +179,7 @@ class SharedMemoryRegions:
                 f"system shared memory region {region.name!r} ends early: shared memory object {region.key!r} now holds "
                 f"{region.offset + offset + got} bytes, {size} were to be read from byte {region.offset + offset}", field=field)
 
-    def write(self, region: Region, offset: int, data: bytes, field: str) -> None:
+    def write(self, region: Region, offset: int, data: bytes | memoryview, field: str) -> None:
         size = len(data)
         self._check_span(region, offset, size, field)
         with self._open(region.key, field, region) as fd:

@@ -288,7 +288,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 data, shape = self._classification(model, output, out.parameters["classification"], f"outputs[{i}].parameters")
                 response.outputs.add(name=out.name, datatype="BYTES", shape=shape)
             else:
-                data = np.ascontiguousarray(output, dtype="<f4").tobytes()
+                values = np.ascontiguousarray(output, dtype="<f4")
+                data = memoryview(values).cast("B") if target is not None else values.tobytes()  # shared memory: no copy
                 response.outputs.add(name=out.name, datatype="FP32", shape=output.shape)
             if target is not None:
                 region, offset, byte_size = target
