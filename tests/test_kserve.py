@@ -341,6 +341,10 @@ def _set_param(tensor, name, param):
     [
         (lambda r: _set_param(r.inputs[0], "shared_memory_byte_size", pb.InferParameter(int64_param=40)),
          "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_byte_size: shape [2, 4] x FP32 needs 32 bytes, got 40"),
+        (lambda r: (r.inputs[0].shape.__setitem__(0, 1 << 30), _set_param(r.inputs[0], "shared_memory_byte_size",
+                                                                           pb.InferParameter(int64_param=16 << 30))),
+         "RESOURCE_EXHAUSTED", "inputs[0].parameters.shared_memory_byte_size: 17179869184 bytes is more than an input may hold, "
+                               "67108864 (GRADWIRE_MAX_MESSAGE_BYTES)"),
         (lambda r: _set_param(r.inputs[0], "shared_memory_byte_size", pb.InferParameter(string_param="32")),
          "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_byte_size: must be an integer"),
         (lambda r: r.inputs[0].parameters.pop("shared_memory_byte_size"), "INVALID_ARGUMENT", "shared_memory_byte_size: required"),

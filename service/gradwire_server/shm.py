@@ -174,10 +174,10 @@ class SharedMemoryRegions:
         self._check_span(region, offset, size, field)
         with self._open(region.key, field, region) as fd:
             got = os.preadv(fd, [memoryview(out).cast("B")], region.offset + offset) if size else 0
-        if got != size:
-            raise errors.FailedPrecondition(
-                f"system shared memory region {region.name!r} ends early: shared memory object {region.key!r} now holds "
-                f"{region.offset + offset + got} bytes, {size} were to be read from byte {region.offset + offset}", field=field)
+            if got != size:  # shrunk since registration
+                raise errors.FailedPrecondition(
+                    f"system shared memory region {region.name!r} ends early: shared memory object {region.key!r} now holds "
+                    f"{os.fstat(fd).st_size} bytes, {size} were to be read from byte {region.offset + offset}", field=field)
 
     def write(self, region: Region, offset: int, data: bytes | memoryview, field: str) -> None:
         size = len(data)
@@ -192,6 +192,9 @@ class SharedMemoryRegions:
             view, at = memoryview(data), region.offset + offset
             while view:
                 written = os.pwrite(fd, view, at)
+                if written <= 0:
+                    raise errors.FailedPrecondition(f"could not write to {region.key!r} (system shared memory region "
+                                                    f"{region.name!r})", field=field)
                 view, at = view[written:], at + written
 
     @staticmethod

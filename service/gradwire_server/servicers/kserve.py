@@ -244,6 +244,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise errors.InvalidArgument(f"the input's data comes from {SHM_REGION!r}: set neither raw_input_contents "
                                              f"nor inputs[0].contents", field="inputs[0].parameters")
             region, offset, byte_size = target
+            limit = self.s.settings.max_message_bytes  # the most a request may carry over the wire, too
+            if byte_size > limit:
+                raise errors.ResourceExhausted(f"{byte_size} bytes is more than an input may hold, {limit} "
+                                               f"(GRADWIRE_MAX_MESSAGE_BYTES)", field=f"inputs[0].parameters.{SHM_BYTE_SIZE}")
             count = math.prod(shape)
             if byte_size != count * dtype.itemsize:
                 raise errors.InvalidArgument(f"shape {shape} x {t.datatype} needs {count * dtype.itemsize} bytes, got {byte_size}",
