@@ -54,6 +54,21 @@ class ShmRequests:
             shm.destroy_shared_memory_region(handle)
 
 
+def message_fields(module) -> dict:
+    """Every message of a generated module, nested ones as "Outer.Inner": field -> [number, type, repeated]."""
+    out = {}
+
+    def walk(desc, prefix):
+        name = prefix + desc.name
+        out[name] = {f.name: [f.number, f.type, bool(f.is_repeated)] for f in desc.fields}
+        for nested in desc.nested_types:
+            walk(nested, name + ".")
+
+    for desc in module.DESCRIPTOR.message_types_by_name.values():
+        walk(desc, "")
+    return out
+
+
 def status(client) -> list:
     regions = client.get_system_shared_memory_status().regions
     return sorted([r.name, r.key, r.offset, r.byte_size] for r in regions.values())
@@ -111,6 +126,13 @@ def main() -> None:
                                "output": [answer.get_output(out.name).datatype, list(answer.get_output(out.name).shape)]}
     shared.close()
     report["shared_memory"]["status_after"] = status(client)
+    from tritonclient.grpc import service_pb2
+
+    report["protocol"] = {
+        "messages": {**message_fields(mc), **message_fields(service_pb2)},
+        "methods": {m.name: [m.input_type.name, m.output_type.name]
+                    for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods},
+    }
     if "--bench-shm" in sys.argv:  # every row per request: shared memory and the wire, alternating blocks
         n = int(sys.argv[sys.argv.index("--bench-shm") + 1])
         shared = ShmRequests(client, model, version, inp, out, X, probs.size)

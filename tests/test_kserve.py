@@ -96,6 +96,25 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
         "dynamic_batching": [[64], 0],
     }
 
+    # The protocol as tritonclient's own generated code has it: every RPC, message and field we
+    # declare exists there with the same number, type and cardinality.
+    theirs = seen["protocol"]
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert {m.name: [m.input_type.name, m.output_type.name] for m in service.methods}.items() <= theirs["methods"].items()
+    ours: dict = {}
+
+    def walk(desc, prefix=""):
+        ours[prefix + desc.name] = {f.name: [f.number, f.type, bool(f.is_repeated)] for f in desc.fields}
+        for nested in desc.nested_types:
+            walk(nested, prefix + desc.name + ".")
+
+    for desc in pb.DESCRIPTOR.message_types_by_name.values():
+        walk(desc)
+    assert len(ours) >= 40  # the walk saw them all, nested ones too
+    for name, fields in ours.items():
+        assert name in theirs["messages"], name
+        assert fields.items() <= theirs["messages"][name].items(), (name, fields, theirs["messages"][name])
+
     # System shared memory extension, through tritonclient's own shared memory utilities: the
     # input read from a region, the probabilities written to one, bit for bit Predict's.
     assert "system_shared_memory" in seen["server"]["extensions"]
