@@ -302,6 +302,16 @@ def test_compose_restart_and_init(service: dict) -> None:
     assert service.get("init") is True
 
 
+def test_compose_lets_client_containers_share_memory(service: dict) -> None:
+    """Triton's system shared memory extension (on by default) needs the clients in the server's
+    IPC namespace, and room in its /dev/shm beyond Docker's 64 MB."""
+    assert service.get("ipc") == "shareable"
+    size = str(service.get("shm_size", "64m")).lower().rstrip("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    held = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    assert held >= 1 << 30, service.get("shm_size")
+
+
 def test_docker_compose_config_validates() -> None:
     docker = shutil.which("docker")
     if docker is None:
