@@ -118,6 +118,7 @@ def main() -> None:
                                         cfg.dynamic_batching.max_queue_delay_microseconds]
                    if cfg.HasField("dynamic_batching") else None},
     }
+    report["repository_index"] = [[m.name, m.version, m.state] for m in client.get_model_repository_index().models]
     # System shared memory: the same request, its tensors through regions tritonclient made.
     shared = ShmRequests(client, model, version, inp, out, X, probs.size)
     answer = shared.infer()

@@ -18,11 +18,12 @@ from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 from gradwire_server.config import Settings
+from gradwire_server.inference import model_path
 from gradwire_server.server import create_server
 from helpers import ShmObject, State, config, inline, iris, mlp, raw_tensor, shm_request
 
 import triton_env
-from conftest import wait_for
+from conftest import train_iris, wait_for
 
 NAMES = ["setosa", "versicolor", "virginica"]
 
@@ -117,6 +118,7 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
 
     # System shared memory extension, through tritonclient's own shared memory utilities: the
     # input read from a region, the probabilities written to one, bit for bit Predict's.
+    assert ["iris-kserve", str(published.model_version), "READY"] in seen["repository_index"]
     assert "system_shared_memory" in seen["server"]["extensions"]
     shared = seen["shared_memory"]
     np.testing.assert_array_equal(np.asarray(shared["probabilities"], dtype=np.float32), expected)
@@ -241,6 +243,30 @@ def test_bad_infer_requests_name_the_field(published, channel_module, mutate, co
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(request)
     assert err.value.code() == code and text in err.value.details(), err.value.details()
+
+
+def test_the_repository_index_lists_every_model_version_by_the_name_requests_use(published, channel_module, server, target):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    bare = train_iris(target, mlp(4, 3), epochs=1).split("/")[1]  # published to no registered model
+    onnx = model_path(server.state.settings.data_dir, bare)
+    moved = onnx.with_name("moved-away")
+    onnx.rename(moved)  # its file gone: listed, but not ready
+    try:
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+        ready = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models
+    finally:
+        moved.rename(onnx)
+    entries = [(m.name, m.version, m.state, m.reason) for m in index]
+    assert ("iris-kserve", str(published.model_version), "READY", "") in entries
+    assert (bare, "", "UNAVAILABLE", "its ONNX file is missing") in entries
+    assert [(m.name, m.version) for m in ready] == [(n, v) for n, v, state, _ in entries if state == "READY"]
+    keys = [(n, int(v or 0)) for n, v, _, _ in entries]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    for m in ready:  # each one is the name and version a request uses
+        assert stub.ModelReady(pb.ModelReadyRequest(name=m.name, version=m.version)).ready, (m.name, m.version)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryIndex(pb.RepositoryIndexRequest(repository_name="models"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "repository_name" in err.value.details()
 
 
 def test_reflection_lists_the_inference_service(channel_module):

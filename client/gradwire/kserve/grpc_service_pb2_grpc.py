@@ -75,6 +75,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
                 response_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelConfigResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
                 request_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
@@ -152,6 +157,13 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """Triton's model repository extension, its index alone: every model version the server holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SystemSharedMemoryStatus(self, request, context):
         """Triton's system shared memory extension: the regions registered (one, or all).
         """
@@ -216,6 +228,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelConfig,
                     request_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelConfigRequest.FromString,
                     response_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
@@ -450,6 +467,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelConfig',
             gradwire_dot_kserve_dot_grpc__service__pb2.ModelConfigRequest.SerializeToString,
             gradwire_dot_kserve_dot_grpc__service__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            gradwire_dot_kserve_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            gradwire_dot_kserve_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,7 @@ EXTENSIONS = ("classification", "statistics", "model_configuration")
 SHM_EXTENSION = "system_shared_memory"
 SHM_REGION, SHM_BYTE_SIZE, SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 BACKEND = "onnxruntime"
+PAGE = 1000  # models per store query while listing them all
 # Open Inference Protocol datatype -> numpy dtype, and which typed-contents field carries it.
 DATATYPES = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
@@ -179,6 +180,30 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[
             _statistics(name, version, whole_server(model_id)) for name, version, model_id in entries
         ])
+
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        """Triton's model repository index: every model version, under the name and version a
+        request uses for it (a registered model's name and version number, or a bare model id)."""
+        if request.repository_name:
+            raise errors.NotFound(f"gradwire serves one model repository, named \"\"; got {request.repository_name!r}",
+                                  field="repository_name")
+        Index = pb.RepositoryIndexResponse.ModelIndex
+        entries: list[tuple[str, int, Index]] = []
+        page = ""
+        while True:
+            items, page = self.s.store.list_models(PAGE, page)
+            for model in items:
+                model_id = model.name.split("/", 1)[1]
+                ready = model_path(self.s.settings.data_dir, model_id).exists()
+                if request.ready and not ready:
+                    continue
+                name = model.registered_model.split("/", 1)[1] if model.registered_model else model_id
+                entries.append((name, model.version, Index(
+                    name=name, version=str(model.version) if model.registered_model else "",
+                    state="READY" if ready else "UNAVAILABLE", reason="" if ready else "its ONNX file is missing")))
+            if not page:
+                break
+        return pb.RepositoryIndexResponse(models=[index for _, _, index in sorted(entries, key=lambda e: e[:2])])
 
     # ---- system shared memory ------------------------------------------
 
