@@ -355,13 +355,13 @@ def test_system_shared_memory_carries_inputs_and_outputs(published, kserve, shm_
 @pytest.mark.parametrize(
     "register, code, text",
     [
-        (lambda key: dict(name="r", key="/../../etc/passwd", byte_size=8), "INVALID_ARGUMENT", "key: must name a POSIX shared memory object"),
-        (lambda key: dict(name="r", key="/", byte_size=8), "INVALID_ARGUMENT", "key: "),
-        (lambda key: dict(name="r", key="/gradwire-test-none-such", byte_size=8), "NOT_FOUND", "'/gradwire-test-none-such' does not exist"),
-        (lambda key: dict(name="r", key=key, offset=100, byte_size=29), "INVALID_ARGUMENT", "past the end of shared memory object"),
-        (lambda key: dict(name="r", key=key, byte_size=0), "INVALID_ARGUMENT", "byte_size: must be > 0, got 0"),
-        (lambda key: dict(name="", key=key, byte_size=8), "INVALID_ARGUMENT", "name: required"),
-        (lambda key: dict(name="taken", key=key, byte_size=8), "ALREADY_EXISTS", "'taken' is already registered"),
+        (lambda key: {"name": "r", "key": "/../../etc/passwd", "byte_size": 8}, "INVALID_ARGUMENT", "key: must name a POSIX shared memory object"),
+        (lambda key: {"name": "r", "key": "/", "byte_size": 8}, "INVALID_ARGUMENT", "key: "),
+        (lambda key: {"name": "r", "key": "/gradwire-test-none-such", "byte_size": 8}, "NOT_FOUND", "'/gradwire-test-none-such' does not exist"),
+        (lambda key: {"name": "r", "key": key, "offset": 100, "byte_size": 29}, "INVALID_ARGUMENT", "past the end of shared memory object"),
+        (lambda key: {"name": "r", "key": key, "byte_size": 0}, "INVALID_ARGUMENT", "byte_size: must be > 0, got 0"),
+        (lambda key: {"name": "", "key": key, "byte_size": 8}, "INVALID_ARGUMENT", "name: required"),
+        (lambda key: {"name": "taken", "key": key, "byte_size": 8}, "ALREADY_EXISTS", "'taken' is already registered"),
     ],
 )
 def test_bad_registrations_name_the_field(kserve, shm_object, register, code, text):
@@ -388,8 +388,8 @@ def _set_param(tensor, name, param):
          "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_byte_size: shape [2, 4] x FP32 needs 32 bytes, got 40"),
         (lambda r: (r.inputs[0].shape.__setitem__(0, 1 << 30), _set_param(r.inputs[0], "shared_memory_byte_size",
                                                                            pb.InferParameter(int64_param=16 << 30))),
-         "RESOURCE_EXHAUSTED", "inputs[0].parameters.shared_memory_byte_size: 17179869184 bytes is more than an input may hold, "
-                               "67108864 (GRADWIRE_MAX_MESSAGE_BYTES)"),
+         "RESOURCE_EXHAUSTED", ("inputs[0].parameters.shared_memory_byte_size: 17179869184 bytes is more than an input may "
+                                "hold, 67108864 (GRADWIRE_MAX_MESSAGE_BYTES)")),
         (lambda r: _set_param(r.inputs[0], "shared_memory_byte_size", pb.InferParameter(string_param="32")),
          "INVALID_ARGUMENT", "inputs[0].parameters.shared_memory_byte_size: must be an integer"),
         (lambda r: r.inputs[0].parameters.pop("shared_memory_byte_size"), "INVALID_ARGUMENT", "shared_memory_byte_size: required"),
