@@ -199,3 +199,47 @@ def test_the_server_passes_its_inference_spin_setting_on_and_refuses_bad_ones(tm
         parse_settings([], {"GRADWIRE_INFERENCE_SPIN_US": "-2"})
     with pytest.raises(ValueError, match="GRADWIRE_INFERENCE_SPIN_US.*'fast' is not a valid int"):
         parse_settings([], {"GRADWIRE_INFERENCE_SPIN_US": "fast"})
+
+
+def test_a_name_that_moves_finds_its_new_model_loaded(server, target):
+    """An alias moved through SetModelAlias: the new version is loaded (and run once) before the
+    alias moves. A new latest version published by a worker: the RPC process loads it as soon as
+    it sees the commit, without a request. Neither warm-up counts as an inference."""
+    import grpc
+
+    from conftest import wait_for
+    from gradwire.v1 import models_pb2_grpc, training_pb2, training_pb2_grpc
+    from helpers import State, config, inline, iris, mlp, raw_tensor
+
+    X, y = iris()
+    sessions = server.state.sessions
+    with grpc.insecure_channel(target) as ch:
+        jobs, models = training_pb2_grpc.TrainingJobServiceStub(ch), models_pb2_grpc.ModelServiceStub(ch)
+
+        def publish(run: int) -> str:
+            job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                inline_dataset=inline(X, y), network=mlp(4, 3), training=config(epochs=1, lr=0.01 * (run + 1)),
+                registered_model="registeredModels/follow"))
+            done = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state
+                            in (State.SUCCEEDED, State.FAILED) and j)
+            assert done.state == State.SUCCEEDED, done.error
+            return done.model.split("/")[1]
+
+        def predict(name: str) -> None:
+            models.Predict(models_pb2.PredictRequest(name=name, features=raw_tensor(X[:2])))
+
+        v1, v2 = publish(0), publish(1)
+        models.SetModelAlias(models_pb2.SetModelAliasRequest(name="registeredModels/follow", alias="live", version=1))
+        predict("registeredModels/follow@live")
+        assert v1 in sessions.loaded() and v2 not in sessions.loaded()
+
+        models.SetModelAlias(models_pb2.SetModelAliasRequest(name="registeredModels/follow", alias="live", version=2))
+        assert v2 in sessions.loaded()  # when the move returns, not at the first request
+        assert sessions.model_stats(v2).inference_count == 0
+
+        predict("registeredModels/follow")  # the latest version, now followed
+        v3 = publish(2)
+        wait_for(lambda: v3 in sessions.loaded(), timeout=10)
+        assert sessions.model_stats(v3).inference_count == 0
+        predict("registeredModels/follow")
+        assert sessions.model_stats(v3).inference_count == 2

@@ -127,6 +127,7 @@ class Running:
             self.state.shared_stats.stop()
         if self.state.shm is not None:
             self.state.shm.close()
+        self.state.serving.close()
         self.state.store.close()
 
 
@@ -149,7 +150,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     )
     shared = SharedStats(settings.data_dir, slot, settings.rpc_processes, sessions) if settings.rpc_processes > 1 else None
     regions = SharedMemoryRegions(settings.data_dir) if settings.system_shared_memory and shm.available() else None
-    state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions),
+    state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions, follow=True),
                         shared_stats=shared, shm=regions)
     interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
     if settings.auth_enabled:

@@ -222,6 +222,10 @@ class Store:
                         db.execute("UPDATE jobs SET test_dataset_id = ? WHERE id = ?", (test.split("/", 1)[1], job_id))
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL")
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         with self._change_cv:
             self._closed = True

@@ -8,6 +8,7 @@ Every RPC that names a model accepts `models/{id}`, `registeredModels/{name}` (l
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
 from . import wire
 from .wire import Decoded
 
+log = logging.getLogger("gradwire.models")
 EXPORT_CHUNK_BYTES = 1024 * 1024
 
 
@@ -129,6 +131,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         model_id = resource_id(request.name, "models")
         if not request.registered_model:
             raise errors.InvalidArgument("required", field="registered_model")
+        self._warm(model_id)  # before it is anyone's latest version
         return self.s.store.publish_model(model_id, request.registered_model, list(request.aliases))
 
     def GetRegisteredModel(self, request: models_pb2.GetRegisteredModelRequest, context) -> models_pb2.RegisteredModel:
@@ -143,7 +146,22 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         return models_pb2.ListModelVersionsResponse(models=items, next_page_token=token)
 
     def SetModelAlias(self, request: models_pb2.SetModelAliasRequest, context) -> models_pb2.RegisteredModel:
+        try:
+            target = self.s.store.resolve_model(f"{request.name}@{request.version}")
+        except errors.GradwireError:  # set_alias says what is wrong
+            target = None
+        if target is not None:
+            self._warm(target)  # before the alias moves to it
         return self.s.store.set_alias(request.name, request.alias, request.version)
+
+    def _warm(self, model_id: str) -> None:
+        """Loads the model's session and runs it once before a name moves to it, so that the
+        requests right after the move do not wait for the load (166 ms for a 76 MB MLP here).
+        This process only; the others load it as soon as they see the move (serving.py)."""
+        try:
+            self.s.sessions.warm(model_id, tuple(self.s.store.get_model(model_id).input_shape))
+        except errors.GradwireError as exc:  # not ready, gone: the move itself says what it says
+            log.debug("could not warm model %s: %s", model_id, exc)
 
     def DeleteModelAlias(self, request: models_pb2.DeleteModelAliasRequest, context) -> models_pb2.RegisteredModel:
         return self.s.store.delete_alias(request.name, request.alias)
