@@ -243,3 +243,44 @@ def test_a_name_that_moves_finds_its_new_model_loaded(server, target):
         assert sessions.model_stats(v3).inference_count == 0
         predict("registeredModels/follow")
         assert sessions.model_stats(v3).inference_count == 2
+
+
+def test_a_restart_warms_what_the_aliases_point_at(tmp_path):
+    """A server started on a data directory whose registered models have aliases loads those
+    models (explicit aliases and each latest) while it serves, before any request."""
+    import grpc
+
+    from conftest import start, wait_for
+    from gradwire.v1 import models_pb2_grpc, training_pb2, training_pb2_grpc
+    from helpers import State, config, inline, iris, mlp
+
+    X, y = iris()
+    running, pool = start(tmp_path)
+    target = f"127.0.0.1:{running.port}"
+    try:
+        with grpc.insecure_channel(target) as ch:
+            jobs, models = training_pb2_grpc.TrainingJobServiceStub(ch), models_pb2_grpc.ModelServiceStub(ch)
+            ids = []
+            for run in range(3):  # versions 1-3 of "warm"; 3 is the latest
+                job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                    inline_dataset=inline(X, y), network=mlp(4, 3), training=config(epochs=1, lr=0.01 * (run + 1)),
+                    registered_model="registeredModels/warm"))
+                done = wait_for(lambda job=job: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name))).state
+                                in (State.SUCCEEDED, State.FAILED) and j)
+                assert done.state == State.SUCCEEDED, done.error
+                ids.append(done.model.split("/")[1])
+            models.SetModelAlias(models_pb2.SetModelAliasRequest(name="registeredModels/warm", alias="production", version=1))
+    finally:
+        pool.stop(timeout=5)
+        running.stop(grace=1)
+
+    running, pool = start(tmp_path)
+    try:
+        sessions = running.state.sessions
+        wait_for(lambda: {ids[0], ids[2]} <= set(sessions.loaded()), timeout=20)
+        assert ids[1] not in sessions.loaded()  # no alias points at version 2
+        assert all(sessions.model_stats(i).inference_count == 0 for i in ids)
+        assert running.state.serving.warm_aliases(limit=1) == 1  # the bound: production's model, not latest's
+    finally:
+        pool.stop(timeout=5)
+        running.stop(grace=1)
