@@ -145,7 +145,8 @@ class ModelServiceServicer:
 
     def PublishModel(self, request, context):
         """Publishes an existing model as the next version of a registered model
-        (created if absent); `latest` moves to it.
+        (created if absent); `latest` moves to it. The model's session is loaded
+        first, so the first request by its new names does not wait for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +175,8 @@ class ModelServiceServicer:
 
     def SetModelAlias(self, request, context):
         """Points an alias (e.g. `production`) at a version, moving it if it exists.
+        The version's session is loaded before the alias moves, so the first
+        request by the alias afterwards does not wait for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
