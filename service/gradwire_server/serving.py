@@ -38,7 +38,7 @@ from .store import Store
 log = logging.getLogger("gradwire.serving")
 MAX_ENTRIES = 4096  # distinct names kept; past that the cache starts over
 FOLLOWED = 64  # the names most recently served, resolved again after each change
-FOLLOW_PAUSE_S = 0.05  # at least this long between two passes (a training job commits every epoch)
+FOLLOW_PAUSE_S = 0.2  # at least this long between two passes (a training job commits every epoch)
 
 
 @dataclasses.dataclass(frozen=True)
