@@ -455,8 +455,10 @@ def test_a_checkpoint_budget_spaces_the_saves_and_reports_no_epoch_before_its_sa
     assert saves[-1][2] == 40 and torch.load(checkpoint, weights_only=True)["epoch"] == 40
     assert len(saves) < 20, saves  # one save per epoch would be 40
     # A snapshot (a copy of the whole state) is taken only when a save may start before the next
-    # epoch ends, and the last epoch's always: each save is of one of them.
-    assert snapshots[-1] == 40 and len(snapshots) < 30, snapshots
+    # epoch ends, and the last epoch's always: each save is of one of them. How many depends on
+    # the epochs' speed against the pauses (10-20 of 40 alone here, 30 once beside two other test
+    # processes), so the bound is only that some were skipped: without the rule, all 40 are taken.
+    assert snapshots[-1] == 40 and len(snapshots) < 40, snapshots
     assert {epoch for _, _, epoch in saves} <= set(snapshots)
     budgeted = saves[:-1]  # the last one starts at once, when training ends
     for (began, done, _), (next_began, _, _) in zip(budgeted, budgeted[1:]):
