@@ -194,9 +194,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     server.start()
     if shared is not None:
         shared.start()
-    # what aliases point at, loaded while requests are served: a restart is no cold start
-    threading.Thread(target=state.serving.warm_aliases, args=(settings.max_sessions,), name="warm-aliases",
-                     daemon=True).start()
+    state.serving.start_warming(settings.max_sessions)  # what aliases point at: a restart is no cold start
     running = Running(server, port, state, health_servicer)
     running.set_serving(serving)
     return running

@@ -80,6 +80,7 @@ class ServingCache:
         self._followed: collections.OrderedDict[Hashable, tuple[Callable[[], models_pb2.Model], str]] = collections.OrderedDict()
         self._follow = follow
         self._follower: threading.Thread | None = None
+        self._warmer: threading.Thread | None = None
         self._stopping = threading.Event()
 
     def get(self, key: Hashable, load: Callable[[], models_pb2.Model]) -> Serving:
@@ -128,6 +129,8 @@ class ServingCache:
             except errors.GradwireError as exc:  # deleted, not ready: its next request says so
                 log.debug("following %s: %s", key, exc)
             except Exception:  # never the end of the follower
+                if self._stopping.is_set() or self._store.closed:
+                    return
                 log.exception("following %s", key)
 
     def _run_follower(self, stamp: int) -> None:
@@ -148,6 +151,11 @@ class ServingCache:
                 continue
             self._stopping.wait(FOLLOW_PAUSE_S)
 
+    def start_warming(self, limit: int) -> None:
+        """`warm_aliases` on a thread of its own: requests are served meanwhile."""
+        self._warmer = threading.Thread(target=self.warm_aliases, args=(limit,), name="warm-aliases", daemon=True)
+        self._warmer.start()
+
     def warm_aliases(self, limit: int) -> int:
         """Loads and runs once the models every registered model's aliases point at: the explicit
         ones (``production``...) first, then each ``latest``, at most ``limit`` models (the
@@ -155,11 +163,16 @@ class ServingCache:
         started = time.perf_counter()
         names: list[str] = []
         page = ""
-        while True:
-            items, page = self._store.list_registered_models(1000, page)
-            names += [f"{r.name}@{alias}" for r in items for alias in sorted(r.aliases)]
-            if not page:
-                break
+        try:
+            while True:
+                items, page = self._store.list_registered_models(1000, page)
+                names += [f"{r.name}@{alias}" for r in items for alias in sorted(r.aliases)]
+                if not page:
+                    break
+        except Exception:  # the server stopping at once, say
+            if not (self._stopping.is_set() or self._store.closed):
+                log.exception("listing the aliases to warm")
+            return 0
         names.sort(key=lambda name: name.endswith("@latest"))  # explicit aliases first, stable
         warmed: set[str] = set()
         for name in names:
@@ -173,6 +186,8 @@ class ServingCache:
             except errors.GradwireError as exc:  # not ready, gone meanwhile
                 log.debug("warming %s: %s", name, exc)
             except Exception:  # never the end of start-up
+                if self._stopping.is_set() or self._store.closed:
+                    break
                 log.exception("warming %s", name)
         if warmed:
             log.info("warmed %d model(s) that aliases point at, in %.1f s", len(warmed), time.perf_counter() - started)
@@ -180,8 +195,9 @@ class ServingCache:
 
     def close(self) -> None:
         self._stopping.set()
-        if self._follower is not None:
-            self._follower.join(5)
+        for thread in (self._follower, self._warmer):
+            if thread is not None:
+                thread.join(5)
 
     def __len__(self) -> int:
         with self._lock:
