@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -281,6 +282,14 @@ def test_a_restart_warms_what_the_aliases_point_at(tmp_path):
         assert ids[1] not in sessions.loaded()  # no alias points at version 2
         assert all(sessions.model_stats(i).inference_count == 0 for i in ids)
         assert running.state.serving.warm_aliases(limit=1) == 1  # the bound: production's model, not latest's
+    finally:
+        pool.stop(timeout=5)
+        running.stop(grace=1)
+
+    running, pool = start(tmp_path, warm_aliases=False)  # GRADWIRE_WARM_ALIASES=false
+    try:
+        time.sleep(1.0)
+        assert running.state.sessions.loaded() == []
     finally:
         pool.stop(timeout=5)
         running.stop(grace=1)

@@ -60,6 +60,10 @@ class Settings:
     but takes a core: on a machine with few cores shared with other work it delays that work."""
     max_sessions: int = 32
     """onnxruntime sessions kept loaded (least recently used are evicted)."""
+    warm_aliases: bool = True
+    """At start-up, each RPC process loads (and runs once) the models that aliases point at, up to
+    max_sessions, while it serves: a restart is no cold start. False: each loads at its first
+    request (less memory, on a GPU too, where many aliased models get no traffic)."""
     inference_optimization: str = "all"
     """onnxruntime graph optimization level: "disable", "basic", "extended" or "all"."""
     batching: bool = True

@@ -194,7 +194,8 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     server.start()
     if shared is not None:
         shared.start()
-    state.serving.start_warming(settings.max_sessions)  # what aliases point at: a restart is no cold start
+    if settings.warm_aliases:
+        state.serving.start_warming(settings.max_sessions)  # what aliases point at: a restart is no cold start
     running = Running(server, port, state, health_servicer)
     running.set_serving(serving)
     return running
