@@ -33,7 +33,7 @@ from gradwire.v1 import datasets_pb2, models_pb2
 
 from . import errors
 from .inference import BatchingPolicy, SessionCache
-from .store import Store
+from .store import Store, every
 
 log = logging.getLogger("gradwire.serving")
 MAX_ENTRIES = 4096  # distinct names kept; past that the cache starts over
@@ -129,7 +129,7 @@ class ServingCache:
             except errors.GradwireError as exc:  # deleted, not ready: its next request says so
                 log.debug("following %s: %s", key, exc)
             except Exception:  # never the end of the follower
-                if self._stopping.is_set() or self._store.closed:
+                if self._closing():
                     return
                 log.exception("following %s", key)
 
@@ -145,7 +145,7 @@ class ServingCache:
                 stamp = now
                 self.follow_changes()
             except Exception:  # the store closing under it, say: never a busy loop
-                if not self._store.closed:
+                if not self._closing():
                     log.exception("the serving follower")
                 self._stopping.wait(1.0)
                 continue
@@ -161,16 +161,10 @@ class ServingCache:
         ones (``production``...) first, then each ``latest``, at most ``limit`` models (the
         session cache's bound); the names are then followed. Returns how many were warmed."""
         started = time.perf_counter()
-        names: list[str] = []
-        page = ""
         try:
-            while True:
-                items, page = self._store.list_registered_models(1000, page)
-                names += [f"{r.name}@{alias}" for r in items for alias in sorted(r.aliases)]
-                if not page:
-                    break
+            names = [f"{r.name}@{alias}" for r in every(self._store.list_registered_models) for alias in sorted(r.aliases)]
         except Exception:  # the server stopping at once, say
-            if not (self._stopping.is_set() or self._store.closed):
+            if not self._closing():
                 log.exception("listing the aliases to warm")
             return 0
         names.sort(key=lambda name: name.endswith("@latest"))  # explicit aliases first, stable
@@ -186,12 +180,16 @@ class ServingCache:
             except errors.GradwireError as exc:  # not ready, gone meanwhile
                 log.debug("warming %s: %s", name, exc)
             except Exception:  # never the end of start-up
-                if self._stopping.is_set() or self._store.closed:
+                if self._closing():
                     break
                 log.exception("warming %s", name)
         if warmed:
             log.info("warmed %d model(s) that aliases point at, in %.1f s", len(warmed), time.perf_counter() - started)
         return len(warmed)
+
+    def _closing(self) -> bool:
+        """Whether an error may just be the cache or the store closing (not worth a traceback)."""
+        return self._stopping.is_set() or self._store.closed
 
     def close(self) -> None:
         self._stopping.set()

@@ -128,6 +128,17 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def every(list_page: Callable[[int, str], tuple[list, str]], page_size: int = 1000) -> Iterator:
+    """Every item of a paged listing (``store.list_models``, say, or a lambda binding the other
+    arguments of ``list_model_versions``), page after page."""
+    page = ""
+    while True:
+        items, page = list_page(page_size, page)
+        yield from items
+        if not page:
+            return
+
+
 def resource_id(name: str, collection: str, field: str = "name") -> str:
     """`datasets/abc` -> `abc`, refusing anything that is not a well-formed name."""
     prefix = collection + "/"

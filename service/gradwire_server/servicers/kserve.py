@@ -27,6 +27,7 @@ from .. import errors
 from ..inference import ModelStats, Timing, model_path
 from ..serving import Serving
 from ..shm import Region, SharedMemoryRegions
+from ..store import every
 from .context import ServerState
 from .convert import array_from_raw, check_value_count, checked_count
 from .models import check_features, run_model
@@ -38,7 +39,6 @@ EXTENSIONS = ("classification", "statistics", "model_configuration")
 SHM_EXTENSION = "system_shared_memory"
 SHM_REGION, SHM_BYTE_SIZE, SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 BACKEND = "onnxruntime"
-PAGE = 1000  # models per store query while listing them all
 # Open Inference Protocol datatype -> numpy dtype, and which typed-contents field carries it.
 DATATYPES = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
@@ -113,13 +113,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         input_name, output_name = self._io_names(model)
         versions: list[str] = []
         if model.registered_model:
-            page = ""
-            while True:
-                items, page = self.s.store.list_model_versions(model.registered_model, 1000, page)
-                versions += [str(m.version) for m in items]
-                if not page:
-                    break
-            versions.reverse()  # oldest first
+            listed = every(lambda size, page: self.s.store.list_model_versions(model.registered_model, size, page))
+            versions = [str(m.version) for m in listed][::-1]  # oldest first
         Tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=request.name,
@@ -189,20 +184,15 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                                   field="repository_name")
         Index = pb.RepositoryIndexResponse.ModelIndex
         entries: list[tuple[str, int, Index]] = []
-        page = ""
-        while True:
-            items, page = self.s.store.list_models(PAGE, page)
-            for model in items:
-                model_id = model.name.split("/", 1)[1]
-                ready = model_path(self.s.settings.data_dir, model_id).exists()
-                if request.ready and not ready:
-                    continue
-                name = model.registered_model.split("/", 1)[1] if model.registered_model else model_id
-                entries.append((name, model.version, Index(
-                    name=name, version=str(model.version) if model.registered_model else "",
-                    state="READY" if ready else "UNAVAILABLE", reason="" if ready else "its ONNX file is missing")))
-            if not page:
-                break
+        for model in every(self.s.store.list_models):
+            model_id = model.name.split("/", 1)[1]
+            ready = model_path(self.s.settings.data_dir, model_id).exists()
+            if request.ready and not ready:
+                continue
+            name = model.registered_model.split("/", 1)[1] if model.registered_model else model_id
+            entries.append((name, model.version, Index(
+                name=name, version=str(model.version) if model.registered_model else "",
+                state="READY" if ready else "UNAVAILABLE", reason="" if ready else "its ONNX file is missing")))
         return pb.RepositoryIndexResponse(models=[index for _, _, index in sorted(entries, key=lambda e: e[:2])])
 
     # ---- system shared memory ------------------------------------------
@@ -233,6 +223,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _shm_target(self, params, field: str) -> tuple[Region, int, int] | None:
         """(region, offset, byte_size) when a tensor's ``params`` name a shared memory region, else None."""
+        if not params:  # nearly every request: no map look-ups
+            return None
         if SHM_REGION not in params:
             for name in (SHM_BYTE_SIZE, SHM_OFFSET):
                 if name in params:
@@ -337,10 +329,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             kind = datasets_pb2.LabelKind.Name(model.label_kind)
             raise errors.InvalidArgument(f"the classification extension needs a classifier (LABEL_KIND_CLASSES); this model is {kind}",
                                          field=field)
-        kind = param.WhichOneof("parameter_choice")
-        if kind not in ("int64_param", "uint64_param"):
-            raise errors.InvalidArgument(f"'classification' must be an integer (the number of classes), got {kind}", field=field)
-        k = getattr(param, kind)
+        k = _integer(param, field, "'classification' must be an integer (the number of classes)")
         if not 1 <= k <= output.shape[1]:
             raise errors.InvalidArgument(f"'classification' must be between 1 and {output.shape[1]}, got {k}", field=field)
         top = np.argsort(-output, axis=1, kind="stable")[:, :k]  # (batch, k)
@@ -352,10 +341,11 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return serialize_bytes(items), [len(output), k]
 
 
-def _integer(param: pb.InferParameter, field: str) -> int:
+def _integer(param: pb.InferParameter, field: str, needs: str = "must be an integer (int64_param)") -> int:
+    """An integer parameter's value (int64 or uint64), or INVALID_ARGUMENT saying ``needs``."""
     kind = param.WhichOneof("parameter_choice")
     if kind not in ("int64_param", "uint64_param"):
-        raise errors.InvalidArgument(f"must be an integer (int64_param), got {kind}", field=field)
+        raise errors.InvalidArgument(f"{needs}, got {kind}", field=field)
     return getattr(param, kind)
 
 
