@@ -96,13 +96,12 @@ class SharedMemoryRegions:
         if byte_size <= 0:
             raise errors.InvalidArgument(f"must be > 0, got {byte_size}", field="byte_size")
         changes = self._counter(create=True)
-        with self._open(key, "key") as fd:
-            info = os.fstat(fd)
+        with self._open(key, "key") as (_, info):
             if offset + byte_size > info.st_size:
                 raise errors.InvalidArgument(
                     f"offset {offset} + byte_size {byte_size} = {offset + byte_size} goes past the end of shared memory "
                     f"object {key!r}, which holds {info.st_size} bytes", field="byte_size")
-        if sum(1 for p in self._dir.iterdir() if not p.name.startswith(".")) >= MAX_REGIONS:
+        if len(self._entries()) >= MAX_REGIONS:
             raise errors.ResourceExhausted(f"{MAX_REGIONS} system shared memory regions are registered, the most a server "
                                            f"holds; unregister some first", field="name")
         record = json.dumps({"name": name, "key": key, "offset": offset, "byte_size": byte_size}).encode()
@@ -172,7 +171,7 @@ class SharedMemoryRegions:
         """Fill ``out`` (C-contiguous) with the region's bytes from ``offset``."""
         size = out.nbytes
         self._check_span(region, offset, size, field)
-        with self._open(region.key, field, region) as fd:
+        with self._open(region.key, field, region) as (fd, _):
             got = os.preadv(fd, [memoryview(out).cast("B")], region.offset + offset) if size else 0
             if got != size:  # shrunk since registration
                 raise errors.FailedPrecondition(
@@ -182,9 +181,9 @@ class SharedMemoryRegions:
     def write(self, region: Region, offset: int, data: bytes | memoryview, field: str) -> None:
         size = len(data)
         self._check_span(region, offset, size, field)
-        with self._open(region.key, field, region) as fd:
+        with self._open(region.key, field, region) as (fd, info):
             end = region.offset + offset + size
-            held = os.fstat(fd).st_size
+            held = info.st_size
             if held < end:  # shrunk since registration: never grow the client's object
                 raise errors.FailedPrecondition(
                     f"system shared memory region {region.name!r} ends early: shared memory object {region.key!r} now holds "
@@ -207,7 +206,9 @@ class SharedMemoryRegions:
                 f"({region.byte_size} bytes)", field=field)
 
     @contextlib.contextmanager
-    def _open(self, key: str, field: str, region: Region | None = None) -> Iterator[int]:
+    def _open(self, key: str, field: str, region: Region | None = None) -> Iterator[tuple[int, os.stat_result]]:
+        """The object's file descriptor and its fstat (one per open: the checks here and the
+        caller's size both read it)."""
         path = self._shm_dir / _object_name(key, field)
         what = f"shared memory object {key!r}" + (f" of system shared memory region {region.name!r}" if region else "")
         try:
@@ -219,9 +220,10 @@ class SharedMemoryRegions:
         except OSError as exc:
             raise errors.FailedPrecondition(f"cannot open {what}: {exc.strerror}", field=field) from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise errors.InvalidArgument(f"{what} is not a shared memory object", field=field)
-            yield fd
+            yield fd, info
         finally:
             os.close(fd)
 
