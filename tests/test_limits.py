@@ -39,8 +39,9 @@ def limited(tmp_path):
     running.stop(0)
 
 
-def create(jobs, **kw) -> training_pb2.TrainingJob:
-    X, y = iris(30)
+def create(jobs, rows: int | None = 30, **kw) -> training_pb2.TrainingJob:
+    """A training job on ``rows`` of iris (None: all 150)."""
+    X, y = iris(rows)
     kw.setdefault("network", mlp(4, 3))
     kw.setdefault("training", config(epochs=2))
     return jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(inline_dataset=inline(X, y), **kw), timeout=10)
@@ -317,9 +318,7 @@ def test_job_over_its_wall_time_fails_with_a_clear_reason(tmp_path):
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
-        X, y = iris()
-        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
-            inline_dataset=inline(X, y), network=mlp(32, 3), training=config(epochs=10_000, batch_size=1)), timeout=10)
+        job = create(jobs, rows=None, network=mlp(32, 3), training=config(epochs=10_000, batch_size=1))
         final = wait_for(lambda: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=5)).state
                          in (State.FAILED, State.SUCCEEDED, State.CANCELLED) and j, timeout=60)
         assert final.state == State.FAILED
@@ -342,9 +341,7 @@ def test_the_workers_honour_the_checkpoint_budget(tmp_path):
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
-        X, y = iris()
-        job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
-            inline_dataset=inline(X, y), network=mlp(32, 3), training=config(epochs=10_000, batch_size=1)), timeout=10)
+        job = create(jobs, rows=None, network=mlp(32, 3), training=config(epochs=10_000, batch_size=1))
         get = lambda: jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=job.name), timeout=5)  # noqa: E731
         wait_for(lambda: len(get().history) >= 1, timeout=60)
         time.sleep(1.5)
