@@ -197,8 +197,7 @@ def test_watch_streams_leave_threads_for_everything_else(tmp_path):
     jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
     try:
         X, y = iris()
-        long_job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
-            inline_dataset=inline(X, y), network=mlp(32, 3), training=config(epochs=10_000, batch_size=1)), timeout=10)
+        long_job = create(jobs, rows=None, network=mlp(32, 3), training=config(epochs=10_000, batch_size=1))
         watch = lambda: jobs.WatchTrainingJob(training_pb2.WatchTrainingJobRequest(name=long_job.name), timeout=120)  # noqa: E731
         streams = [watch() for _ in range(2)]
         for stream in streams:
