@@ -6,10 +6,13 @@ prints what it saw as one JSON object. Used by tests/test_kserve.py and bench/in
 
 --bench N: N one-row requests, their latencies. --bench-shm N: N requests of every row in
 FEATURES.npy, alternately through system shared memory and over the wire, in blocks.
+--bench-stream N: N requests of every row in FEATURES.npy on one ModelStreamInfer stream (sent
+back to back, several in progress at once), against N one after the other, alternating blocks.
 """
 
 import json
 import os
+import queue
 import sys
 import time
 
@@ -67,6 +70,21 @@ def message_fields(module) -> dict:
     for desc in module.DESCRIPTOR.message_types_by_name.values():
         walk(desc, "")
     return out
+
+
+def streamed(client, model, version, requests) -> list:
+    """(id, result or None, error message or None) of each of ``requests`` ((request id, inputs))
+    sent on one stream (tritonclient's start_stream and async_stream_infer), in the order answered."""
+    answers: queue.SimpleQueue = queue.SimpleQueue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for request_id, inputs in requests:
+            client.async_stream_infer(model, inputs, model_version=version, request_id=request_id)
+        got = [answers.get(timeout=60) for _ in requests]
+    finally:
+        client.stop_stream()
+    return [(result.get_response().id if result is not None else None, result, str(error) if error is not None else None)
+            for result, error in got]
 
 
 def status(client) -> list:
@@ -127,6 +145,17 @@ def main() -> None:
                                "output": [answer.get_output(out.name).datatype, list(answer.get_output(out.name).shape)]}
     shared.close()
     report["shared_memory"]["status_after"] = status(client)
+    # Streaming inference: each row its own request on one stream, and a bad one among them.
+    rows = []
+    for i in range(len(X)):
+        one = grpcclient.InferInput(inp.name, [1, *X.shape[1:]], inp.datatype)
+        one.set_data_from_numpy(X[i:i + 1])
+        rows.append((f"s{i}", [one]))
+    bad = grpcclient.InferInput("not-the-input", [1, *X.shape[1:]], inp.datatype)
+    bad.set_data_from_numpy(X[:1])
+    answered = streamed(client, model, version, [*rows[:3], ("bad", [bad]), *rows[3:]])
+    report["stream"] = {"ids": [a[0] for a in answered], "errors": [a[2] for a in answered if a[2] is not None],
+                        "probabilities": [a[1].as_numpy(out.name)[0].tolist() for a in answered if a[1] is not None]}
     from tritonclient.grpc import service_pb2
 
     report["protocol"] = {
@@ -152,6 +181,27 @@ def main() -> None:
                     seen[k].append(time.perf_counter() - t0)
         shared.close()
         report["bench_shm_s"] = seen
+    if "--bench-stream" in sys.argv:  # every row per request: one stream against one call at a time
+        n = int(sys.argv[sys.argv.index("--bench-stream") + 1])
+        whole = grpcclient.InferInput(inp.name, list(X.shape), inp.datatype)
+        whole.set_data_from_numpy(X)
+        block = max(1, n // 4)
+        seen = {"stream": [], "calls": []}  # seconds per block, requests per block
+        for b in range(-(-n // block)):
+            count = min(block, n - b * block)
+            for k in ("stream", "calls") if b % 2 == 0 else ("calls", "stream"):
+                streamed(client, model, version, [("w", [whole])] * 3)  # warm-up
+                for _ in range(3):
+                    client.infer(model, [whole], model_version=version)
+                t0 = time.perf_counter()
+                if k == "stream":
+                    answered = streamed(client, model, version, [(str(i), [whole]) for i in range(count)])
+                    assert all(a[2] is None for a in answered), answered[0][2]
+                else:
+                    for _ in range(count):
+                        client.infer(model, [whole], model_version=version)
+                seen[k].append([time.perf_counter() - t0, count])
+        report["bench_stream"] = seen
     if bench:  # one-row requests, sequential: latency percentiles in seconds
         one = grpcclient.InferInput(inp.name, [1, *X.shape[1:]], inp.datatype)
         one.set_data_from_numpy(X[:1])

@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from conftest import train_iris
+from helpers import mlp
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
@@ -25,6 +27,7 @@ README_COMMANDS = [
     "gradwire.v1.ModelService/Predict",
     "grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check",
     "inference.GRPCInferenceService/ModelStatistics",
+    "grpcurl -plaintext -d @ localhost:50051 inference.GRPCInferenceService/ModelStreamInfer",
 ]
 
 
@@ -105,3 +108,20 @@ def test_bad_input_reads_well_in_grpcurl(target):
     out = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "Code: InvalidArgument\n  Message: network.layers[0].dense.units: must be >= 1, got 0" in out.stderr, out.stderr
+
+
+def test_a_model_stream_from_grpcurl(target):
+    """README's ModelStreamInfer example: several requests on one stream from stdin, each answered
+    in turn; the bad one with its error in the answer, and the stream goes on."""
+    model = train_iris(target, mlp(4, 3), epochs=1).split("/", 1)[1]
+
+    def request(id: str, values: list[float], name: str = "features") -> str:
+        return json.dumps({"model_name": model, "id": id, "inputs": [{"name": name, "datatype": "FP32", "shape": [1, 4],
+                                                                       "contents": {"fp32_contents": values}}]})
+
+    data = "\n".join([request("a", [5.1, 3.5, 1.4, 0.2]), request("b", [1, 2, 3, 4], name="x"), request("c", [6.7, 3.0, 5.2, 2.3])])
+    answers = stream(grpcurl(target, "inference.GRPCInferenceService/ModelStreamInfer", data=data))
+    assert [a["inferResponse"]["id"] for a in answers] == ["a", "b", "c"]
+    assert "errorMessage" not in answers[0] and answers[0]["inferResponse"]["outputs"][0]["shape"] == ["1", "3"]
+    assert answers[1]["errorMessage"].startswith("INVALID_ARGUMENT: inputs[0].name") and "'x'" in answers[1]["errorMessage"]
+    assert len(answers[2]["inferResponse"]["rawOutputContents"]) == 1

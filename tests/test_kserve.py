@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
+import threading
 import time
 import uuid
 
@@ -126,6 +127,15 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     assert [(name[:6], key, offset, size) for name, key, offset, size in shared["status"]] == [
         ("gw-in-", "/" + shared["status"][0][0], 0, 160), ("gw-out", "/" + shared["status"][1][0], 0, 120)]
     assert shared["status_after"] == []
+
+    # Streaming inference through tritonclient's start_stream / async_stream_infer: each of the
+    # ten rows its own request, a bad one fourth; every answer in the order sent, the rows
+    # bit for bit Predict's, the bad one an error naming the field and the value.
+    stream = seen["stream"]
+    assert stream["ids"] == ["s0", "s1", "s2", None, *[f"s{i}" for i in range(3, 10)]]
+    (error,) = stream["errors"]
+    assert "INVALID_ARGUMENT: inputs[0].name" in error and "'not-the-input'" in error, error
+    np.testing.assert_array_equal(np.asarray(stream["probabilities"], dtype=np.float32), expected)
 
     # Classification extension: top 2 as "value:index:label", best first.
     for row, probs in zip(seen["classification"], expected):
@@ -275,6 +285,97 @@ def test_reflection_lists_the_inference_service(channel_module):
     stub = reflection_pb2_grpc.ServerReflectionStub(channel_module)
     (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     assert "inference.GRPCInferenceService" in {s.name for s in answer.list_services_response.service}
+
+
+# ---- Triton's streaming inference (ModelStreamInfer) ------------------------------------------
+
+
+def infer_request(model_name: str, X: np.ndarray, id: str = "", **fields) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(model_name=model_name, id=id, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=list(X.shape))], raw_input_contents=[np.ascontiguousarray(X, "<f4").tobytes()],
+        **fields)
+
+
+def test_a_stream_answers_every_request_in_order_and_its_errors_in_band(published, channel_module):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    X, _ = iris()
+    requests = [infer_request("iris-kserve", X[i:i + 1 + i % 3], id=f"r{i}", model_version="production") for i in range(40)]
+    requests[7].inputs[0].name = "x"  # bad: its error names the field and the value; the stream goes on
+    requests[19] = infer_request("no-such-model", X[:1], id="r19")
+    requests[30] = infer_request("iris-kserve", X[:300], id="r30")  # large: parsed apart, as ModelInfer's are
+    answers = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+
+    assert [a.infer_response.id for a in answers] == [r.id for r in requests]  # one each, in the order sent
+    assert "INVALID_ARGUMENT: inputs[0].name" in answers[7].error_message and "'x'" in answers[7].error_message
+    assert answers[19].error_message.startswith("NOT_FOUND: ") and "no-such-model" in answers[19].error_message
+    assert answers[19].infer_response.model_name == "no-such-model" and not answers[19].infer_response.outputs
+    for i, (request, answer) in enumerate(zip(requests, answers)):
+        if i in (7, 19):
+            continue
+        assert answer.error_message == "", (i, answer.error_message)
+        alone = stub.ModelInfer(request)  # the same request on its own call: the same bytes
+        assert answer.infer_response.raw_output_contents == alone.raw_output_contents, i
+        assert (answer.infer_response.model_version, list(answer.infer_response.outputs[0].shape)) == (
+            str(published.model_version), [request.inputs[0].shape[0], 3])
+    assert list(stub.ModelStreamInfer(iter([]), timeout=10)) == []  # no requests: no answers, and the call ends well
+
+
+def test_streamed_one_row_requests_merge_in_the_batcher(target, channel_module):
+    """A stream keeps several requests in progress, so one client's one-row requests merge into
+    larger onnxruntime calls, every one of them with its own rows back."""
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    model_id = train_iris(target, mlp(4, 3), epochs=1).split("/")[1]  # its own statistics
+    X, _ = iris()
+    answers = list(stub.ModelStreamInfer(iter([infer_request(model_id, X[i % 150:i % 150 + 1], id=str(i)) for i in range(400)]),
+                                         timeout=120))
+    assert [a.error_message for a in answers] == [""] * 400 and [a.infer_response.id for a in answers] == [str(i) for i in range(400)]
+    whole = np.frombuffer(stub.ModelInfer(infer_request(model_id, X)).raw_output_contents[0], "<f4").reshape(150, 3)
+    got = np.stack([np.frombuffer(a.infer_response.raw_output_contents[0], "<f4") for a in answers])
+    np.testing.assert_allclose(got, whole[np.arange(400) % 150], rtol=1e-6, atol=1e-7)  # its own row, whatever it merged with
+    (stats,) = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model_id)).model_stats
+    assert stats.inference_count == 400 + 150
+    assert stats.execution_count < 400 + 1, "no streamed request merged with another"
+    assert max(b.batch_size for b in stats.batch_stats if b.batch_size != 150) > 1
+
+
+def test_streams_are_bounded_and_a_cancelled_one_frees_its_slot(server, published):
+    """Each open stream holds an RPC thread: past GRADWIRE_MAX_INFER_STREAMS a new one is refused,
+    unary calls still answer, and a stream the client cancels gives its slot back."""
+    settings = Settings(host="127.0.0.1", port=0, data_dir=server.state.settings.data_dir, rpc_threads=4,
+                        max_infer_streams=1, warm_aliases=False, system_shared_memory=False)
+    running = create_server(settings, recover=False)  # a second server on the same store
+    X, _ = iris()
+    release = threading.Event()
+
+    def held():  # one request, then the stream stays open until released
+        yield infer_request("iris-kserve", X[:2], id="first")
+        release.wait(30)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+            first = stub.ModelStreamInfer(held(), timeout=60)
+            assert next(first).infer_response.id == "first"
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.ModelStreamInfer(iter([infer_request("iris-kserve", X[:1])]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "GRADWIRE_MAX_INFER_STREAMS" in err.value.details(), err.value.details()
+            assert stub.ModelInfer(infer_request("iris-kserve", X[:1]), timeout=10).outputs  # unary calls still answer
+            first.cancel()
+            release.set()
+
+            def opens() -> bool:
+                try:
+                    return [a.infer_response.id for a in stub.ModelStreamInfer(iter([infer_request("iris-kserve", X[:1], id="again")]),
+                                                                                timeout=10)] == ["again"]
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    return False
+
+            wait_for(opens, timeout=20, interval=0.1)
+    finally:
+        release.set()
+        running.stop(grace=0)
 
 
 # ---- Triton's system shared memory extension --------------------------------------------------

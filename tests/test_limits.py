@@ -303,6 +303,12 @@ def test_settings_refuse_bad_limits():
         parse_settings([], {"GRADWIRE_MAX_QUEUED_JOBS": "0"})
     with pytest.raises(ValueError, match="GRADWIRE_MAX_WATCH_STREAMS"):  # watchers must leave threads for the rest
         parse_settings(["--rpc-threads", "8", "--max-watch-streams", "8"], {})
+    with pytest.raises(ValueError, match="4 \\+ 4 long-lived streams would take every one of the 8 RPC threads"):
+        parse_settings(["--rpc-threads", "8", "--max-watch-streams", "4", "--max-infer-streams", "4"], {})
+    with pytest.raises(ValueError, match="GRADWIRE_INFER_STREAM_IN_FLIGHT"):
+        parse_settings([], {"GRADWIRE_INFER_STREAM_IN_FLIGHT": "0"})
+    assert (parse_settings(["--rpc-threads", "8", "--max-infer-streams", "5"], {}).infer_streams,
+            parse_settings(["--rpc-threads", "2"], {}).infer_streams) == (5, 1)  # the default bends to few threads
     with pytest.raises(ValueError, match="GRADWIRE_TLS_KEY_FILE"):
         parse_settings([], {"GRADWIRE_TLS_CERT_FILE": __file__})
     settings = parse_settings(["--max-job-seconds", "5"], {"GRADWIRE_AUTH_TOKENS": "abc,def"})

@@ -44,6 +44,14 @@ class Settings:
     """WatchTrainingJob streams open at once (0: a quarter of rpc_threads). Each holds an RPC thread
     for its job's whole run; past the limit a watch is RESOURCE_EXHAUSTED (the SDK's job.wait() then
     polls), so watchers can never take every thread from predictions and health checks."""
+    max_infer_streams: int = 0
+    """ModelStreamInfer streams open at once (0: a quarter of rpc_threads). Each holds an RPC thread
+    for its whole life; past the limit a new stream is RESOURCE_EXHAUSTED. With max_watch_streams
+    it must leave RPC threads for unary calls and health checks."""
+    infer_stream_in_flight: int = 32
+    """Requests of one ModelStreamInfer stream in progress at once: enough for a stream of one-row
+    requests to merge in the batcher, and for a stream of large ones to overlap transfer with
+    compute. Past it the stream's next requests wait unread (the client's sends back up)."""
     grace_period_s: float = 10.0
     """On SIGTERM: how long in-flight RPCs get to finish."""
     max_upload_bytes: int = 2 * 1024**3
@@ -125,6 +133,8 @@ class Settings:
             "rpc_processes": 1 <= self.rpc_processes <= 64,
             "rpc_threads": self.rpc_threads >= 1,
             "max_watch_streams": self.max_watch_streams == 0 or 1 <= self.max_watch_streams < self.rpc_threads,
+            "max_infer_streams": self.max_infer_streams == 0 or 1 <= self.max_infer_streams < self.rpc_threads,
+            "infer_stream_in_flight": 1 <= self.infer_stream_in_flight <= 1024,
             "grace_period_s": self.grace_period_s >= 0,
             "max_upload_bytes": self.max_upload_bytes > 0,
             "max_inline_examples": self.max_inline_examples > 0,
@@ -152,6 +162,11 @@ class Settings:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid setting {name} ({_env_name(name)}): got {getattr(self, name)!r}")
+        explicit = self.max_watch_streams or self.max_infer_streams  # the defaults bend to a tiny rpc_threads
+        if explicit and self.watch_streams + self.infer_streams >= self.rpc_threads:
+            raise ValueError(f"invalid settings max_watch_streams ({_env_name('max_watch_streams')}) and max_infer_streams "
+                             f"({_env_name('max_infer_streams')}): {self.watch_streams} + {self.infer_streams} long-lived "
+                             f"streams would take every one of the {self.rpc_threads} RPC threads ({_env_name('rpc_threads')})")
         if self.rpc_processes > 1 and self.port == 0:
             raise ValueError(f"invalid setting rpc_processes ({_env_name('rpc_processes')}): {self.rpc_processes} processes "
                              f"share one port, so they need a fixed one ({_env_name('port')}), not 0")
@@ -174,6 +189,16 @@ class Settings:
                 if line:
                     tokens.append(line)
         return tuple(tokens)
+
+    @property
+    def watch_streams(self) -> int:
+        """WatchTrainingJob streams open at once (max_watch_streams, or its default)."""
+        return self.max_watch_streams or max(1, self.rpc_threads // 4)
+
+    @property
+    def infer_streams(self) -> int:
+        """ModelStreamInfer streams open at once (max_infer_streams, or its default)."""
+        return self.max_infer_streams or max(1, self.rpc_threads // 4)
 
     @property
     def auth_enabled(self) -> bool:

@@ -112,8 +112,10 @@ def _add_servicer(server: grpc.Server, add: Callable, servicer: Any, deserialize
 class Running:
     """A started server: the grpc.Server, its port, its state and health."""
 
-    def __init__(self, server: grpc.Server, port: int, state: ServerState, health_servicer: health.HealthServicer) -> None:
+    def __init__(self, server: grpc.Server, port: int, state: ServerState, health_servicer: health.HealthServicer,
+                 kserve: KServeServicer) -> None:
         self.server, self.port, self.state, self.health = server, port, state, health_servicer
+        self.kserve = kserve
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -123,6 +125,7 @@ class Running:
     def stop(self, grace: float | None) -> None:
         self.set_serving(False)
         self.server.stop(grace).wait()
+        self.kserve.close()
         if self.state.shared_stats is not None:
             self.state.shared_stats.stop()
         if self.state.shm is not None:
@@ -173,8 +176,9 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     # Predict and ModelInfer read a large request's features where they arrived (servicers/wire.py)
     _add_servicer(server, models_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(state),
                   {"Predict": wire.predict_request})
-    _add_servicer(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, KServeServicer(state),
-                  {"ModelInfer": wire.model_infer_request})
+    kserve = KServeServicer(state)
+    _add_servicer(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve,
+                  {"ModelInfer": wire.model_infer_request, "ModelStreamInfer": wire.model_infer_request})
     network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -196,7 +200,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         shared.start()
     if settings.warm_aliases:
         state.serving.start_warming(settings.max_sessions)  # what aliases point at: a restart is no cold start
-    running = Running(server, port, state, health_servicer)
+    running = Running(server, port, state, health_servicer, kserve)
     running.set_serving(serving)
     return running
 

@@ -65,6 +65,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.ModelStreamInfer = channel.stream_stream(
+                '/inference.GRPCInferenceService/ModelStreamInfer',
+                request_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
+                _registered_method=True)
         self.ModelStatistics = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelStatistics',
                 request_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
@@ -138,6 +143,15 @@ class GRPCInferenceServiceServicer:
 
     def ModelInfer(self, request, context):
         """Runs a model on the request's input tensors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStreamInfer(self, request_iterator, context):
+        """Triton's streaming inference: ModelInfer requests on one stream, several in progress at
+        once, each answered on the response stream in the order sent. A request that fails is
+        answered with its error_message (and its id), and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +232,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'ModelStreamInfer': grpc.stream_stream_rpc_method_handler(
+                    servicer.ModelStreamInfer,
+                    request_deserializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferRequest.FromString,
+                    response_serializer=gradwire_dot_kserve_dot_grpc__service__pb2.ModelStreamInferResponse.SerializeToString,
             ),
             'ModelStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelStatistics,
@@ -413,6 +432,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStreamInfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/inference.GRPCInferenceService/ModelStreamInfer',
+            gradwire_dot_kserve_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
+            gradwire_dot_kserve_dot_grpc__service__pb2.ModelStreamInferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,14 +8,21 @@ raw_output_contents, which is what tritonclient reads. The classification extens
 answers the top K classes as BYTES "value:index:label" strings. With Triton's system shared
 memory extension (shm.py), an input's or output's parameters may name a registered region
 instead: "shared_memory_region", "shared_memory_byte_size" and "shared_memory_offset".
+ModelStreamInfer (Triton's streaming inference) takes ModelInfer requests on one stream, runs up
+to GRADWIRE_INFER_STREAM_IN_FLIGHT of them at once and answers each in the order sent.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
+import queue
 import struct
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 
 import numpy as np
 
@@ -24,6 +31,7 @@ from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, models_pb2
 
 from .. import errors
+from ..interceptors import STATUS_BY_CODE
 from ..inference import ModelStats, Timing, model_path
 from ..serving import Serving
 from ..shm import Region, SharedMemoryRegions
@@ -34,6 +42,7 @@ from .models import check_features, run_model
 from . import wire
 from .wire import Decoded
 
+log = logging.getLogger("gradwire.kserve")
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("classification", "statistics", "model_configuration")
 SHM_EXTENSION = "system_shared_memory"
@@ -64,6 +73,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
         self._server_version = _version()
+        self._stream_slots = threading.BoundedSemaphore(state.settings.infer_streams)
+        self._stream_pool: futures.ThreadPoolExecutor | None = None  # made at the first stream
+        self._stream_pool_lock = threading.Lock()
 
     # ---- naming ---------------------------------------------------------
 
@@ -283,7 +295,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return np.asarray(values, dtype=dtype).reshape(shape)
 
     def ModelInfer(self, request: pb.ModelInferRequest | Decoded, context) -> pb.ModelInferResponse:
-        arrived = time.perf_counter_ns()
+        return self._model_infer(request, time.perf_counter_ns())
+
+    def _model_infer(self, request: pb.ModelInferRequest | Decoded, arrived: int) -> pb.ModelInferResponse:
         request, raw = wire.unwrap(request)  # a large request's raw input bytes apart, as they arrived
         served = self._served(request.model_name, request.model_version, "model_name")
         with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
@@ -322,6 +336,53 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(data)
         return response
 
+    # ---- streaming inference --------------------------------------------
+
+    def ModelStreamInfer(self, request_iterator: Iterable[pb.ModelInferRequest | Decoded],
+                         context) -> Iterator[pb.ModelStreamInferResponse]:
+        """Triton's streaming inference: each request as ModelInfer would answer it, up to
+        infer_stream_in_flight at once (a stream of one-row requests merges in the batcher, one of
+        large requests overlaps their transfer with the model's runs), answered in the order sent.
+        A request that fails is answered with its error message and id; the stream goes on."""
+        limit = self.s.settings.infer_streams
+        # A stream holds an RPC thread for its whole life: past the limit, refuse rather than let
+        # streams take every thread from unary calls and health checks.
+        if not self._stream_slots.acquire(blocking=False):
+            raise errors.ResourceExhausted(
+                f"{limit} ModelStreamInfer streams are already open, the server's limit (GRADWIRE_MAX_INFER_STREAMS); "
+                "send ModelInfer calls instead, or open the stream again later")
+        try:
+            yield from in_order(self._stream_one, request_iterator, self._pool(), self.s.settings.infer_stream_in_flight)
+        finally:
+            self._stream_slots.release()
+
+    def _pool(self) -> futures.ThreadPoolExecutor:
+        """The threads that run streamed requests (as many as the RPC threads), shared by every stream."""
+        with self._stream_pool_lock:
+            if self._stream_pool is None:
+                self._stream_pool = futures.ThreadPoolExecutor(self.s.settings.rpc_threads, thread_name_prefix="stream-infer")
+            return self._stream_pool
+
+    def _stream_one(self, request: pb.ModelInferRequest | Decoded, arrived: int) -> pb.ModelStreamInferResponse:
+        try:
+            return pb.ModelStreamInferResponse(infer_response=self._model_infer(request, arrived))
+        except errors.GradwireError as exc:
+            code = errors.code_of(exc)
+            message = f"{STATUS_BY_CODE[code].name}: {exc.message}"
+        except Exception:  # a bug: this request is answered INTERNAL, as ModelInfer's interceptor would
+            log.exception("unexpected error in ModelStreamInfer")
+            message = "INTERNAL: internal error; the server log has the details"
+        asked, _ = wire.unwrap(request)
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+            model_name=asked.model_name, model_version=asked.model_version, id=asked.id))
+
+    def close(self) -> None:
+        """Stops the streamed requests' threads (after the server has stopped)."""
+        with self._stream_pool_lock:
+            pool, self._stream_pool = self._stream_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     @staticmethod
     def _classification(model: models_pb2.Model, output: np.ndarray, param: pb.InferParameter, field: str) -> tuple[bytes, list[int]]:
         """Top K per row as "value:index:label" (label left out when the model has no class names)."""
@@ -339,6 +400,50 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 label = f":{model.class_names[idx]}" if model.class_names else ""
                 items.append(f"{row[idx]:f}:{idx}{label}".encode())
         return serialize_bytes(items), [len(output), k]
+
+
+END = object()  # in_order's request stream ended: the client half-closed it, or the call died
+
+
+def in_order(handle: Callable[[object, int], object], requests: Iterable, pool: futures.Executor,
+             in_flight: int) -> Iterator:
+    """``handle(request, arrived_ns)`` of each request, run on ``pool`` with up to ``in_flight`` at
+    once, yielded in the order the requests came. A reader thread takes the requests as they
+    arrive; it waits for a free slot first, so a client that sends faster than the answers are read
+    is held back by gRPC's flow control, and memory stays bounded."""
+    slots = threading.Semaphore(in_flight)
+    order: queue.SimpleQueue = queue.SimpleQueue()  # futures, in request order, then END
+    stopped = threading.Event()  # the consumer is gone: the reader stops too
+
+    def read() -> None:
+        try:
+            for request in requests:
+                arrived = time.perf_counter_ns()
+                slots.acquire()
+                if stopped.is_set():
+                    break
+                order.put(pool.submit(handle, request, arrived))
+        except Exception as exc:  # noqa: BLE001 - the call was cancelled or ran past its deadline: gRPC has ended it
+            log.debug("ModelStreamInfer's requests ended: %r", exc)
+        finally:
+            order.put(END)
+
+    reader = threading.Thread(target=read, name="stream-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = order.get()
+            if item is END:
+                return  # after every answer (a call that died has its status already)
+            try:
+                answer = item.result()  # handle() answers its own errors
+            except futures.CancelledError:  # the server is stopping
+                return
+            slots.release()
+            yield answer
+    finally:
+        stopped.set()
+        slots.release()  # a reader waiting for a slot sees `stopped`
 
 
 def _integer(param: pb.InferParameter, field: str, needs: str = "must be an integer (int64_param)") -> int:

@@ -22,7 +22,7 @@ LabelKind = datasets_pb2.LabelKind
 class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
-        self._watch_limit = state.settings.max_watch_streams or max(1, state.settings.rpc_threads // 4)
+        self._watch_limit = state.settings.watch_streams
         self._watch_slots = threading.BoundedSemaphore(self._watch_limit)
 
     def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str,
