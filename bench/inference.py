@@ -399,12 +399,10 @@ def bench_f(target, model_name, version, X, n, base_p50_ms, base_p99_ms, client)
             "ratio_p99": pct(lat, 99) * 1e3 / base_p99_ms, "same_as_predict": same}
 
 
-def bench_f_shm(target, model_name, version, onnx_path, X, n):
-    """(b) through tritonclient: 1,024-row requests with the tensors in system shared memory, and
-    over the wire, in alternating blocks; in-process onnxruntime is timed before and after it, and
-    the faster of the two is the baseline.
-    Also the most any RPC could reach, whatever it carries: ORT / (ORT + an empty call's round
-    trip, the server's ServerLive)."""
+def _triton_rows(target, model_name, version, onnx_path, X, flag: str, n: int) -> dict:
+    """tests/kserve_client.py run with ``flag`` (--bench-shm or --bench-stream) on 1,024-row
+    requests, between two timings of in-process onnxruntime on the same rows (the faster is the
+    baseline, `ort_s`), and an empty call's round trip (`empty_s`, the server's ServerLive)."""
     import triton_env
 
     py, why = triton_env.ensure()
@@ -417,7 +415,7 @@ def bench_f_shm(target, model_name, version, onnx_path, X, n):
     local = timed(lambda: session.run(None, {"features": rows}), max(10, n // 2), warmup=30)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/x.npy", rows)
-        run = subprocess.run([str(py), str(triton_env.CLIENT), target, model_name, version, f"{tmp}/x.npy", "--bench-shm", str(n)],
+        run = subprocess.run([str(py), str(triton_env.CLIENT), target, model_name, version, f"{tmp}/x.npy", flag, str(n)],
                              capture_output=True, text=True, timeout=600, check=False)
     after = timed(lambda: session.run(None, {"features": rows}), max(10, n // 2), warmup=30)
     with grpc.insecure_channel(target) as ch:
@@ -425,11 +423,35 @@ def bench_f_shm(target, model_name, version, onnx_path, X, n):
         empty = float(np.median(timed(lambda: live(b""), 300)))
     if run.returncode != 0:
         return {"skipped": f"tritonclient failed: {run.stderr[-500:]}"}
-    seen = json.loads(run.stdout)
-    ort = min(float(np.median(local)), float(np.median(after)))
-    shm, wire = (float(np.median(t)) for t in (seen["bench_shm_s"]["shm"], seen["bench_shm_s"]["wire"]))
+    return {"seen": json.loads(run.stdout), "ort_s": min(float(np.median(local)), float(np.median(after))), "empty_s": empty}
+
+
+def bench_f_shm(target, model_name, version, onnx_path, X, n):
+    """(b) through tritonclient: 1,024-row requests with the tensors in system shared memory, and
+    over the wire, in alternating blocks, against in-process onnxruntime.
+    Also the most any RPC could reach, one call at a time, whatever it carries: ORT / (ORT + an
+    empty call's round trip)."""
+    got = _triton_rows(target, model_name, version, onnx_path, X, "--bench-shm", n)
+    if "skipped" in got:
+        return got
+    ort, empty, seen = got["ort_s"], got["empty_s"], got["seen"]["bench_shm_s"]
+    shm, wire = (float(np.median(t)) for t in (seen["shm"], seen["wire"]))
     return {"shm_rows_s": 1024 / shm, "wire_rows_s": 1024 / wire, "ort_rows_s": 1024 / ort,
             "ratio_shm": ort / shm, "ratio_wire": ort / wire, "empty_call_ms": empty * 1e3, "ceiling": ort / (ort + empty)}
+
+
+def bench_f_stream(target, model_name, version, onnx_path, X, n):
+    """(b) through tritonclient's streaming API: 1,024-row requests sent back to back on one
+    ModelStreamInfer stream (several in progress at once, so the round trip overlaps the model's
+    runs), against the same requests one call at a time, in alternating blocks; both against
+    in-process onnxruntime."""
+    got = _triton_rows(target, model_name, version, onnx_path, X, "--bench-stream", n)
+    if "skipped" in got:
+        return got
+    ort, seen = got["ort_s"], got["seen"]["bench_stream"]
+    rate = {k: sum(c for _, c in blocks) * 1024 / sum(t for t, _ in blocks) for k, blocks in seen.items()}
+    return {"stream_rows_s": rate["stream"], "calls_rows_s": rate["calls"], "ort_rows_s": 1024 / ort,
+            "ratio_stream": rate["stream"] * ort / 1024, "ratio_calls": rate["calls"] * ort / 1024}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,6 +547,7 @@ def main() -> None:
                 base = results.get("a") or bench_a(client, echo_target, model, onnx_path, X, 300)
                 results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
                 results["f_shm"] = bench_f_shm(target, "digits", "production", onnx_path, X, int(60 * s))
+                results["f_stream"] = bench_f_stream(target, "digits", "production", onnx_path, X, int(200 * s))
     pinned = f"; server pinned to CPUs {args.server_cpus}, (c)'s clients to {args.client_cpus}" if args.server_cpus or args.client_cpus else ""
     if args.rpc_processes > 1:
         pinned += f"; {args.rpc_processes} RPC processes"
@@ -592,7 +615,17 @@ def report(r: dict, where: str, wall: float) -> None:
                 f"{f['ort_rows_s']:,.0f}", f["ratio_shm"], ">= 0.8")
             row("    the same requests over the wire (tritonclient)", f"{f['wire_rows_s']:,.0f}", f"{f['ort_rows_s']:,.0f}",
                 f["ratio_wire"], "")
-            print(f"    ceiling of any RPC: ORT / (ORT + an empty call's round trip, {f['empty_call_ms']:.3f} ms) = {f['ceiling']:.2f}")
+            print(f"    ceiling of any RPC, one call at a time: ORT / (ORT + an empty call's round trip, {f['empty_call_ms']:.3f} ms)"
+                  f" = {f['ceiling']:.2f}")
+    if "f_stream" in r:
+        f = r["f_stream"]
+        if "skipped" in f:
+            print(f"(f) 1024-row requests on a tritonclient stream: skipped: {f['skipped']}")
+        else:
+            row("(f) rows/s, 1024-row requests on one ModelStreamInfer stream vs in-process ORT", f"{f['stream_rows_s']:,.0f}",
+                f"{f['ort_rows_s']:,.0f}", f["ratio_stream"], ">= 0.8")
+            row("    the same requests, one ModelInfer call at a time (tritonclient)", f"{f['calls_rows_s']:,.0f}",
+                f"{f['ort_rows_s']:,.0f}", f["ratio_calls"], "")
     print(f"total bench time {wall:.0f} s")
 
 
