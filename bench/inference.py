@@ -26,7 +26,10 @@ It starts its own `gradwire serve` (and a bare gRPC echo server as a baseline) o
       baseline, and its probabilities against Predict's; and (b) through tritonclient, the
       1,024-row tensors in system shared memory (client and server on one host: the request
       carries the region's name, not the 256 KB) and over the wire, against in-process
-      onnxruntime timed just before and after                                 target >= 0.8x
+      onnxruntime timed just before and after                                 target >= 0.8x;
+      the same 1,024-row requests sent back to back on one ModelStreamInfer stream, against one
+      call at a time; and (c) through tritonclient: 32 one-row tritonclient clients, KServe
+      ModelInfer, batching on vs off                                          target >= 3x
 """
 
 from __future__ import annotations
@@ -256,15 +259,31 @@ def clients_worker(target: str, name: str, threads: int, start_at: float, second
     print(json.dumps([x for lat in latencies for x in lat]))
 
 
-def concurrent_clients(target, name, row, clients, seconds, processes=4):
+def sdk_clients(target, name, row_file, threads, start_at, seconds) -> list[str]:
+    """The command of one (c) client process: gradwire's Predict."""
+    return [sys.executable, __file__, "--clients-worker", target, name, str(threads), repr(start_at), repr(seconds), row_file]
+
+
+def tritonclient_clients(python):
+    """The command of one (c) client process: KServe ModelInfer through tritonclient, in its venv."""
+    import triton_env
+
+    def command(target, name, row_file, threads, start_at, seconds) -> list[str]:
+        model_id = name.split("/", 1)[1]  # a bare model id is a KServe model name, version ""
+        return [str(python), str(triton_env.CLIENT), target, model_id, "", row_file, "--clients", str(threads), repr(start_at), repr(seconds)]
+
+    return command
+
+
+def concurrent_clients(target, name, row, clients, seconds, processes=4, command=sdk_clients):
     """`clients` one-row clients in `processes` client processes (threads within each, one channel
     per client) for `seconds`: (requests/s, p99 s)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/row.npy", row)
         start_at = time.time() + 3.0  # every process connected and warmed up by then
         per = [clients // processes + (k < clients % processes) for k in range(processes)]
-        procs = [subprocess.Popen([sys.executable, __file__, "--clients-worker", target, name, str(n), repr(start_at), repr(seconds), f"{tmp}/row.npy"],
-                                  stdout=subprocess.PIPE, text=True) for n in per if n]
+        procs = [subprocess.Popen(command(target, name, f"{tmp}/row.npy", n, start_at, seconds), stdout=subprocess.PIPE, text=True)
+                 for n in per if n]
         every = [x for p in procs for x in json.loads(p.communicate(timeout=seconds + 120)[0])]
     return len(every) / seconds, pct(every, 99)
 
@@ -283,13 +302,13 @@ def executions(target, model) -> tuple[int, int]:
     return m.inference_count, m.execution_count
 
 
-def bench_c(client, target, seconds, model, row, processes=4):
+def bench_c(client, target, seconds, model, row, processes=4, command=sdk_clients):
     rows0, calls0 = executions(target, model)
-    on = concurrent_clients(target, model.name, row, 32, seconds, processes)
+    on = concurrent_clients(target, model.name, row, 32, seconds, processes, command)
     rows1, calls1 = executions(target, model)
     client.set_batching(model, enabled=False)
     try:
-        off = concurrent_clients(target, model.name, row, 32, seconds, processes)
+        off = concurrent_clients(target, model.name, row, 32, seconds, processes, command)
     finally:
         client.set_batching(model, clear=True)
     return {"model": model.name, "processes": processes, "on_req_s": on[0], "off_req_s": off[0], "on_p99_ms": on[1] * 1e3, "off_p99_ms": off[1] * 1e3,
@@ -548,6 +567,12 @@ def main() -> None:
                 results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
                 results["f_shm"] = bench_f_shm(target, "digits", "production", onnx_path, X, int(60 * s))
                 results["f_stream"] = bench_f_stream(target, "digits", "production", onnx_path, X, int(200 * s))
+                if "c" in only:  # (c) through tritonclient: the same 32 clients, KServe ModelInfer
+                    import triton_env
+
+                    py, why = triton_env.ensure()
+                    results["f_c"] = (bench_c(client, target, 4.0 * s, wide, wide_X[:1], args.client_processes, tritonclient_clients(py))
+                                      if py is not None else {"skipped": why})
     pinned = f"; server pinned to CPUs {args.server_cpus}, (c)'s clients to {args.client_cpus}" if args.server_cpus or args.client_cpus else ""
     if args.rpc_processes > 1:
         pinned += f"; {args.rpc_processes} RPC processes"
@@ -617,6 +642,15 @@ def report(r: dict, where: str, wall: float) -> None:
                 f["ratio_wire"], "")
             print(f"    ceiling of any RPC, one call at a time: ORT / (ORT + an empty call's round trip, {f['empty_call_ms']:.3f} ms)"
                   f" = {f['ceiling']:.2f}")
+    if "f_c" in r:
+        c = r["f_c"]
+        if "skipped" in c:
+            print(f"(f) (c) through tritonclient: skipped: {c['skipped']}")
+        else:
+            row(f"(f) 32 one-row tritonclient clients ({c['processes']} processes), req/s, batching on vs off, 4096-wide MLP",
+                f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], ">= 3")
+            row("    p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
+            print(f"    batching on: {c['on_rows_per_call']:.1f} rows per onnxruntime call (the server's ModelStatistics)")
     if "f_stream" in r:
         f = r["f_stream"]
         if "skipped" in f:

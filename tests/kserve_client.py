@@ -8,12 +8,18 @@ prints what it saw as one JSON object. Used by tests/test_kserve.py and bench/in
 FEATURES.npy, alternately through system shared memory and over the wire, in blocks.
 --bench-stream N: N requests of every row in FEATURES.npy on one ModelStreamInfer stream (sent
 back to back, several in progress at once), against N one after the other, alternating blocks.
+
+    python tests/kserve_client.py HOST:PORT MODEL_NAME MODEL_VERSION ROW.npy --clients THREADS START_AT SECONDS
+
+--clients: THREADS clients (each its own InferenceServerClient) send ROW.npy's one-row request
+one after the other from START_AT (a time.time()) for SECONDS; prints every latency (a JSON list).
 """
 
 import json
 import os
 import queue
 import sys
+import threading
 import time
 
 import numpy as np
@@ -92,8 +98,37 @@ def status(client) -> list:
     return sorted([r.name, r.key, r.offset, r.byte_size] for r in regions.values())
 
 
+def clients(target, model, version, row, threads, start_at, seconds) -> list:
+    """bench/inference.py's (c) through tritonclient: every request's latency, in seconds."""
+    latencies = [[] for _ in range(threads)]
+
+    def run(k):
+        client = grpcclient.InferenceServerClient(url=target)
+        one = grpcclient.InferInput("features", list(row.shape), "FP32")
+        one.set_data_from_numpy(row)
+        client.infer(model, [one], model_version=version)
+        time.sleep(max(0.0, start_at - time.time()))
+        while time.time() < start_at + seconds:
+            t0 = time.perf_counter()
+            client.infer(model, [one], model_version=version)
+            latencies[k].append(time.perf_counter() - t0)
+        client.close()
+
+    pool = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return [x for lat in latencies for x in lat]
+
+
 def main() -> None:
     target, model, version, path = sys.argv[1:5]
+    if "--clients" in sys.argv:
+        at = sys.argv.index("--clients")
+        threads, start_at, seconds = int(sys.argv[at + 1]), float(sys.argv[at + 2]), float(sys.argv[at + 3])
+        print(json.dumps(clients(target, model, version, np.load(path), threads, start_at, seconds)))
+        return
     bench = int(sys.argv[sys.argv.index("--bench") + 1]) if "--bench" in sys.argv else 0
     X = np.load(path)
     client = grpcclient.InferenceServerClient(url=target)
