@@ -14,6 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import gradwire as gw
+from gradwire.kserve import grpc_service_pb2 as kserve_pb2
+from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, datasets_pb2_grpc
 from gradwire_server.config import Settings
 from gradwire_server.server import create_server
@@ -62,6 +64,14 @@ def test_bearer_token_on_every_rpc_but_health(tmp_path):
                 stub.UploadDataset(iter([datasets_pb2.UploadDatasetRequest()]), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert TOKEN not in info.value.details()
+            # and a bidirectional one (KServe's ModelStreamInfer): refused before any request is read
+            kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as info:
+                list(kserve.ModelStreamInfer(iter([kserve_pb2.ModelInferRequest(model_name="m")]), timeout=5))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            answers = kserve.ModelStreamInfer(iter([kserve_pb2.ModelInferRequest(model_name="m", id="1")]), timeout=5,
+                                              metadata=[("authorization", f"Bearer {TOKEN}")])
+            assert [a.error_message.split(":")[0] for a in answers] == ["NOT_FOUND"]  # let in: the request is read
         with gw.Client(f"127.0.0.1:{running.port}", token=TOKEN) as client:
             assert client.list_datasets() == []
         with gw.Client(f"127.0.0.1:{running.port}") as client:
