@@ -606,13 +606,15 @@ def report(r: dict, where: str, wall: float) -> None:
             what = "digits CNN" if key == "b" else "4096-wide MLP"
             row(f"(b) rows/s, 1024-row requests vs in-process ORT, {what}", f"{b['service_rows_s']:,.0f}", f"{b['ort_rows_s']:,.0f}", b["ratio"], ">= 0.8")
             print(f"    ceiling: ORT / (ORT + a bare echo of the same {b['request_kb']:,.0f} KB request) = {b['ceiling']:.2f}")
-    for key in ("c", "c_digits"):
-        if key in r:
-            c = r[key]
-            what = "4096-wide MLP" if key == "c" else "digits CNN"
-            row(f"(c) 32 one-row clients ({c['processes']} processes), req/s, batching on vs off, {what}", f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], ">= 3" if key == "c" else "")
-            row("    p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
-            print(f"    batching on: {c['on_rows_per_call']:.1f} rows per onnxruntime call (the server's ModelStatistics)")
+    def clients_rows(c: dict, label: str, target: str) -> None:
+        row(f"{label} ({c['processes']} processes), req/s, batching on vs off", f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], target)
+        row("    p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
+        print(f"    batching on: {c['on_rows_per_call']:.1f} rows per onnxruntime call (the server's ModelStatistics)")
+
+    if "c" in r:
+        clients_rows(r["c"], "(c) 32 one-row clients, 4096-wide MLP", ">= 3")
+    if "c_digits" in r:
+        clients_rows(r["c_digits"], "(c) 32 one-row clients, digits CNN", "")
     if "d" in r:
         d = r["d"]
         row(f"(d) upload MB/s ({d['mb']:.0f} MB) vs bare gRPC stream", f"{d['service_mb_s']:.0f}", f"{d['bare_mb_s']:.0f}", d["ratio"], ">= 0.7")
@@ -647,10 +649,7 @@ def report(r: dict, where: str, wall: float) -> None:
         if "skipped" in c:
             print(f"(f) (c) through tritonclient: skipped: {c['skipped']}")
         else:
-            row(f"(f) 32 one-row tritonclient clients ({c['processes']} processes), req/s, batching on vs off, 4096-wide MLP",
-                f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], ">= 3")
-            row("    p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
-            print(f"    batching on: {c['on_rows_per_call']:.1f} rows per onnxruntime call (the server's ModelStatistics)")
+            clients_rows(c, "(f) 32 one-row tritonclient clients, 4096-wide MLP", ">= 3")
     if "f_stream" in r:
         f = r["f_stream"]
         if "skipped" in f:
