@@ -338,6 +338,36 @@ def test_streamed_one_row_requests_merge_in_the_batcher(target, channel_module):
     assert max(b.batch_size for b in stats.batch_stats if b.batch_size != 150) > 1
 
 
+@pytest.mark.parametrize("in_flight, max_bytes, sizes, most", [
+    (3, 10**9, [1] * 30, 3),  # bounded by count
+    (32, 100, [40] * 30, 2),  # bounded by bytes
+    (32, 100, [40, 500, 70, 40], 1),  # a request larger than the budget runs alone
+])
+def test_in_order_bounds_what_a_stream_has_in_progress(in_flight, max_bytes, sizes, most):
+    """The scheduling under ModelStreamInfer: answers in order, and never more requests or bytes
+    in progress (read, not yet answered) than allowed, with a real thread pool."""
+    from concurrent import futures
+
+    from gradwire_server.servicers.kserve import in_order
+
+    lock, now, seen = threading.Lock(), [0], []
+
+    def handle(request, arrived):
+        with lock:
+            now[0] += 1
+            seen.append(now[0])
+        time.sleep(0.01)
+        with lock:
+            now[0] -= 1
+        return request
+
+    with futures.ThreadPoolExecutor(64) as pool:
+        requests = list(enumerate(sizes))
+        answers = list(in_order(handle, iter(requests), pool, in_flight, max_bytes, size=lambda r: r[1]))
+    assert answers == requests
+    assert max(seen) == most, seen
+
+
 def test_streams_are_bounded_and_a_cancelled_one_frees_its_slot(server, published):
     """Each open stream holds an RPC thread: past GRADWIRE_MAX_INFER_STREAMS a new one is refused,
     unary calls still answer, and a stream the client cancels gives its slot back."""

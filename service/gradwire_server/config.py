@@ -49,9 +49,10 @@ class Settings:
     for its whole life; past the limit a new stream is RESOURCE_EXHAUSTED. With max_watch_streams
     it must leave RPC threads for unary calls and health checks."""
     infer_stream_in_flight: int = 32
-    """Requests of one ModelStreamInfer stream in progress at once: enough for a stream of one-row
-    requests to merge in the batcher, and for a stream of large ones to overlap transfer with
-    compute. Past it the stream's next requests wait unread (the client's sends back up)."""
+    """Requests of one ModelStreamInfer stream in progress at once (and at most max_message_bytes
+    of them; a larger one alone): enough for a stream of one-row requests to merge in the batcher,
+    and for a stream of large ones to overlap transfer with compute. Past it the stream's next
+    requests wait unread (the client's sends back up)."""
     grace_period_s: float = 10.0
     """On SIGTERM: how long in-flight RPCs get to finish."""
     max_upload_bytes: int = 2 * 1024**3

@@ -9,7 +9,8 @@ answers the top K classes as BYTES "value:index:label" strings. With Triton's sy
 memory extension (shm.py), an input's or output's parameters may name a registered region
 instead: "shared_memory_region", "shared_memory_byte_size" and "shared_memory_offset".
 ModelStreamInfer (Triton's streaming inference) takes ModelInfer requests on one stream, runs up
-to GRADWIRE_INFER_STREAM_IN_FLIGHT of them at once and answers each in the order sent.
+to GRADWIRE_INFER_STREAM_IN_FLIGHT of them (and GRADWIRE_MAX_MESSAGE_BYTES of their bytes) at
+once and answers each in the order sent.
 """
 
 from __future__ import annotations
@@ -341,7 +342,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(self, request_iterator: Iterable[pb.ModelInferRequest | Decoded],
                          context) -> Iterator[pb.ModelStreamInferResponse]:
         """Triton's streaming inference: each request as ModelInfer would answer it, up to
-        infer_stream_in_flight at once (a stream of one-row requests merges in the batcher, one of
+        infer_stream_in_flight (and max_message_bytes of them) at once (a stream of one-row requests merges in the batcher, one of
         large requests overlaps their transfer with the model's runs), answered in the order sent.
         A request that fails is answered with its error message and id; the stream goes on."""
         limit = self.s.settings.infer_streams
@@ -352,7 +353,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 f"{limit} ModelStreamInfer streams are already open, the server's limit (GRADWIRE_MAX_INFER_STREAMS); "
                 "send ModelInfer calls instead, or open the stream again later")
         try:
-            yield from in_order(self._stream_one, request_iterator, self._pool(), self.s.settings.infer_stream_in_flight)
+            settings = self.s.settings
+            yield from in_order(self._stream_one, request_iterator, self._pool(), settings.infer_stream_in_flight,
+                                settings.max_message_bytes, request_bytes)
         finally:
             self._stream_slots.release()
 
@@ -405,24 +408,56 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 END = object()  # in_order's request stream ended: the client half-closed it, or the call died
 
 
-def in_order(handle: Callable[[object, int], object], requests: Iterable, pool: futures.Executor,
-             in_flight: int) -> Iterator:
-    """``handle(request, arrived_ns)`` of each request, run on ``pool`` with up to ``in_flight`` at
-    once, yielded in the order the requests came. A reader thread takes the requests as they
-    arrive; it waits for a free slot first, so a client that sends faster than the answers are read
-    is held back by gRPC's flow control, and memory stays bounded."""
-    slots = threading.Semaphore(in_flight)
-    order: queue.SimpleQueue = queue.SimpleQueue()  # futures, in request order, then END
-    stopped = threading.Event()  # the consumer is gone: the reader stops too
+class _InFlight:
+    """What a stream has in progress: at most ``count`` requests and ``nbytes`` of their bytes (a
+    larger request is let in alone)."""
+
+    def __init__(self, count: int, nbytes: int) -> None:
+        self._cv = threading.Condition()
+        self._count = self._bytes = 0
+        self._max_count, self._max_bytes = count, nbytes
+        self._closed = False
+
+    def take(self, size: int) -> bool:
+        """Waits for room for a request of ``size`` bytes; False once closed."""
+        with self._cv:
+            while not self._closed and self._count and (self._count >= self._max_count or self._bytes + size > self._max_bytes):
+                self._cv.wait()
+            if self._closed:
+                return False
+            self._count += 1
+            self._bytes += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._cv:
+            self._count -= 1
+            self._bytes -= size
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+def in_order(handle: Callable[[object, int], object], requests: Iterable, pool: futures.Executor, in_flight: int,
+             max_bytes: int, size: Callable[[object], int]) -> Iterator:
+    """``handle(request, arrived_ns)`` of each request, run on ``pool``, yielded in the order the
+    requests came. At most ``in_flight`` requests, and ``max_bytes`` of them by ``size``, are in
+    progress at once (read and not yet answered): a reader thread takes the requests as they
+    arrive, and waits for room first, so a client that sends faster than the answers are read is
+    held back by gRPC's flow control, and memory stays bounded."""
+    room = _InFlight(in_flight, max_bytes)
+    order: queue.SimpleQueue = queue.SimpleQueue()  # (future, size), in request order, then END
 
     def read() -> None:
         try:
             for request in requests:
-                arrived = time.perf_counter_ns()
-                slots.acquire()
-                if stopped.is_set():
-                    break
-                order.put(pool.submit(handle, request, arrived))
+                arrived, nbytes = time.perf_counter_ns(), size(request)
+                if not room.take(nbytes):
+                    break  # the consumer is gone
+                order.put((pool.submit(handle, request, arrived), nbytes))
         except Exception as exc:  # noqa: BLE001 - the call was cancelled or ran past its deadline: gRPC has ended it
             log.debug("ModelStreamInfer's requests ended: %r", exc)
         finally:
@@ -435,15 +470,21 @@ def in_order(handle: Callable[[object, int], object], requests: Iterable, pool: 
             item = order.get()
             if item is END:
                 return  # after every answer (a call that died has its status already)
+            future, nbytes = item
             try:
-                answer = item.result()  # handle() answers its own errors
+                answer = future.result()  # handle() answers its own errors
             except futures.CancelledError:  # the server is stopping
                 return
-            slots.release()
+            room.give(nbytes)
             yield answer
     finally:
-        stopped.set()
-        slots.release()  # a reader waiting for a slot sees `stopped`
+        room.close()  # a reader waiting for room stops
+
+
+def request_bytes(request: pb.ModelInferRequest | Decoded) -> int:
+    """A ModelInfer request's size on the wire (its raw input's bytes included when they came apart)."""
+    message, raw = wire.unwrap(request)
+    return message.ByteSize() + (len(raw) if raw is not None else 0)
 
 
 def _integer(param: pb.InferParameter, field: str, needs: str = "must be an integer (int64_param)") -> int:
