@@ -123,3 +123,27 @@ def test_a_large_batch_predicts_as_its_parts(client, trained):
     with pytest.raises(gw.InvalidArgumentError) as err:  # the server's message, as for a small batch
         client.predict(model.name, np.zeros((20_000, 5), np.float32))
     assert err.value.field == "features.shape"
+
+
+def test_a_batch_past_the_message_limit_goes_as_several_requests(target, client, trained):
+    """predict splits a batch whose request or answer would pass half the client's message limit
+    into requests that fit, two in flight, and joins their answers in order."""
+    X, _, _, _, model = trained
+    whole = client.predict_full(model, X)
+    (before,) = client.statistics(model)
+    with gw.Client(target, timeout=30, max_message_bytes=4096) as small:  # 2 KB a request and answer
+        probs = small.predict(model, X)  # 28 bytes an answer row: 73 rows a request, 3 requests
+        full = small.predict_full(model, X)  # with the class index and name: 16 rows a request, 10 requests
+    (after,) = client.statistics(model)
+    assert (after.requests - before.requests, after.rows - before.rows) == (3 + 10, 2 * 150)
+    np.testing.assert_array_equal(probs, whole.probabilities)
+    np.testing.assert_array_equal(full.probabilities, whole.probabilities)
+    np.testing.assert_array_equal(full.classes, whole.classes)
+    assert full.class_names == whole.class_names and len(full.class_names) == 150
+
+    # Past the server's own limit (64 MiB): 69 MiB of features, 4 requests of 32 MiB at most.
+    big = np.resize(X, (4_500_000, 4)).astype(np.float32)
+    assert big.nbytes > gw._client.DEFAULT_MAX_MESSAGE_BYTES
+    out = client.predict(model, big)
+    assert out.shape == (4_500_000, 3)
+    np.testing.assert_array_equal(out[::997], client.predict(model, big[::997]))

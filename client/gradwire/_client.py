@@ -16,8 +16,10 @@ which apply the default deadline and the credentials' metadata, and turn any
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import math
 import os
 import pathlib
 import time
@@ -101,8 +103,9 @@ class Client:
             Streams (upload, watch, export) have no default deadline.
         max_message_bytes: largest single message sent or received, the same
             64 MiB as the server's default (``GRADWIRE_MAX_MESSAGE_BYTES``); raise
-            both together for a larger ``predict`` batch or inline dataset.
-            Uploads stream in chunks and never need it.
+            both together for a larger inline dataset. ``predict`` sends a batch
+            past half of it as several requests, and uploads stream in chunks:
+            neither needs it raised.
         token: bearer token sent as ``authorization: Bearer <token>`` on every
             call (servers started with ``GRADWIRE_AUTH_TOKENS`` require one).
         tls: speak TLS (implied by any of the three PEM options below).
@@ -188,7 +191,9 @@ class Client:
              c.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=models_pb2.PredictResponse.FromString))
             for c in self._channels])
         self._network = network_pb2_grpc.NetworkServiceStub(self._channel)
-        self._input_shapes: dict[str, tuple[int, ...]] = {}  # models are immutable: cache per name
+        self._shapes: dict[str, _Shapes] = {}  # models are immutable: cache per name
+        # predict splits a batch whose request or response would pass this (half the message limit)
+        self._split_bytes = (max_message_bytes if max_message_bytes is not None else GRPC_DEFAULT_RECEIVE_BYTES) // 2
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -497,7 +502,7 @@ class Client:
     def get_model(self, name: str | Model, *, timeout: float | None = DEFAULT) -> Model:
         """The model ``models/{id}``."""
         proto = self._unary(self._models.GetModel, models_pb2.GetModelRequest(name=_name(name)), timeout)
-        self._input_shapes[proto.name] = tuple(proto.input_shape)
+        self._shapes[proto.name] = _Shapes.of(proto)
         return Model(self, proto)
 
     def list_models(self) -> list[Model]:
@@ -517,7 +522,9 @@ class Client:
         unnormalized: the model's normalization is baked in). A single example
         of exactly ``model.input_shape`` is accepted too; its result then has no
         batch axis either (``(classes,)``). The result is a read-only view of the
-        response (``.copy()`` it to modify in place).
+        response (``.copy()`` it to modify in place). A batch whose request or
+        answer would pass half of ``max_message_bytes`` is sent as several
+        requests that fit (two in flight, ``timeout`` for each), joined in order.
 
         >>> probs = client.predict(model, X[:5])    # doctest: +SKIP
         >>> probs.shape, probs.sum(axis=1).round(3)  # doctest: +SKIP
@@ -543,32 +550,44 @@ class Client:
         name = _name(model)
         feats = as_wire_array(features, np.float32)
         try:
-            return self._predict(name, feats, model.input_shape if isinstance(model, Model) else None, timeout, decode,
-                                 first, fields)
+            return self._predict(name, feats, self._shapes_of(model) if isinstance(model, Model) else None, timeout,
+                                 decode, first, fields)
         except InvalidArgumentError as err:
             # An alias (`registeredModels/x@production`) may have moved to a version with another
             # input shape since its shape was cached: look it up again and retry once.
-            if err.field != "features.shape" or name.startswith("models/") or name not in self._input_shapes:
+            if err.field != "features.shape" or name.startswith("models/") or name not in self._shapes:
                 raise
-            del self._input_shapes[name]
+            del self._shapes[name]
             return self._predict(name, feats, None, timeout, decode, first, fields)
 
-    def _predict(self, name: str, feats: np.ndarray, input_shape: tuple[int, ...] | None, timeout,
+    def _predict(self, name: str, feats: np.ndarray, shapes: _Shapes | None, timeout,
                  decode: Callable[[Any], T], first: Callable[[T], T], fields: Sequence[str]) -> T:
-        input_shape = input_shape if input_shape is not None else self._input_shape(name)
-        single = feats.shape == input_shape
+        shapes = shapes if shapes is not None else self._model_shapes(name)
+        single = feats.shape == shapes.input_shape
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
-        request = models_pb2.PredictRequest(name=name)
-        if fields:
-            request.read_mask.paths.extend(fields)
-        method, serialized = next(self._predict_methods)
-        if feats.nbytes >= LARGE_REQUEST_BYTES:  # the features' bytes copied once, not three times
-            response = self._unary(serialized, with_tensor(request.SerializeToString(), FEATURES_FIELD, feats), timeout)
-        else:
-            fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
-            response = self._unary(method, request, timeout)
-        result = decode(response)
+        rows = shapes.rows_within(self._split_bytes, full=not fields)
+        if len(feats) <= rows:
+            method, serialized = next(self._predict_methods)
+            call, request = _predict_request(method, serialized, name, feats, fields)
+            result = decode(self._unary(call, request, timeout))
+        else:  # several requests, two in flight: the next one's bytes travel while the server runs one
+            parts: list[T] = []
+            pending: list[grpc.Future] = []
+            try:
+                for start in range(0, len(feats), rows):
+                    method, serialized = next(self._predict_methods)
+                    call, request = _predict_request(method, serialized, name, feats[start:start + rows], fields)
+                    with translate_rpc_errors():
+                        pending.append(call.future(request, timeout=self._deadline(timeout), metadata=self._metadata))
+                        if len(pending) == 2:
+                            parts.append(decode(pending.pop(0).result()))
+                with translate_rpc_errors():
+                    parts += [decode(f.result()) for f in pending]
+            finally:
+                for f in pending:
+                    f.cancel()  # a request failed: the rest are not waited for (no-op once finished)
+            result = _joined(parts)
         return first(result) if single else result
 
     # --- the model registry ------------------------------------------------------------
@@ -608,7 +627,7 @@ class Client:
         server loads that version's session before the alias moves (0.17 s for a 76 MB model),
         so the first request by the alias after this returns does not wait for it."""
         request = models_pb2.SetModelAliasRequest(name=_registered(name), alias=alias, version=version)
-        self._input_shapes.pop(f"{_registered(name)}@{alias}", None)
+        self._shapes.pop(f"{_registered(name)}@{alias}", None)
         return RegisteredModel(self, self._unary(self._models.SetModelAlias, request, timeout))
 
     def delete_alias(self, name: str, alias: str, *, timeout: float | None = DEFAULT) -> RegisteredModel:
@@ -672,12 +691,18 @@ class Client:
         response = self._unary(stub.ModelStatistics, request, timeout)
         return [ModelStatistics.from_proto(m) for m in response.model_stats]
 
-    def _input_shape(self, name: str) -> tuple[int, ...]:
-        if name not in self._input_shapes:
+    def _shapes_of(self, model: Model) -> _Shapes:
+        shapes = self._shapes.get(model.proto.name)  # a model id's: computed once
+        if shapes is None:
+            shapes = self._shapes[model.proto.name] = _Shapes.of(model.proto)
+        return shapes
+
+    def _model_shapes(self, name: str) -> _Shapes:
+        if name not in self._shapes:
             # Alias names are cached too; predict_full looks one up again when the server says the
             # shape no longer fits (the alias moved to a version with another input shape).
-            self._input_shapes[name] = self.get_model(name).input_shape
-        return self._input_shapes[name]
+            self._shapes[name] = _Shapes.of(self.get_model(name).proto)
+        return self._shapes[name]
 
     def export_model(
         self, model: str | Model, path: str | os.PathLike[str], *, timeout: float | None = None
@@ -814,6 +839,62 @@ OUTPUT_ONLY = ("probabilities", "values")  # predict()'s read_mask: the server s
 PREDICT_METHOD = f"/{models_pb2.DESCRIPTOR.services_by_name['ModelService'].full_name}/Predict"
 FEATURES_FIELD = models_pb2.PredictRequest.DESCRIPTOR.fields_by_name["features"].number
 LARGE_REQUEST_BYTES = 64 * 1024  # from here on, predict serializes its request itself (with_tensor)
+
+
+GRPC_DEFAULT_RECEIVE_BYTES = 4 * _MiB  # gRPC's own limit, where Client(max_message_bytes=None) leaves it
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shapes:
+    """What predict needs to know of a model: its input shape, and how many bytes a row of
+    features and of the answer take."""
+
+    input_shape: tuple[int, ...]
+    row_bytes: int  # one example's float32 features
+    answer_row_bytes: int  # one example's output tensor, as predict asks for it
+    full_answer_row_bytes: int  # and with everything predict_full asks for (indices, names, label sets)
+
+    @staticmethod
+    def of(proto: models_pb2.Model) -> _Shapes:
+        shape = tuple(proto.input_shape)
+        name = max((len(n.encode()) for n in proto.class_names), default=0) + 4  # a name and its tag
+        label = 11 + name  # an index (at most 10 bytes and its tag) and a name, per label of a set
+        outputs = max(1, proto.output_size)
+        return _Shapes(shape, 4 * math.prod(shape), 4 * outputs + 16,
+                       4 * outputs + 16 + 11 + name + outputs * label)
+
+    def rows_within(self, nbytes: int, full: bool) -> int:
+        """How many examples one request (and its answer) may carry in ``nbytes``."""
+        per_row = max(self.row_bytes, self.full_answer_row_bytes if full else self.answer_row_bytes)
+        return max(1, nbytes // max(1, per_row))
+
+
+def _predict_request(method, serialized, name: str, feats: np.ndarray, fields: Sequence[str]) -> tuple[Callable, Any]:
+    """(the stub method to call, its request) for one Predict of ``feats``."""
+    request = models_pb2.PredictRequest(name=name)
+    if fields:
+        request.read_mask.paths.extend(fields)
+    if feats.nbytes >= LARGE_REQUEST_BYTES:  # the features' bytes copied once, not three times
+        return serialized, with_tensor(request.SerializeToString(), FEATURES_FIELD, feats)
+    fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
+    return method, request
+
+
+def _joined(parts: list[T]) -> T:
+    """The results of one batch's requests, in order, as one (``predict``'s arrays or
+    ``predict_full``'s Predictions)."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    def arrays(key: str) -> np.ndarray | None:
+        values = [getattr(p, key) for p in parts]
+        return None if values[0] is None else np.concatenate(values)
+
+    def lists(key: str) -> list | None:
+        values = [getattr(p, key) for p in parts]
+        return None if values[0] is None else [item for v in values for item in v]
+
+    return Prediction(probabilities=arrays("probabilities"), classes=arrays("classes"), class_names=lists("class_names"),
+                      values=arrays("values"), label_sets=lists("label_sets"), label_set_names=lists("label_set_names"))
 
 
 def _output(response: models_pb2.PredictResponse) -> np.ndarray:
