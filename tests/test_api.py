@@ -21,6 +21,7 @@ from gradwire.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+import gradwire as gw
 from helpers import State, config, inline, iris, mlp, raw_tensor, upload_requests, values_tensor
 
 
@@ -394,3 +395,46 @@ def test_a_job_is_picked_up_and_followed_without_waiting_for_the_poll(tmp_path):
     finally:
         pool.stop(timeout=5)
         running.stop(grace=1)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "<u2", "<i2", "<f2"])
+def test_compact_features_predict_as_float32(trained, stubs, dtype):
+    """Features may come as uint8, int8, uint16, int16 or float16, raw or typed: every value of
+    them is exact in float32, and the model answers them bit for bit as the same float32 rows."""
+    _, _, final = trained
+    models = stubs[2]
+    X, _ = iris()
+    X = np.round(X * 10)  # whole numbers 1-79: exact in every one of them
+    plain = models.Predict(models_pb2.PredictRequest(name=final.model, features=raw_tensor(X)), timeout=10)
+    compact = X.astype(dtype)
+    wire = tensor_pb2.Tensor(shape=compact.shape, dtype=gw._tensors.DTYPES[compact.dtype], raw_data=compact.tobytes())
+    assert len(wire.raw_data) == X.size * compact.itemsize  # 1/4 or 1/2 of float32's bytes
+    by_raw = models.Predict(models_pb2.PredictRequest(name=final.model, features=wire), timeout=10)
+    assert by_raw.probabilities.raw_data == plain.probabilities.raw_data
+    typed = tensor_pb2.Tensor(shape=X.shape, dtype=wire.dtype)
+    (typed.float_values if compact.dtype.kind == "f" else typed.int_values).extend(compact.ravel().tolist())
+    by_values = models.Predict(models_pb2.PredictRequest(name=final.model, features=typed), timeout=10)
+    np.testing.assert_array_equal(np.asarray(by_values.probabilities.float_values, np.float32),
+                                  np.frombuffer(plain.probabilities.raw_data, "<f4"))
+
+
+@pytest.mark.parametrize("tensor, text", [
+    (tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_UINT8, int_values=[1, 2, 300, 4]),
+     "features.int_values: 300 does not fit in DATA_TYPE_UINT8 (0 to 255)"),
+    (tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_INT8, int_values=[1, -200, 3, 4]),
+     "features.int_values: -200 does not fit in DATA_TYPE_INT8 (-128 to 127)"),
+    (tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_INT32, int_values=[1, 2, 3, 3_000_000_000]),
+     "features.int_values: 3000000000 does not fit in DATA_TYPE_INT32"),
+    (tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT16, float_values=[1, 2, 1e5, 4]),
+     "features.float_values: 100000.0 does not fit in DATA_TYPE_FLOAT16 (largest 65504.0)"),
+    (tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_UINT16, float_values=[1, 2, 3, 4]),
+     "features.dtype: DATA_TYPE_UINT16 tensors carry int_values"),
+    (tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_UINT8, raw_data=b"\0" * 5),
+     "features.raw_data: shape [1, 4] x DATA_TYPE_UINT8 needs 4 bytes, got 5"),
+])
+def test_values_past_their_type_are_refused(trained, stubs, tensor, text):
+    """A value its type cannot hold is named, not wrapped (300 as uint8 is 44) or made infinite."""
+    _, _, final = trained
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[2].Predict(models_pb2.PredictRequest(name=final.model, features=tensor), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(text), err.value.details()

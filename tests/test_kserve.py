@@ -163,6 +163,35 @@ def test_typed_contents_and_bare_model_ids(published, channel_module):
     assert as_fp64.raw_output_contents[0] == typed.raw_output_contents[0]  # converted to FP32, the model's datatype
 
 
+def test_compact_datatypes_infer_as_fp32(published, channel_module):
+    """UINT8, INT8, UINT16, INT16 (raw or typed) and FP16 (raw: the protocol gives it no typed
+    field) are exact in FP32, the model's datatype: the same rows answer bit for bit alike."""
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    X, _ = iris()
+    X = np.round(X[:6] * 10)  # whole numbers: exact in every type
+    Tensor = pb.ModelInferRequest.InferInputTensor
+
+    def infer(datatype, **where):
+        return stub.ModelInfer(pb.ModelInferRequest(model_name="iris-kserve", inputs=[Tensor(
+            name="features", datatype=datatype, shape=[6, 4], contents=where.get("contents"))],
+            raw_input_contents=where.get("raw", [])), timeout=10)
+
+    plain = infer("FP32", raw=[X.astype("<f4").tobytes()]).raw_output_contents[0]
+    for datatype, dtype, field in (("UINT8", "u1", "uint_contents"), ("INT8", "i1", "int_contents"),
+                                   ("UINT16", "<u2", "uint_contents"), ("INT16", "<i2", "int_contents"), ("FP16", "<f2", None)):
+        assert infer(datatype, raw=[X.astype(dtype).tobytes()]).raw_output_contents[0] == plain, datatype
+        if field is not None:
+            typed = pb.InferTensorContents(**{field: X.astype(dtype).ravel().tolist()})
+            assert infer(datatype, contents=typed).raw_output_contents[0] == plain, datatype
+    for datatype, contents, text in (
+            ("FP16", pb.InferTensorContents(fp32_contents=X.ravel().tolist()), "FP16 tensors have no typed contents"),
+            ("UINT8", pb.InferTensorContents(uint_contents=[300] * 24), "300 does not fit in UINT8 (0 to 255)"),
+            ("INT8", pb.InferTensorContents(int_contents=[-129] * 24), "-129 does not fit in INT8 (-128 to 127)")):
+        with pytest.raises(grpc.RpcError) as err:
+            infer(datatype, contents=contents)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.value.details(), err.value.details()
+
+
 def test_model_statistics_count_requests_rows_failures_and_executions(published, channel_module):
     stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
     models = models_pb2_grpc.ModelServiceStub(channel_module)

@@ -147,3 +147,17 @@ def test_a_batch_past_the_message_limit_goes_as_several_requests(target, client,
     out = client.predict(model, big)
     assert out.shape == (4_500_000, 3)
     np.testing.assert_array_equal(out[::997], client.predict(model, big[::997]))
+
+
+def test_compact_features_travel_as_they_are(client, trained):
+    """uint8, int8, uint16, int16 and float16 features go as they are (a quarter or half of
+    float32's bytes: image pixels as bytes), and answer as the same float32 rows do."""
+    X, _, _, _, model = trained
+    X = np.round(X * 10)  # whole numbers 1-79: exact in each
+    expected = client.predict(model, X.astype(np.float32))
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.float16):
+        assert gw._tensors.feature_array(X.astype(dtype)).dtype == dtype  # not widened before it is sent
+        np.testing.assert_array_equal(client.predict(model, X.astype(dtype)), expected)
+        np.testing.assert_array_equal(client.predict_full(model, X.astype(dtype)).probabilities, expected)
+    assert gw._tensors.feature_array(X.astype(np.int32)).dtype == np.float32  # others as float32, as before
+    assert gw._tensors.feature_array(X.tolist()).dtype == np.float32

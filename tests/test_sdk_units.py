@@ -71,8 +71,10 @@ def test_a_tensor_appended_to_a_serialized_request_parses_as_one_filled_in(shape
 
 def test_tensor_dtype_cast_and_rejection():
     assert gw.to_tensor([1.5, 2.5], dtype=np.float32).dtype == tensor_pb2.DATA_TYPE_FLOAT32
-    with pytest.raises(TypeError, match="uint8"):
-        gw.to_tensor(np.zeros(3, np.uint8))
+    assert gw.to_tensor(np.zeros(3, np.uint8)).dtype == tensor_pb2.DATA_TYPE_UINT8  # compact features travel as they are
+    assert gw.from_tensor(gw.to_tensor(np.array([1.5, -2], np.float16))).dtype == np.float16
+    with pytest.raises(TypeError, match="uint8"):  # the message lists what travels
+        gw.to_tensor(np.zeros(3, np.uint32))
 
 
 def test_tensor_decodes_json_style_values():

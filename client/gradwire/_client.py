@@ -44,7 +44,7 @@ from gradwire._resources import (
     _Resource,
 )
 from gradwire._summary import NetworkSummary
-from gradwire._tensors import DTYPES, as_wire_array, fill_tensor, from_tensor, to_tensor, with_tensor
+from gradwire._tensors import DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, to_tensor, with_tensor
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
@@ -548,7 +548,7 @@ class Client:
         output tensor), ``first`` drops the batch axis of a single example's result, ``fields`` is
         the request's read_mask (empty: every field)."""
         name = _name(model)
-        feats = as_wire_array(features, np.float32)
+        feats = feature_array(features)  # compact integer and half-float features travel as they are
         try:
             return self._predict(name, feats, self._shapes_of(model) if isinstance(model, Model) else None, timeout,
                                  decode, first, fields)
@@ -566,7 +566,7 @@ class Client:
         single = feats.shape == shapes.input_shape
         if single:
             feats = feats[np.newaxis]  # (1, *input_shape)
-        rows = shapes.rows_within(self._split_bytes, full=not fields)
+        rows = shapes.rows_within(self._split_bytes, feats.itemsize, full=not fields)
         if len(feats) <= rows:
             method, serialized = next(self._predict_methods)
             call, request = _predict_request(method, serialized, name, feats, fields)
@@ -850,7 +850,7 @@ class _Shapes:
     features and of the answer take."""
 
     input_shape: tuple[int, ...]
-    row_bytes: int  # one example's float32 features
+    elements: int  # in one example's features
     answer_row_bytes: int  # one example's output tensor, as predict asks for it
     full_answer_row_bytes: int  # and with everything predict_full asks for (indices, names, label sets)
 
@@ -860,12 +860,13 @@ class _Shapes:
         name = max((len(n.encode()) for n in proto.class_names), default=0) + 4  # a name and its tag
         label = 11 + name  # an index (at most 10 bytes and its tag) and a name, per label of a set
         outputs = max(1, proto.output_size)
-        return _Shapes(shape, 4 * math.prod(shape), 4 * outputs + 16,
+        return _Shapes(shape, math.prod(shape), 4 * outputs + 16,
                        4 * outputs + 16 + 11 + name + outputs * label)
 
-    def rows_within(self, nbytes: int, full: bool) -> int:
-        """How many examples one request (and its answer) may carry in ``nbytes``."""
-        per_row = max(self.row_bytes, self.full_answer_row_bytes if full else self.answer_row_bytes)
+    def rows_within(self, nbytes: int, itemsize: int, full: bool) -> int:
+        """How many examples one request (features of ``itemsize`` bytes) and its answer may carry
+        in ``nbytes``."""
+        per_row = max(itemsize * self.elements, self.full_answer_row_bytes if full else self.answer_row_bytes)
         return max(1, nbytes // max(1, per_row))
 
 

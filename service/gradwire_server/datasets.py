@@ -29,6 +29,12 @@ NUMPY_DTYPES = {
     DataType.DATA_TYPE_FLOAT64: np.dtype("<f8"),
     DataType.DATA_TYPE_INT32: np.dtype("<i4"),
     DataType.DATA_TYPE_INT64: np.dtype("<i8"),
+    # Predict's features only (compact, and exact in float32); uploads and labels refuse them
+    DataType.DATA_TYPE_UINT8: np.dtype("u1"),
+    DataType.DATA_TYPE_INT8: np.dtype("i1"),
+    DataType.DATA_TYPE_UINT16: np.dtype("<u2"),
+    DataType.DATA_TYPE_INT16: np.dtype("<i2"),
+    DataType.DATA_TYPE_FLOAT16: np.dtype("<f2"),
 }
 CLASS_LABEL_DTYPES = (DataType.DATA_TYPE_INT64, DataType.DATA_TYPE_INT32)
 CHECK_BLOCK_BYTES = 16 * 1024**2

@@ -12,8 +12,8 @@ from .. import errors
 from ..datasets import NUMPY_DTYPES
 
 DataType = tensor_pb2.DataType
-FLOAT_TYPES = (DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_FLOAT64)
-INT_TYPES = (DataType.DATA_TYPE_INT32, DataType.DATA_TYPE_INT64)
+FLOAT_TYPES = (DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_FLOAT64, DataType.DATA_TYPE_FLOAT16)
+INT_TYPES = tuple(t for t, dt in NUMPY_DTYPES.items() if dt.kind in "iu")
 NUMPY_TO_DTYPE = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
@@ -74,10 +74,31 @@ def tensor_to_numpy(t: tensor_pb2.Tensor, field: str, raw: bytes | memoryview | 
     if carriers == ["float_values"]:
         if t.dtype in INT_TYPES:
             raise errors.InvalidArgument(f"{DataType.Name(t.dtype)} tensors carry int_values, not float_values", field=f"{field}.dtype")
-        dtype = NUMPY_DTYPES[t.dtype] if t.dtype else NUMPY_DTYPES[DataType.DATA_TYPE_FLOAT32]
+        wire = t.dtype or DataType.DATA_TYPE_FLOAT32
     else:
-        dtype = NUMPY_DTYPES[t.dtype] if t.dtype else NUMPY_DTYPES[DataType.DATA_TYPE_INT64]
-    return np.asarray(values, dtype=dtype).reshape(shape)
+        wire = t.dtype or DataType.DATA_TYPE_INT64
+    return typed_values(values, NUMPY_DTYPES[wire], DataType.Name(wire), f"{field}.{carriers[0]}").reshape(shape)
+
+
+def typed_values(values, dtype: np.dtype, type_name: str, field: str) -> np.ndarray:
+    """Typed numbers (a repeated field) as a ``dtype`` array, refusing one its type cannot hold
+    (300 as UINT8, 1e5 as FLOAT16) instead of wrapping it or making it infinite."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if len(values) and dtype.itemsize < 8:
+            low, high = min(values), max(values)
+            if low < info.min or high > info.max:
+                bad = low if low < info.min else high
+                raise errors.InvalidArgument(f"{bad} does not fit in {type_name} ({info.min} to {info.max})", field=field)
+        return np.asarray(values, dtype=dtype)
+    if dtype.itemsize < 8 and len(values):
+        wide = np.asarray(values, dtype=np.float64)
+        largest = float(np.finfo(dtype).max)
+        past = np.isfinite(wide) & (np.abs(wide) > largest)
+        if past.any():
+            raise errors.InvalidArgument(f"{wide[past][0]} does not fit in {type_name} (largest {largest})", field=field)
+        return wide.astype(dtype)
+    return np.asarray(values, dtype=dtype)
 
 
 FLOAT32 = np.dtype("<f4")
