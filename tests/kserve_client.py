@@ -171,6 +171,14 @@ def main() -> None:
                                         cfg.dynamic_batching.max_queue_delay_microseconds]
                    if cfg.HasField("dynamic_batching") else None},
     }
+    # Compact datatypes: pixels-as-bytes style UINT8 (and FP16) answer as the same FP32 rows do.
+    whole = np.round(X * 10)
+    compact = {}
+    for datatype, dtype in (("FP32", np.float32), ("UINT8", np.uint8), ("FP16", np.float16)):
+        one = grpcclient.InferInput(inp.name, list(X.shape), datatype)
+        one.set_data_from_numpy(whole.astype(dtype))
+        compact[datatype] = client.infer(model, [one], model_version=version).as_numpy(out.name)
+    report["compact_datatypes_equal"] = [k for k in ("UINT8", "FP16") if np.array_equal(compact[k], compact["FP32"])]
     report["repository_index"] = [[m.name, m.version, m.state] for m in client.get_model_repository_index().models]
     # System shared memory: the same request, its tensors through regions tritonclient made.
     shared = ShmRequests(client, model, version, inp, out, X, probs.size)

@@ -128,6 +128,8 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
         ("gw-in-", "/" + shared["status"][0][0], 0, 160), ("gw-out", "/" + shared["status"][1][0], 0, 120)]
     assert shared["status_after"] == []
 
+    assert seen["compact_datatypes_equal"] == ["UINT8", "FP16"]  # tritonclient's own encoding of them
+
     # Streaming inference through tritonclient's start_stream / async_stream_infer: each of the
     # ten rows its own request, a bad one fourth; every answer in the order sent, the rows
     # bit for bit Predict's, the bad one an error naming the field and the value.
