@@ -877,7 +877,7 @@ def _predict_request(method, serialized, name: str, feats: np.ndarray, fields: S
         request.read_mask.paths.extend(fields)
     if feats.nbytes >= LARGE_REQUEST_BYTES:  # the features' bytes copied once, not three times
         return serialized, with_tensor(request.SerializeToString(), FEATURES_FIELD, feats)
-    fill_tensor(request.features, feats)  # a wire array already (as_wire_array)
+    fill_tensor(request.features, feats)  # a wire array already (feature_array)
     return method, request
 
 
@@ -886,6 +886,7 @@ def _joined(parts: list[T]) -> T:
     ``predict_full``'s Predictions)."""
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
+
     def arrays(key: str) -> np.ndarray | None:
         values = [getattr(p, key) for p in parts]
         return None if values[0] is None else np.concatenate(values)
