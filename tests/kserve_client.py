@@ -84,8 +84,8 @@ def streamed(client, model, version, requests) -> list:
     answers: queue.SimpleQueue = queue.SimpleQueue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
-        for request_id, inputs in requests:
-            client.async_stream_infer(model, inputs, model_version=version, request_id=request_id)
+        for request_id, inputs, *options in requests:  # options: async_stream_infer's keywords
+            client.async_stream_infer(model, inputs, model_version=version, request_id=request_id, **(options or [{}])[0])
         got = [answers.get(timeout=60) for _ in requests]
     finally:
         client.stop_stream()
@@ -199,6 +199,8 @@ def main() -> None:
     answered = streamed(client, model, version, [*rows[:3], ("bad", [bad]), *rows[3:]])
     report["stream"] = {"ids": [a[0] for a in answered], "errors": [a[2] for a in answered if a[2] is not None],
                         "probabilities": [a[1].as_numpy(out.name)[0].tolist() for a in answered if a[1] is not None]}
+    (flagged,) = streamed(client, model, version, [("f", rows[0][1], {"enable_empty_final_response": True})])
+    report["stream"]["final_flag"] = flagged[1].get_response().parameters["triton_final_response"].bool_param
     from tritonclient.grpc import service_pb2
 
     report["protocol"] = {

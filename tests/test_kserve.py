@@ -138,6 +138,7 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     (error,) = stream["errors"]
     assert "INVALID_ARGUMENT: inputs[0].name" in error and "'not-the-input'" in error, error
     np.testing.assert_array_equal(np.asarray(stream["probabilities"], dtype=np.float32), expected)
+    assert stream["final_flag"] is True  # enable_empty_final_response=True: the answer is marked final
 
     # Classification extension: top 2 as "value:index:label", best first.
     for row, probs in zip(seen["classification"], expected):
@@ -349,6 +350,15 @@ def test_a_stream_answers_every_request_in_order_and_its_errors_in_band(publishe
         assert (answer.infer_response.model_version, list(answer.infer_response.outputs[0].shape)) == (
             str(published.model_version), [request.inputs[0].shape[0], 3])
     assert list(stub.ModelStreamInfer(iter([]), timeout=10)) == []  # no requests: no answers, and the call ends well
+
+    # A client that asks for Triton's final-response flags gets each answer marked final (its
+    # request's only one), failed ones too; one that does not ask gets no flag.
+    asked = [infer_request("iris-kserve", X[:1], id="f1"), infer_request("no-such-model", X[:1], id="f2"), requests[0]]
+    for r in asked[:2]:
+        r.parameters["triton_enable_empty_final_response"].bool_param = True
+    flags = [dict(a.infer_response.parameters) for a in stub.ModelStreamInfer(iter(asked), timeout=30)]
+    assert [f.get("triton_final_response", pb.InferParameter()).bool_param for f in flags] == [True, True, False]
+    assert "triton_final_response" not in flags[2]
 
 
 def test_streamed_one_row_requests_merge_in_the_batcher(target, channel_module):

@@ -378,7 +378,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _stream_one(self, request: pb.ModelInferRequest | Decoded, arrived: int) -> pb.ModelStreamInferResponse:
         try:
-            return pb.ModelStreamInferResponse(infer_response=self._model_infer(request, arrived))
+            answer = pb.ModelStreamInferResponse(infer_response=self._model_infer(request, arrived))
+            _mark_final(request, answer)
+            return answer
         except errors.GradwireError as exc:
             code = errors.code_of(exc)
             message = f"{STATUS_BY_CODE[code].name}: {exc.message}"
@@ -386,8 +388,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("unexpected error in ModelStreamInfer")
             message = "INTERNAL: internal error; the server log has the details"
         asked, _ = wire.unwrap(request)
-        return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+        answer = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
             model_name=asked.model_name, model_version=asked.model_version, id=asked.id))
+        _mark_final(request, answer)
+        return answer
 
     def close(self) -> None:
         """Stops the streamed requests' threads (after the server has stopped)."""
@@ -413,6 +417,18 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 label = f":{model.class_names[idx]}" if model.class_names else ""
                 items.append(f"{row[idx]:f}:{idx}{label}".encode())
         return serialize_bytes(items), [len(output), k]
+
+
+FINAL_ASKED, FINAL = "triton_enable_empty_final_response", "triton_final_response"
+
+
+def _mark_final(request: pb.ModelInferRequest | Decoded, answer: pb.ModelStreamInferResponse) -> None:
+    """A client that asks Triton for final-response flags (tritonclient's
+    ``enable_empty_final_response=True``, for models that answer a request several times) waits
+    for a response marked final: every gradwire answer is its request's one and only, so it is."""
+    params = wire.unwrap(request)[0].parameters
+    if FINAL_ASKED in params and params[FINAL_ASKED].bool_param:
+        answer.infer_response.parameters[FINAL].bool_param = True
 
 
 END = object()  # in_order's request stream ended: the client half-closed it, or the call died
