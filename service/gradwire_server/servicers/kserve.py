@@ -37,7 +37,7 @@ from ..inference import ModelStats, Timing, model_path
 from ..serving import Serving
 from ..shm import Region, SharedMemoryRegions
 from ..store import every
-from .context import ServerState
+from .context import ServerState, StreamSlots
 from .convert import array_from_raw, check_value_count, checked_count, typed_values
 from .models import check_features, run_model
 from . import wire
@@ -81,7 +81,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
         self._server_version = _version()
-        self._stream_slots = threading.BoundedSemaphore(state.settings.infer_streams)
+        self._stream_slots = StreamSlots(state.settings.infer_streams, "ModelStreamInfer", "GRADWIRE_MAX_INFER_STREAMS",
+                                         "send ModelInfer calls instead, or open the stream again later")
         self._stream_pool: futures.ThreadPoolExecutor | None = None  # made at the first stream
         self._stream_pool_lock = threading.Lock()
 
@@ -355,19 +356,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         infer_stream_in_flight (and max_message_bytes of them) at once (a stream of one-row requests merges in the batcher, one of
         large requests overlaps their transfer with the model's runs), answered in the order sent.
         A request that fails is answered with its error message and id; the stream goes on."""
-        limit = self.s.settings.infer_streams
-        # A stream holds an RPC thread for its whole life: past the limit, refuse rather than let
-        # streams take every thread from unary calls and health checks.
-        if not self._stream_slots.acquire(blocking=False):
-            raise errors.ResourceExhausted(
-                f"{limit} ModelStreamInfer streams are already open, the server's limit (GRADWIRE_MAX_INFER_STREAMS); "
-                "send ModelInfer calls instead, or open the stream again later")
-        try:
-            settings = self.s.settings
+        settings = self.s.settings
+        with self._stream_slots.held():  # the stream holds an RPC thread for its whole life
             yield from in_order(self._stream_one, request_iterator, self._pool(), settings.infer_stream_in_flight,
                                 settings.max_message_bytes, request_bytes)
-        finally:
-            self._stream_slots.release()
 
     def _pool(self) -> futures.ThreadPoolExecutor:
         """The threads that run streamed requests (as many as the RPC threads), shared by every stream."""

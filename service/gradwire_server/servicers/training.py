@@ -13,7 +13,7 @@ from gradwire.v1 import datasets_pb2, training_pb2, training_pb2_grpc
 
 from .. import datasets, errors, registry, spec
 from ..store import TERMINAL_STATES, new_id, resource_id
-from .context import ServerState
+from .context import ServerState, StreamSlots
 from .convert import tensor_to_numpy
 
 LabelKind = datasets_pb2.LabelKind
@@ -22,8 +22,8 @@ LabelKind = datasets_pb2.LabelKind
 class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def __init__(self, state: ServerState) -> None:
         self.s = state
-        self._watch_limit = state.settings.watch_streams
-        self._watch_slots = threading.BoundedSemaphore(self._watch_limit)
+        self._watch_slots = StreamSlots(state.settings.watch_streams, "WatchTrainingJob", "GRADWIRE_MAX_WATCH_STREAMS",
+                                        "poll GetTrainingJob instead, or watch again later")
 
     def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str,
                       field: str = "inline_dataset", publish: bool = True) -> datasets_pb2.Dataset:
@@ -164,13 +164,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
     def WatchTrainingJob(self, request: training_pb2.WatchTrainingJobRequest, context) -> Iterator[training_pb2.TrainingJobEvent]:
         job_id = resource_id(request.name, "trainingJobs")
         self.s.store.job_state(job_id)  # NOT_FOUND before the stream starts
-        # A stream holds an RPC thread for the job's whole run: past the limit, refuse rather than
-        # let watchers take every thread from predictions and health checks.
-        if not self._watch_slots.acquire(blocking=False):
-            raise errors.ResourceExhausted(
-                f"{self._watch_limit} WatchTrainingJob streams are already open, the server's limit "
-                "(GRADWIRE_MAX_WATCH_STREAMS); poll GetTrainingJob instead, or watch again later")
-        try:
+        with self._watch_slots.held():  # the stream holds an RPC thread for the job's whole run
             last = 0
             ended = threading.Event()  # the client went away or the server is stopping
             context.add_callback(ended.set)
@@ -184,8 +178,6 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                         return
                 if not events:  # an event is sent within CHANGE_POLL_S of its commit
                     self.s.store.wait_for_change(stamp, self.s.settings.poll_interval_s, ended.is_set)
-        finally:
-            self._watch_slots.release()
 
 
 def publish_options(request: training_pb2.CreateTrainingJobRequest, job: training_pb2.TrainingJob) -> None:
