@@ -23,6 +23,7 @@ from . import errors
 
 log = logging.getLogger("gradwire.rpc")
 STATUS_BY_CODE = {code.value[0]: code for code in grpc.StatusCode}
+INTERNAL_MESSAGE = "internal error; the server log has the details"  # all a client hears of a bug
 
 
 def rich_status(exc: errors.GradwireError) -> status_pb2.Status:
@@ -42,7 +43,7 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
     if isinstance(exc, errors.GradwireError):
         context.abort_with_status(rpc_status.to_status(rich_status(exc)))
     log.exception("unexpected error in %s", method)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def _wrap_unary(behavior: Callable, method: str) -> Callable:

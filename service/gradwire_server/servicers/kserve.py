@@ -32,7 +32,7 @@ from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import datasets_pb2, models_pb2
 
 from .. import errors
-from ..interceptors import STATUS_BY_CODE
+from ..interceptors import INTERNAL_MESSAGE, STATUS_BY_CODE
 from ..inference import ModelStats, Timing, model_path
 from ..serving import Serving
 from ..shm import Region, SharedMemoryRegions
@@ -369,20 +369,23 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             return self._stream_pool
 
     def _stream_one(self, request: pb.ModelInferRequest | Decoded, arrived: int) -> pb.ModelStreamInferResponse:
+        asked, _ = wire.unwrap(request)
         try:
             answer = pb.ModelStreamInferResponse(infer_response=self._model_infer(request, arrived))
-            _mark_final(request, answer)
-            return answer
-        except errors.GradwireError as exc:
-            code = errors.code_of(exc)
-            message = f"{STATUS_BY_CODE[code].name}: {exc.message}"
-        except Exception:  # a bug: this request is answered INTERNAL, as ModelInfer's interceptor would
-            log.exception("unexpected error in ModelStreamInfer")
-            message = "INTERNAL: internal error; the server log has the details"
-        asked, _ = wire.unwrap(request)
-        answer = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
-            model_name=asked.model_name, model_version=asked.model_version, id=asked.id))
-        _mark_final(request, answer)
+        except Exception as exc:  # answered in the stream, as ModelInfer's interceptor answers a call
+            if isinstance(exc, errors.GradwireError):
+                message = f"{STATUS_BY_CODE[errors.code_of(exc)].name}: {exc.message}"
+            else:  # a bug
+                log.exception("unexpected error in ModelStreamInfer")
+                message = f"INTERNAL: {INTERNAL_MESSAGE}"
+            answer = pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+                model_name=asked.model_name, model_version=asked.model_version, id=asked.id))
+        # A client that asks Triton for final-response flags (tritonclient's
+        # enable_empty_final_response=True, for models that answer a request several times) waits
+        # for an answer marked final: every gradwire answer is its request's one and only, so it is.
+        final = asked.parameters.get(FINAL_ASKED)
+        if final is not None and final.bool_param:
+            answer.infer_response.parameters[FINAL].bool_param = True
         return answer
 
     def close(self) -> None:
@@ -412,15 +415,6 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 FINAL_ASKED, FINAL = "triton_enable_empty_final_response", "triton_final_response"
-
-
-def _mark_final(request: pb.ModelInferRequest | Decoded, answer: pb.ModelStreamInferResponse) -> None:
-    """A client that asks Triton for final-response flags (tritonclient's
-    ``enable_empty_final_response=True``, for models that answer a request several times) waits
-    for a response marked final: every gradwire answer is its request's one and only, so it is."""
-    params = wire.unwrap(request)[0].parameters
-    if FINAL_ASKED in params and params[FINAL_ASKED].bool_param:
-        answer.infer_response.parameters[FINAL].bool_param = True
 
 
 END = object()  # in_order's request stream ended: the client half-closed it, or the call died
