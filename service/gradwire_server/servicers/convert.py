@@ -12,7 +12,7 @@ from .. import errors
 from ..datasets import NUMPY_DTYPES
 
 DataType = tensor_pb2.DataType
-FLOAT_TYPES = (DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_FLOAT64, DataType.DATA_TYPE_FLOAT16)
+FLOAT_TYPES = tuple(t for t, dt in NUMPY_DTYPES.items() if dt.kind == "f")
 INT_TYPES = tuple(t for t, dt in NUMPY_DTYPES.items() if dt.kind in "iu")
 NUMPY_TO_DTYPE = {v: k for k, v in NUMPY_DTYPES.items()}
 
@@ -83,22 +83,18 @@ def tensor_to_numpy(t: tensor_pb2.Tensor, field: str, raw: bytes | memoryview | 
 def typed_values(values, dtype: np.dtype, type_name: str, field: str) -> np.ndarray:
     """Typed numbers (a repeated field) as a ``dtype`` array, refusing one its type cannot hold
     (300 as UINT8, 1e5 as FLOAT16) instead of wrapping it or making it infinite."""
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if len(values) and dtype.itemsize < 8:
-            low, high = min(values), max(values)
-            if low < info.min or high > info.max:
-                bad = low if low < info.min else high
-                raise errors.InvalidArgument(f"{bad} does not fit in {type_name} ({info.min} to {info.max})", field=field)
-        return np.asarray(values, dtype=dtype)
-    if dtype.itemsize < 8 and len(values):
-        wide = np.asarray(values, dtype=np.float64)
-        largest = float(np.finfo(dtype).max)
-        past = np.isfinite(wide) & (np.abs(wide) > largest)
+    integer = dtype.kind in "iu"
+    wide = np.asarray(values, dtype=np.int64 if integer else np.float64)  # every value the wire can carry
+    if dtype.itemsize < 8 and wide.size:
+        if integer:
+            info = np.iinfo(dtype)
+            past, bounds = (wide < info.min) | (wide > info.max), f"{info.min} to {info.max}"
+        else:
+            largest = float(np.finfo(dtype).max)
+            past, bounds = np.isfinite(wide) & (np.abs(wide) > largest), f"largest {largest}"
         if past.any():
-            raise errors.InvalidArgument(f"{wide[past][0]} does not fit in {type_name} (largest {largest})", field=field)
-        return wide.astype(dtype)
-    return np.asarray(values, dtype=dtype)
+            raise errors.InvalidArgument(f"{wide[past][0]} does not fit in {type_name} ({bounds})", field=field)
+    return wide.astype(dtype, copy=False)
 
 
 FLOAT32 = np.dtype("<f4")
