@@ -625,40 +625,32 @@ def report(r: dict, where: str, wall: float) -> None:
             row(f"(e) training samples/s, job start to end, {what} ({e['device']}) vs plain loop", f"{e['service_samples_s']:,.0f}", f"{e['plain_samples_s']:,.0f}", e["ratio"], ">= 0.9")
             row("    (stepping only, from the job's epoch history)", f"{e['service_stepping_samples_s']:,.0f}", f"{e['plain_samples_s']:,.0f}",
                 e["service_stepping_samples_s"] / e["plain_samples_s"], "")
-    if "f" in r:
-        f = r["f"]
-        if "skipped" in f:
-            print(f"(f) KServe v2 via tritonclient: skipped: {f['skipped']}")
-        else:
-            row("(f) KServe ModelInfer 1-row p50, tritonclient vs (a) baseline (ms)", f"{f['p50_ms']:.3f}", "", f["ratio_p50"], "")
-            row("(f) KServe ModelInfer 1-row p99 (ms)", f"{f['p99_ms']:.3f}", "", f["ratio_p99"], "")
-            print(f"(f) tritonclient probabilities identical to Predict's: {f['same_as_predict']}")
-    if "f_shm" in r:
-        f = r["f_shm"]
-        if "skipped" in f:
-            print(f"(f) 1024-row requests via tritonclient: skipped: {f['skipped']}")
-        else:
-            row("(f) rows/s, 1024-row ModelInfer, system shared memory vs in-process ORT, digits CNN", f"{f['shm_rows_s']:,.0f}",
-                f"{f['ort_rows_s']:,.0f}", f["ratio_shm"], ">= 0.8")
-            row("    the same requests over the wire (tritonclient)", f"{f['wire_rows_s']:,.0f}", f"{f['ort_rows_s']:,.0f}",
-                f["ratio_wire"], "")
-            print(f"    ceiling of any RPC, one call at a time: ORT / (ORT + an empty call's round trip, {f['empty_call_ms']:.3f} ms)"
-                  f" = {f['ceiling']:.2f}")
-    if "f_c" in r:
-        c = r["f_c"]
-        if "skipped" in c:
-            print(f"(f) (c) through tritonclient: skipped: {c['skipped']}")
-        else:
-            clients_rows(c, "(f) 32 one-row tritonclient clients, 4096-wide MLP", ">= 3")
-    if "f_stream" in r:
-        f = r["f_stream"]
-        if "skipped" in f:
-            print(f"(f) 1024-row requests on a tritonclient stream: skipped: {f['skipped']}")
-        else:
-            row("(f) rows/s, 1024-row requests on one ModelStreamInfer stream vs in-process ORT", f"{f['stream_rows_s']:,.0f}",
-                f"{f['ort_rows_s']:,.0f}", f["ratio_stream"], ">= 0.8")
-            row("    the same requests, one ModelInfer call at a time (tritonclient)", f"{f['calls_rows_s']:,.0f}",
-                f"{f['ort_rows_s']:,.0f}", f["ratio_calls"], "")
+    def ran(key: str, what: str) -> dict | None:
+        """A figure that ran, or None (and the reason it did not, printed)."""
+        got = r.get(key)
+        if got is not None and "skipped" in got:
+            print(f"{what}: skipped: {got['skipped']}")
+            return None
+        return got
+
+    if f := ran("f", "(f) KServe v2 via tritonclient"):
+        row("(f) KServe ModelInfer 1-row p50, tritonclient vs (a) baseline (ms)", f"{f['p50_ms']:.3f}", "", f["ratio_p50"], "")
+        row("(f) KServe ModelInfer 1-row p99 (ms)", f"{f['p99_ms']:.3f}", "", f["ratio_p99"], "")
+        print(f"(f) tritonclient probabilities identical to Predict's: {f['same_as_predict']}")
+    if f := ran("f_shm", "(f) 1024-row requests via tritonclient"):
+        row("(f) rows/s, 1024-row ModelInfer, system shared memory vs in-process ORT, digits CNN", f"{f['shm_rows_s']:,.0f}",
+            f"{f['ort_rows_s']:,.0f}", f["ratio_shm"], ">= 0.8")
+        row("    the same requests over the wire (tritonclient)", f"{f['wire_rows_s']:,.0f}", f"{f['ort_rows_s']:,.0f}",
+            f["ratio_wire"], "")
+        print(f"    ceiling of any RPC, one call at a time: ORT / (ORT + an empty call's round trip, {f['empty_call_ms']:.3f} ms)"
+              f" = {f['ceiling']:.2f}")
+    if c := ran("f_c", "(f) (c) through tritonclient"):
+        clients_rows(c, "(f) 32 one-row tritonclient clients, 4096-wide MLP", ">= 3")
+    if f := ran("f_stream", "(f) 1024-row requests on a tritonclient stream"):
+        row("(f) rows/s, 1024-row requests on one ModelStreamInfer stream vs in-process ORT", f"{f['stream_rows_s']:,.0f}",
+            f"{f['ort_rows_s']:,.0f}", f["ratio_stream"], ">= 0.8")
+        row("    the same requests, one ModelInfer call at a time (tritonclient)", f"{f['calls_rows_s']:,.0f}",
+            f"{f['ort_rows_s']:,.0f}", f["ratio_calls"], "")
     print(f"total bench time {wall:.0f} s")
 
 
