@@ -84,8 +84,9 @@ def streamed(client, model, version, requests) -> list:
     answers: queue.SimpleQueue = queue.SimpleQueue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
-        for request_id, inputs, *options in requests:  # options: async_stream_infer's keywords
-            client.async_stream_infer(model, inputs, model_version=version, request_id=request_id, **(options or [{}])[0])
+        for request_id, inputs, *options in requests:  # options: a dict of async_stream_infer's keywords
+            keywords = options[0] if options else {}
+            client.async_stream_infer(model, inputs, model_version=version, request_id=request_id, **keywords)
         got = [answers.get(timeout=60) for _ in requests]
     finally:
         client.stop_stream()
