@@ -411,9 +411,10 @@ def test_in_order_bounds_what_a_stream_has_in_progress(in_flight, max_bytes, siz
 
 def test_streams_are_bounded_and_a_cancelled_one_frees_its_slot(server, published):
     """Each open stream holds an RPC thread: past GRADWIRE_MAX_INFER_STREAMS a new one is refused,
-    unary calls still answer, and a stream the client cancels gives its slot back."""
+    unary calls still answer, and a stream the client cancels gives its slot back. With
+    GRADWIRE_INFER_STREAM_IN_FLIGHT=1 a stream's requests run one at a time: none merge."""
     settings = Settings(host="127.0.0.1", port=0, data_dir=server.state.settings.data_dir, rpc_threads=4,
-                        max_infer_streams=1, warm_aliases=False, system_shared_memory=False)
+                        max_infer_streams=1, infer_stream_in_flight=1, warm_aliases=False, system_shared_memory=False)
     running = create_server(settings, recover=False)  # a second server on the same store
     X, _ = iris()
     release = threading.Event()
@@ -444,6 +445,15 @@ def test_streams_are_bounded_and_a_cancelled_one_frees_its_slot(server, publishe
                     return False
 
             wait_for(opens, timeout=20, interval=0.1)
+
+            def stats() -> pb.ModelStatistics:  # this server's own counts
+                return stub.ModelStatistics(pb.ModelStatisticsRequest(name="iris-kserve", version="production")).model_stats[0]
+
+            before = stats()
+            answers = list(stub.ModelStreamInfer(iter([infer_request("iris-kserve", X[i:i + 1]) for i in range(100)]), timeout=60))
+            after = stats()
+            assert [a.error_message for a in answers] == [""] * 100
+            assert (after.inference_count - before.inference_count, after.execution_count - before.execution_count) == (100, 100)
     finally:
         release.set()
         running.stop(grace=0)
