@@ -155,7 +155,8 @@ def test_a_gpu_provider_that_does_not_load_falls_back_to_the_cpu_and_says_so(tmp
     x = np.eye(4, dtype=np.float32)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     sessions = SessionCache(tmp_path, device="cuda:1")
-    assert sessions._providers == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    cuda = {"device_id": 1, "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}  # TF32 off: see CUDA_OPTIONS
+    assert sessions._providers == [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     with caplog.at_level(logging.INFO, "gradwire.inference"), pytest.warns(UserWarning, match="CUDAExecutionProvider"):
         probs = sessions.run("m1", x)  # onnxruntime's own warning, then ours
     assert "model m1: CUDAExecutionProvider did not load" in caplog.text and "serving it on CPUExecutionProvider" in caplog.text
