@@ -1,24 +1,32 @@
-"""GPU paths: training on CUDA through the service. Skipped (visibly) without a CUDA GPU."""
+"""GPU paths: training on CUDA through the service, and serving on onnxruntime-gpu's CUDA provider.
+Skipped (visibly) without a CUDA GPU, and the serving test without onnxruntime-gpu."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
-from sklearn.datasets import load_digits
+import threading
 
 import gradwire as gw
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
 from conftest import start
+from sklearn.datasets import load_digits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]
 
 
 @pytest.fixture(scope="module")
-def gpu_target(tmp_path_factory):
+def gpu_server(tmp_path_factory):
     running, pool = start(tmp_path_factory.mktemp("gpu-data"), device="cuda")
-    yield f"127.0.0.1:{running.port}"
+    yield running
     pool.stop(timeout=5)
     running.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def gpu_target(gpu_server):
+    return f"127.0.0.1:{gpu_server.port}"
 
 
 def test_trains_on_the_gpu_and_serves_the_same_answers(gpu_target):
@@ -92,9 +100,8 @@ def test_data_too_big_for_the_gpu_stays_in_host_memory(monkeypatch):
 def test_gpu_optimizers_are_fused_and_match_torch_optim(text, reference):
     """On CUDA, SGD / Adam / AdamW take torch's fused kernels; their steps match torch.optim's
     default (foreach) implementation to float32 rounding."""
-    from test_options import cfg, same_steps
-
     from gradwire_server import train
+    from test_options import cfg, same_steps
 
     config = cfg(f"optimizer {{ {text} }}").optimizer
     torch.manual_seed(0)
@@ -110,9 +117,8 @@ def test_checkpoints_of_a_cuda_run_hold_its_weights_and_resume_it(tmp_path):
     file holds exactly the run's final weights (on the CPU), and a run cancelled in epoch 3 and
     resumed from its checkpoint reports epochs 3 and 4 and ends close to an uninterrupted run
     (cuDNN and fused kernels need not be bit-exact, so not to the bit)."""
-    from test_training import RESUMABLE_NET, RESUMABLE_TRAINING, blobs, cfg, net
-
     from gradwire_server import errors, train
+    from test_training import RESUMABLE_NET, RESUMABLE_TRAINING, blobs, cfg, net
 
     cuda = torch.device("cuda")
     data, config = blobs(), cfg(RESUMABLE_TRAINING)
@@ -135,3 +141,55 @@ def test_checkpoints_of_a_cuda_run_hold_its_weights_and_resume_it(tmp_path):
     assert [r.epoch for r in seen] == [3, 4]
     for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="onnxruntime-gpu is not installed: no CUDA execution provider to serve on")
+def test_served_on_the_cuda_provider_with_batching_bit_identical(gpu_server, gpu_target):
+    """The server's sessions run on onnxruntime-gpu's CUDA provider, agree with the CPU provider
+    (TF32 off: see inference.CUDA_OPTIONS), and dynamic batching still gives every caller its own
+    rows bit for bit as when run alone."""
+    from gradwire_server.inference import model_path
+
+    X, y = load_digits(return_X_y=True)
+    X = X.reshape(-1, 1, 8, 8).astype(np.float32)
+    net = gw.Sequential([gw.Conv2d(16, kernel_size=3, padding="same"), gw.BatchNorm(), gw.ReLU(), gw.MaxPool2d(2),
+                         gw.Conv2d(32, kernel_size=3, padding="same"), gw.ReLU(), gw.MaxPool2d(2),
+                         gw.Flatten(), gw.Dense(256), gw.ReLU(), gw.Dense(10)])
+    with gw.Client(gpu_target, timeout=60) as client:
+        model = client.train(net, (X, y), optimizer=gw.Adam(learning_rate=1e-2), batch_size=64, epochs=2,
+                             seed=0).wait(timeout=300)
+        model_id = model.name.split("/", 1)[1]
+        session = gpu_server.state.sessions.get(model_id)
+        assert session.get_providers()[0] == "CUDAExecutionProvider", session.get_providers()
+        cpu = ort.InferenceSession(str(model_path(gpu_server.state.settings.data_dir, model_id)),
+                                   providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(client.predict(model, X[:512]), cpu.run(None, {"features": X[:512]})[0],
+                                   rtol=0, atol=1e-5)
+        rows = X[:256]
+        alone = np.concatenate([session.run(None, {"features": rows[i:i + 1]})[0] for i in range(len(rows))])
+        before = gpu_server.state.sessions.stats(model_id)
+        got: dict[int, np.ndarray] = {}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(32)
+
+        def caller(k: int) -> None:
+            try:
+                with gw.Client(gpu_target, timeout=60) as own:
+                    barrier.wait()
+                    for i in range(k, len(rows), 32):
+                        got[i] = own.predict(model, rows[i:i + 1])
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        after = gpu_server.state.sessions.stats(model_id)
+        assert after.calls - before.calls < len(rows) and after.max_requests > 1, after  # some were merged
+        merged = np.concatenate([got[i] for i in range(len(rows))])
+        differ = int((merged != alone).any(axis=1).sum())
+        assert differ == 0, f"{differ} of {len(rows)} rows differ from the same row run alone"
