@@ -123,6 +123,47 @@ def test_batcher_merges_up_to_max_batch_and_spreads_errors():
     assert isinstance(errs[-1], ValueError)
 
 
+def test_fixed_rows_pads_every_small_execution_to_max_batch_size():
+    """The CUDA provider's answers depend on the number of rows run together: there the batcher runs
+    every execution of fewer than max_batch_size rows, alone or merged, at max_batch_size rows
+    (zeros after the real ones) and hands back only the real rows. Larger requests run as they are."""
+    seen: list[tuple[int, int]] = []  # (rows run, nonzero rows)
+    gate = threading.Event()
+
+    def run(x):
+        seen.append((len(x), int((x != 0).any(axis=1).sum())))
+        if len(seen) == 1:
+            gate.wait(5)
+        return x * 2
+
+    batcher = Batcher(run, fixed_rows=True)
+    policy = BatchingPolicy(enabled=True, max_batch_size=8, max_delay_s=5.0)
+    out: dict[int, np.ndarray] = {}
+
+    def call(i, rows=1):
+        out[i] = batcher(np.full((rows, 3), i, dtype=np.float32), policy)
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    wait_for(lambda: seen)
+    rest = [threading.Thread(target=call, args=(i,)) for i in range(2, 5)]
+    for t in rest:
+        t.start()
+    wait_for(lambda: batcher._queued_rows == 3)
+    gate.set()
+    for t in [first, *rest]:
+        t.join()
+    assert seen == [(8, 1), (8, 3)], seen  # alone, then the three merged: 8 rows each time
+    assert {i: o.tolist() for i, o in out.items()} == {i: [[2 * i] * 3] for i in range(1, 5)}
+    call(9, rows=12)  # more than max_batch_size: as it is
+    call(10, rows=8)
+    assert seen[2:] == [(12, 12), (8, 8)]
+    assert out[9].shape == (12, 3) and out[10].shape == (8, 3)
+    batcher(np.ones((2, 3), dtype=np.float32), BatchingPolicy(enabled=False, max_batch_size=8))
+    assert seen[4] == (8, 2)  # with batching off too: the same answer as with it on
+    assert batcher.stats.rows == 1 + 3 + 12 + 8 + 2  # the real rows, not the padding
+
+
 def test_one_call_at_a_time_and_max_delay_gathers_when_idle():
     """While a call runs, a partial batch waits for it (never runs beside it, however long it
     takes); with max_delay, a request to an idle model waits that long for company."""

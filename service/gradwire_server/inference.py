@@ -13,9 +13,15 @@ runs the queue as one batch as soon as the running call finishes or the queue
 holds `max_batch_size` rows. `max_delay` (Triton's max_queue_delay, 0 by
 default) lets the leader also wait that long after its arrival for more requests
 even when the model is free: larger batches for more latency. Every caller gets
-exactly its own rows: onnxruntime computes each row of these graphs independently
-of the others, so they are bit-identical to running the request alone
-(tests/test_batching.py checks it with concurrent clients).
+exactly its own rows, bit-identical to running the request alone
+(tests/test_batching.py checks it with concurrent clients). On the CPU provider
+onnxruntime computes each row of these graphs independently of the others. On
+the CUDA provider a row's answer depends on the number of rows it runs among
+(cuBLAS and cuDNN pick their kernels by shape; on an H100, every row of the
+bench's CNN and MLP came out different inside a batch than alone), though not on
+what the other rows hold. So there every execution of fewer than `max_batch_size`
+rows, a request alone or a merged batch, is padded with zeros to `max_batch_size`
+rows (tests/test_gpu.py checks it; bench/gpu_probe.py measures it).
 """
 
 from __future__ import annotations
@@ -221,8 +227,9 @@ class _Pending:
 class Batcher:
     """Merges concurrent requests to one session into one run (see the module docstring)."""
 
-    def __init__(self, run, model_stats: ModelStats | None = None) -> None:
+    def __init__(self, run, model_stats: ModelStats | None = None, *, fixed_rows: bool = False) -> None:
         self._run = run  # features [batch, ...] -> output [batch, ...]
+        self._fixed_rows = fixed_rows  # pad executions of fewer rows to max_batch_size (module docstring)
         self._model_stats = model_stats if model_stats is not None else ModelStats()
         self._cv = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -238,7 +245,7 @@ class Batcher:
             timing.enter = time.perf_counter_ns()
             timing.rows = len(features)
         if not policy.enabled or len(features) >= policy.max_batch_size:
-            return self._direct(features, timing)
+            return self._direct(features, policy, timing)
         with self._cv:
             if not self._running and not self._has_leader and not policy.max_delay_s:
                 self._running += 1  # the model is idle: run at once, with no batch to form
@@ -253,21 +260,31 @@ class Batcher:
                 else:
                     self._has_leader = lead = True
         if me is None:
-            return self._direct(features, timing, counted=True)
+            return self._direct(features, policy, timing, counted=True)
         if not lead:
             me.done.wait()
             if not me.lead:
                 return self._result(me)
         return self._lead(me, policy)
 
-    def _direct(self, features: np.ndarray, timing: Timing | None, counted: bool = False) -> np.ndarray:
+    def _execute(self, features: np.ndarray, policy: BatchingPolicy) -> np.ndarray:
+        """One onnxruntime call; with `fixed_rows`, at max_batch_size rows when it has fewer."""
+        rows = len(features)
+        if not self._fixed_rows or rows >= policy.max_batch_size:
+            return self._run(features)
+        padded = np.zeros((policy.max_batch_size, *features.shape[1:]), dtype=features.dtype)
+        padded[:rows] = features
+        return self._run(padded)[:rows]
+
+    def _direct(self, features: np.ndarray, policy: BatchingPolicy, timing: Timing | None,
+                counted: bool = False) -> np.ndarray:
         """A call of its own (`counted`: `_running` already counts it)."""
         if not counted:
             with self._cv:
                 self._running += 1
         start = time.perf_counter_ns()
         try:
-            out = self._run(features)
+            out = self._execute(features, policy)
             end = time.perf_counter_ns()
             self._model_stats.executed(len(features), 0, end - start, 0)
             if timing is not None:
@@ -309,7 +326,7 @@ class Batcher:
             started = time.perf_counter_ns()
             merged = batch[0].features if len(batch) == 1 else np.concatenate([p.features for p in batch])
             ran = time.perf_counter_ns()
-            out = self._run(merged)
+            out = self._execute(merged, policy)
             ended = time.perf_counter_ns()
         except BaseException as exc:  # every caller of the batch sees the failure
             for p in batch:
@@ -346,13 +363,15 @@ class Batcher:
 
 
 class _Loaded:
-    """One loaded model: its session, its input name and its batcher."""
+    """One loaded model: its session, its input name and its batcher (which pads small executions
+    to a fixed number of rows on the CUDA provider: see the module docstring)."""
 
     def __init__(self, session: ort.InferenceSession, model_stats: ModelStats) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
-        self.batcher = Batcher(self.run_now, model_stats)
+        self.fixed_rows = session.get_providers()[0] == "CUDAExecutionProvider"
+        self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.fixed_rows)
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
         (output,) = self.session.run([self.output_name], {self.input_name: features})
@@ -434,7 +453,9 @@ class SessionCache:
         """Loads the model's session now and runs it once on a row of zeros (its first run sets up
         onnxruntime's buffers: 10 ms against 3 for a 76 MB MLP), so that its first request finds it
         ready. The run is not counted in the model's statistics."""
-        self._get(model_id).run_now(np.zeros((1, *input_shape), dtype=np.float32))
+        loaded = self._get(model_id)
+        rows = self.default_policy.max_batch_size if loaded.fixed_rows else 1  # the shape it will run at
+        loaded.run_now(np.zeros((rows, *input_shape), dtype=np.float32))
 
     def io_names(self, model_id: str) -> tuple[str, str]:
         """The graph's input and output names, read once when the session loaded."""
