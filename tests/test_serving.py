@@ -294,3 +294,21 @@ def test_a_restart_warms_what_the_aliases_point_at(tmp_path):
     finally:
         pool.stop(timeout=5)
         running.stop(grace=1)
+
+
+def test_warming_runs_the_shape_small_requests_will_run_at(tmp_path):
+    """A warmed session has run once at the shape its first requests run at: one row on the CPU
+    provider; on the CUDA provider, where small executions are padded to max_batch_size rows, the
+    model's max_batch_size (cuDNN picks its algorithms per shape, 6-9 ms each on an H100)."""
+    from gradwire_server.inference import BatchingPolicy, model_path
+
+    _tiny_onnx(model_path(tmp_path, "m1"))
+    sessions = SessionCache(tmp_path, batching=BatchingPolicy(max_batch_size=16))
+    loaded = sessions._get("m1")
+    shapes: list[tuple[int, ...]] = []
+    loaded.run_now = lambda x: shapes.append(x.shape)
+    sessions.warm("m1", (4,))
+    loaded.fixed_rows = True  # as on the CUDA provider
+    sessions.warm("m1", (4,))
+    sessions.warm("m1", (4,), BatchingPolicy(max_batch_size=8))  # the model's own setting
+    assert shapes == [(1, 4), (16, 4), (8, 4)]

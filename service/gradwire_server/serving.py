@@ -124,7 +124,7 @@ class ServingCache:
             try:
                 serving = self.get(key, load)
                 if serving.model_id != before:
-                    self._sessions.warm(serving.model_id, serving.input_shape)
+                    self._sessions.warm(serving.model_id, serving.input_shape, serving.policy)
                     log.info("%s now means model %s: its session is loaded", key, serving.model_id)
             except errors.GradwireError as exc:  # deleted, not ready: its next request says so
                 log.debug("following %s: %s", key, exc)
@@ -175,7 +175,7 @@ class ServingCache:
             try:
                 serving = self.get(name, lambda name=name: self._store.get_model(self._store.resolve_model(name)))
                 if serving.model_id not in warmed:
-                    self._sessions.warm(serving.model_id, serving.input_shape)
+                    self._sessions.warm(serving.model_id, serving.input_shape, serving.policy)
                     warmed.add(serving.model_id)
             except errors.GradwireError as exc:  # not ready, gone meanwhile
                 log.debug("warming %s: %s", name, exc)

@@ -159,7 +159,8 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         requests right after the move do not wait for the load (166 ms for a 76 MB MLP here).
         This process only; the others load it as soon as they see the move (serving.py)."""
         try:
-            self.s.sessions.warm(model_id, tuple(self.s.store.get_model(model_id).input_shape))
+            serving = Serving.of(self.s.store.get_model(model_id), self.s.sessions)
+            self.s.sessions.warm(model_id, serving.input_shape, serving.policy)
         except errors.GradwireError as exc:  # not ready, gone: the move itself says what it says
             log.debug("could not warm model %s: %s", model_id, exc)
 
