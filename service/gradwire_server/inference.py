@@ -17,7 +17,7 @@ exactly its own rows, bit-identical to running the request alone
 (tests/test_batching.py checks it with concurrent clients). On the CPU provider
 onnxruntime computes each row of these graphs independently of the others. On
 the CUDA provider a row's answer depends on the number of rows it runs among
-(cuBLAS and cuDNN pick their kernels by shape; on an H100, every row of the
+(cuBLAS and cuDNN pick their kernels by shape; on an H100, nearly every row of the
 bench's CNN and MLP came out different inside a batch than alone), though not on
 what the other rows hold. So there every execution of fewer than `max_batch_size`
 rows, a request alone or a merged batch, is padded with zeros to `max_batch_size`
