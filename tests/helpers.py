@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 import uuid
 
 import numpy as np
@@ -13,6 +14,24 @@ from gradwire.kserve import grpc_service_pb2 as kserve_pb
 from gradwire.v1 import datasets_pb2, network_pb2, tensor_pb2, training_pb2
 
 State = training_pb2.TrainingJob.State
+
+
+def on_threads(fn, n: int) -> None:
+    """Runs fn(0) .. fn(n - 1), each on a thread of its own; fails with what any of them raised."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            fn(k)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 def iris(n: int | None = None):

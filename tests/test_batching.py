@@ -14,7 +14,7 @@ from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import models_pb2, models_pb2_grpc
 from gradwire_server.inference import Batcher, BatchingPolicy
-from helpers import mlp, raw_tensor
+from helpers import mlp, on_threads, raw_tensor
 
 from conftest import train_iris, wait_for
 
@@ -42,26 +42,17 @@ def test_concurrent_clients_get_their_own_rows_bit_identical(server, target, mod
         kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
         (stats_before,) = kserve.ModelStatistics(pb.ModelStatisticsRequest(name=model_id)).model_stats
         results: dict[int, np.ndarray] = {}
-        errors: list[BaseException] = []
         start = threading.Barrier(32)
 
         def client(k: int) -> None:
-            try:
-                with grpc.insecure_channel(target) as own:  # 32 real clients, each with its own channel
-                    s = models_pb2_grpc.ModelServiceStub(own)
-                    start.wait()
-                    for i in range(k, len(X), 32):
-                        rows = X[i:i + 1]
-                        results[i] = _predict(s, model, rows)
-            except BaseException as exc:  # noqa: BLE001 (reported below)
-                errors.append(exc)
+            with grpc.insecure_channel(target) as own:  # 32 real clients, each with its own channel
+                s = models_pb2_grpc.ModelServiceStub(own)
+                start.wait()
+                for i in range(k, len(X), 32):
+                    rows = X[i:i + 1]
+                    results[i] = _predict(s, model, rows)
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        on_threads(client, 32)
         got = np.concatenate([results[i] for i in range(len(X))])
         assert got.tobytes() == alone.tobytes()  # bit-identical, every row where it belongs
         after = server.state.sessions.stats(model_id)

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import start
+from helpers import on_threads
 from sklearn.datasets import load_digits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]
@@ -193,24 +194,15 @@ def test_served_on_the_cuda_provider_with_batching_bit_identical(gpu_server, gpu
         alone = np.concatenate([client.predict(model, rows[i:i + 1]) for i in range(len(rows))])  # one at a time
         before = gpu_server.state.sessions.stats(model_id)
         got: dict[int, np.ndarray] = {}
-        errors: list[BaseException] = []
         barrier = threading.Barrier(32)
 
         def caller(k: int) -> None:
-            try:
-                with gw.Client(gpu_target, timeout=60) as own:
-                    barrier.wait()
-                    for i in range(k, len(rows), 32):
-                        got[i] = own.predict(model, rows[i:i + 1])
-            except BaseException as exc:  # noqa: BLE001 (reported below)
-                errors.append(exc)
+            with gw.Client(gpu_target, timeout=60) as own:
+                barrier.wait()
+                for i in range(k, len(rows), 32):
+                    got[i] = own.predict(model, rows[i:i + 1])
 
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        on_threads(caller, 32)
         after = gpu_server.state.sessions.stats(model_id)
         assert after.calls - before.calls < len(rows) and after.max_requests > 1, after  # some were merged
         merged = np.concatenate([got[i] for i in range(len(rows))])
