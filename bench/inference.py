@@ -172,18 +172,21 @@ def interleaved(fns: dict, n: int, block: int = 100, warmup: int = 20) -> dict[s
     return out
 
 
-def bench_a(client, echo_target, model, onnx_path, X, n):
+def bench_a(client, target, echo_target, model, onnx_path, X, n):
     session = ort_session(onnx_path)
     row = X[:1]
     request = models_pb2.PredictRequest(name=model.name, features=gw._tensors.to_tensor(row)).SerializeToString()
+    before = model_statistics(target, model)
     with grpc.insecure_channel(echo_target) as ch:
         echo = ch.unary_unary(ECHO)
         seen = interleaved({"sdk": lambda: client.predict(model, row), "echo": lambda: echo(request)}, n)
+    handler = handler_us(before, model_statistics(target, model))
     sdk, bare = seen["sdk"], seen["echo"]
     ort_t = timed(lambda: session.run(None, {"features": row}), n)
     base50, base99 = pct(bare, 50) + pct(ort_t, 50), pct(bare, 99) + pct(ort_t, 99)
     return {"sdk_p50_ms": pct(sdk, 50) * 1e3, "sdk_p99_ms": pct(sdk, 99) * 1e3, "base_p50_ms": base50 * 1e3,
-            "base_p99_ms": base99 * 1e3, "ratio_p50": pct(sdk, 50) / base50, "ratio_p99": pct(sdk, 99) / base99}
+            "base_p99_ms": base99 * 1e3, "ratio_p50": pct(sdk, 50) / base50, "ratio_p99": pct(sdk, 99) / base99,
+            "ort_p50_ms": pct(ort_t, 50) * 1e3, "handler_us": handler}
 
 
 def bench_b(client, echo_target, model, onnx_path, X, n):
@@ -288,9 +291,9 @@ def concurrent_clients(target, name, row, clients, seconds, processes=4, command
     return len(every) / seconds, pct(every, 99)
 
 
-def executions(target, model) -> tuple[int, int]:
-    """(rows answered, onnxruntime calls) of `model`, from the statistics extension. With several
-    RPC processes each writes its counts every 0.5 s: wait for the last ones."""
+def model_statistics(target, model):
+    """`model`'s statistics extension (KServe ModelStatistics). With several RPC processes each
+    writes its counts every 0.5 s: wait for the last ones."""
     from gradwire.kserve import grpc_service_pb2 as kpb
     from gradwire.kserve import grpc_service_pb2_grpc
 
@@ -299,7 +302,23 @@ def executions(target, model) -> tuple[int, int]:
     with grpc.insecure_channel(target) as ch:
         (m,) = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelStatistics(
             kpb.ModelStatisticsRequest(name=model.name.split("/", 1)[1]), timeout=30).model_stats
+    return m
+
+
+def executions(target, model) -> tuple[int, int]:
+    """(rows answered, onnxruntime calls) of `model`, from the statistics extension."""
+    m = model_statistics(target, model)
     return m.inference_count, m.execution_count
+
+
+def handler_us(before, after) -> dict[str, float]:
+    """Per request between two ModelStatistics of a model, in µs: the server's handler from the
+    call's arrival to its response (success), and its stages."""
+    out = {}
+    for stage in ("success", "compute_input", "queue", "compute_infer", "compute_output"):
+        b, a = getattr(before.inference_stats, stage), getattr(after.inference_stats, stage)
+        out[stage] = (a.ns - b.ns) / max(1, a.count - b.count) / 1e3
+    return out
 
 
 def bench_c(client, target, seconds, model, row, processes=4, command=sdk_clients):
@@ -543,7 +562,7 @@ def main() -> None:
                                      registered_model="digits", aliases=["production"]).wait()
                 onnx_path = model.download(pathlib.Path(data_dir) / "digits.onnx")
             if "a" in only:
-                results["a"] = bench_a(client, echo_target, model, onnx_path, X, int(1000 * s))
+                results["a"] = bench_a(client, target, echo_target, model, onnx_path, X, int(1000 * s))
             if only & {"b", "c"}:
                 wide, wide_X = wide_model(client)
             if "b" in only:
@@ -563,7 +582,7 @@ def main() -> None:
                 wide_X, wide_y = wide_data(512)
                 results["e_wide"] = bench_e(client, wide_net(), torch_wide_mlp, wide_X, wide_y, max(1, int(6 * s)), 128, device, lr=1e-4)
             if "f" in only:
-                base = results.get("a") or bench_a(client, echo_target, model, onnx_path, X, 300)
+                base = results.get("a") or bench_a(client, target, echo_target, model, onnx_path, X, 300)
                 results["f"] = bench_f(target, "digits", "production", X, int(500 * s), base["base_p50_ms"], base["base_p99_ms"], client)
                 results["f_shm"] = bench_f_shm(target, "digits", "production", onnx_path, X, int(60 * s))
                 results["f_stream"] = bench_f_stream(target, "digits", "production", onnx_path, X, int(200 * s))
@@ -600,6 +619,11 @@ def report(r: dict, where: str, wall: float) -> None:
         a = r["a"]
         row("(a) 1-row Predict p50, SDK vs echo + onnxruntime (ms)", f"{a['sdk_p50_ms']:.3f}", f"{a['base_p50_ms']:.3f}", a["ratio_p50"], "<= 1.3")
         row("(a) 1-row Predict p99 (ms)", f"{a['sdk_p99_ms']:.3f}", f"{a['base_p99_ms']:.3f}", a["ratio_p99"], "<= 1.3")
+        if a.get("handler_us"):
+            h = a["handler_us"]
+            print(f"    the server's handler, mean per request (ModelStatistics): {h['success']:.0f} us = decoding "
+                  f"{h['compute_input']:.0f} + queue {h['queue']:.0f} + onnxruntime {h['compute_infer']:.0f} + response "
+                  f"{h['compute_output']:.0f}; in-process onnxruntime p50 {a['ort_p50_ms'] * 1e3:.0f} us")
     for key in ("b", "b_wide"):
         if key in r:
             b = r[key]
