@@ -189,19 +189,23 @@ def bench_a(client, target, echo_target, model, onnx_path, X, n):
             "ort_p50_ms": pct(ort_t, 50) * 1e3, "handler_us": handler}
 
 
-def bench_b(client, echo_target, model, onnx_path, X, n):
+def bench_b(client, target, echo_target, model, onnx_path, X, n):
     """1,024-row requests: rows/s through the SDK against in-process onnxruntime. Also the most
-    any transport could reach: onnxruntime's time plus a bare echo of the same request bytes."""
+    any transport could reach: onnxruntime's time plus a bare echo of the same request bytes;
+    and the server's own time per request, by stage."""
     session = ort_session(onnx_path)
     rows = np.ascontiguousarray(np.resize(X, (1024, *X.shape[1:])))
     request = models_pb2.PredictRequest(name=model.name, features=gw._tensors.to_tensor(rows)).SerializeToString()
+    before = model_statistics(target, model)
     with grpc.insecure_channel(echo_target, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         echo = ch.unary_unary(ECHO)
         seen = interleaved({"sdk": lambda: client.predict(model, rows), "echo": lambda: echo(request),
                             "ort": lambda: session.run(None, {"features": rows})}, n, block=max(1, n // 4), warmup=3)
+    handler = handler_us(before, model_statistics(target, model))
     sdk, bare, local = (float(np.median(seen[k])) for k in ("sdk", "echo", "ort"))
     return {"model": model.name, "request_kb": rows.nbytes / 1024, "service_rows_s": 1024 / sdk, "ort_rows_s": 1024 / local,
-            "ratio": local / sdk, "ceiling": local / (local + bare)}
+            "ratio": local / sdk, "ceiling": local / (local + bare), "sdk_ms": sdk * 1e3, "echo_ms": bare * 1e3,
+            "ort_ms": local * 1e3, "handler_us": handler}
 
 
 def wide_net(width: int = 4096) -> list:
@@ -566,9 +570,9 @@ def main() -> None:
             if only & {"b", "c"}:
                 wide, wide_X = wide_model(client)
             if "b" in only:
-                results["b"] = bench_b(client, echo_target, model, onnx_path, X, int(60 * s))
+                results["b"] = bench_b(client, target, echo_target, model, onnx_path, X, int(60 * s))
                 wide_path = wide.download(pathlib.Path(data_dir) / "wide.onnx")
-                results["b_wide"] = bench_b(client, echo_target, wide, wide_path, wide_X, max(4, int(8 * s)))
+                results["b_wide"] = bench_b(client, target, echo_target, wide, wide_path, wide_X, max(4, int(8 * s)))
             if "c" in only:
                 results["c"] = bench_c(client, target, 4.0 * s, wide, wide_X[:1], args.client_processes)
                 if "a" in results or "b" in results:  # the digits CNN too, for reference
@@ -630,6 +634,11 @@ def report(r: dict, where: str, wall: float) -> None:
             what = "digits CNN" if key == "b" else "4096-wide MLP"
             row(f"(b) rows/s, 1024-row requests vs in-process ORT, {what}", f"{b['service_rows_s']:,.0f}", f"{b['ort_rows_s']:,.0f}", b["ratio"], ">= 0.8")
             print(f"    ceiling: ORT / (ORT + a bare echo of the same {b['request_kb']:,.0f} KB request) = {b['ceiling']:.2f}")
+            if b.get("handler_us"):
+                h = b["handler_us"]
+                print(f"    medians: SDK {b['sdk_ms']:.3f} ms, echo {b['echo_ms']:.3f} ms, in-process ORT {b['ort_ms']:.3f} ms; "
+                      f"the server's handler, mean: {h['success']:.0f} us = decoding {h['compute_input']:.0f} + queue "
+                      f"{h['queue']:.0f} + onnxruntime {h['compute_infer']:.0f} + response {h['compute_output']:.0f}")
     def clients_rows(c: dict, label: str, target: str) -> None:
         row(f"{label} ({c['processes']} processes), req/s, batching on vs off", f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], target)
         row("    p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
