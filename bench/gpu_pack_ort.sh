@@ -2,7 +2,7 @@
 # Packs onnxruntime-gpu for bench/gpu_check.sh on a lent GPU machine, where one call carries at most
 # 64 MiB and the wheel is 247 MB: its installed files without what the Python module does not load
 # (libonnxruntime.so, the TensorRT provider, the tools), as a .tar.xz of 186 MB in pieces of 62 MiB,
-# in .ortgpu/ (add /.ortgpu/ to .git/info/exclude). Then, one call per piece to the same warm
+# in .ortgpu/ (ignored by git). Then, one call per piece to the same warm
 # machine (it is given back 30 s after a call), each carrying .ortgpu/ holding that piece alone:
 #   calls 1 and 2: mkdir -p /tmp/ortparts && cp .ortgpu/* /tmp/ortparts/
 #   call 3, carrying .ortgpu and .whl (without .whl/bin/grpcurl, which would pass 64 MiB):
