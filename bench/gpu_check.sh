@@ -14,8 +14,9 @@
 #   Without them, inference runs on the CPU provider the machine has.
 #
 # The steps' time limits add up to more than one call's 10 minutes: pass smaller ones, e.g.
-# `PROBE_S=60 GPU_S=120 BENCH_S=170 RPC_S=45 DIGITS_S=60 SUITE_S=60 bash bench/gpu_check.sh`; a step
-# given 0 is left out, and BENCH_ONLY picks bench/inference.py's figures (a,b,c,d,e).
+# `PROBE_S=60 GPU_S=100 BENCH_S=170 RPC_S=70 DIGITS_S=40 SUITE_S=0 bash bench/gpu_check.sh` (at most
+# 440 s; the 2026-11-27 H100 run used 277 s of limits like these). A step given 0 is left out, and
+# BENCH_ONLY picks bench/inference.py's figures (a,b,c,d,e).
 # The last H100 runs: the suite's first four files took about 150 s, test_crash (eleven server
 # starts, each a CUDA worker) more than 100 s; test_protos (needs grpcio-tools) and test_kserve
 # (builds a venv from PyPI) cannot run there.
