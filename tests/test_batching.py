@@ -73,6 +73,19 @@ def test_concurrent_clients_get_their_own_rows_bit_identical(server, target, mod
         np.testing.assert_array_equal(_predict(stub, model, X[:2]), alone[:2])
 
 
+def _behind_a_running_call(call, first_arg, rest_args, running):
+    """Starts call(first_arg) on a thread and, once `running()` says its onnxruntime call has begun
+    (the test's run function then holds it at a gate), call(i) for each of rest_args on threads of
+    their own, which queue behind it. Returns (the first thread, the others)."""
+    first = threading.Thread(target=call, args=(first_arg,))
+    first.start()
+    wait_for(running)
+    rest = [threading.Thread(target=call, args=(i,)) for i in rest_args]
+    for t in rest:
+        t.start()
+    return first, rest
+
+
 def test_batcher_merges_up_to_max_batch_and_spreads_errors():
     seen: list[int] = []
     gate = threading.Event()
@@ -96,12 +109,7 @@ def test_batcher_merges_up_to_max_batch_and_spreads_errors():
         except ValueError as exc:
             errs[i] = exc
 
-    first = threading.Thread(target=call, args=(0,))
-    first.start()
-    wait_for(lambda: seen)
-    rest = [threading.Thread(target=call, args=(i,)) for i in range(1, 9)]
-    for t in rest:
-        t.start()
+    first, rest = _behind_a_running_call(call, 0, range(1, 9), lambda: seen)
     for t in rest:  # while the first call holds the model, the 8 others queue and run as two full batches
         t.join()
     gate.set()
@@ -134,12 +142,7 @@ def test_fixed_rows_pads_every_small_execution_to_max_batch_size():
     def call(i, rows=1):
         out[i] = batcher(np.full((rows, 3), i, dtype=np.float32), policy)
 
-    first = threading.Thread(target=call, args=(1,))
-    first.start()
-    wait_for(lambda: seen)
-    rest = [threading.Thread(target=call, args=(i,)) for i in range(2, 5)]
-    for t in rest:
-        t.start()
+    first, rest = _behind_a_running_call(call, 1, range(2, 5), lambda: seen)
     wait_for(lambda: batcher._queued_rows == 3)
     gate.set()
     for t in [first, *rest]:
