@@ -312,3 +312,35 @@ def test_warming_runs_the_shape_small_requests_will_run_at(tmp_path):
     sessions.warm("m1", (4,))
     sessions.warm("m1", (4,), BatchingPolicy(max_batch_size=8))  # the model's own setting
     assert shapes == [(1, 4), (16, 4), (8, 4)]
+
+
+def test_inference_device_apart_from_the_training_device(tmp_path, monkeypatch):
+    """GRADWIRE_INFERENCE_DEVICE: predictions on the CPU while training uses the GPU; unset, they
+    follow the training device; "cuda" asked for without onnxruntime's CUDA provider is refused at
+    start-up, naming the setting (this machine's onnxruntime has none)."""
+    import onnxruntime as ort
+
+    from gradwire_server.config import Settings
+    from gradwire_server.server import create_server
+
+    def sessions_of(**settings):
+        running = create_server(Settings(host="127.0.0.1", port=0, data_dir=tmp_path / "d", **settings))
+        try:
+            return running.state.sessions._providers
+        finally:
+            running.stop(0)
+
+    cpu = ["CPUExecutionProvider"]
+    assert sessions_of(device="cuda") == cpu  # no CUDA provider here: the training device's choice falls back
+    with pytest.raises(SystemExit, match=r"GRADWIRE_INFERENCE_DEVICE=cuda:1, but onnxruntime .* has no CUDA "
+                                         r"execution provider .*install onnxruntime-gpu, or set GRADWIRE_INFERENCE_DEVICE=cpu"):
+        sessions_of(inference_device="cuda:1")
+    with pytest.raises(ValueError, match=r"inference_device \(GRADWIRE_INFERENCE_DEVICE\): got 'tpu'"):
+        Settings(inference_device="tpu")
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sessions_of(device="cuda", inference_device="cpu") == cpu
+    assert sessions_of(device="cpu", inference_device="cuda:1")[0][0] == "CUDAExecutionProvider"
+    assert sessions_of(device="cpu", inference_device="cuda:1")[0][1]["device_id"] == 1
+    assert sessions_of(device="cuda")[0][0] == "CUDAExecutionProvider"  # unset: as the training device
+    assert sessions_of(device="cpu") == cpu

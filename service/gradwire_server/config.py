@@ -30,6 +30,12 @@ class Settings:
     """Holds the SQLite store and every artifact (datasets, checkpoints, ONNX files)."""
     device: str = "auto"
     """Training device: "auto" (CUDA when present, else CPU), "cpu", or "cuda" / "cuda:N"."""
+    inference_device: str = ""
+    """Where onnxruntime serves predictions: "" (as `device`: onnxruntime-gpu's CUDA provider when it
+    and a GPU are present, else the CPU), "auto" (the same, whatever `device` says), "cpu", or
+    "cuda" / "cuda:N" (refused at start-up when this onnxruntime has no CUDA provider). "cpu" with
+    training on a GPU leaves the GPU to training: a small model's one-row call costs about the same
+    on the CPU (the digits CNN: 0.17 ms against 0.14 ms on an H100)."""
     workers: int = 1
     """Training worker processes (each trains one job at a time)."""
     rpc_processes: int = 1
@@ -159,6 +165,7 @@ class Settings:
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
             "device": self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "inference_device": self.inference_device in ("", "auto", "cpu") or self.inference_device.startswith("cuda"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -190,6 +197,11 @@ class Settings:
                 if line:
                     tokens.append(line)
         return tuple(tokens)
+
+    @property
+    def serving_device(self) -> str:
+        """Where predictions run: inference_device, or the training device when it is unset."""
+        return self.inference_device or self.device
 
     @property
     def watch_streams(self) -> int:

@@ -134,11 +134,27 @@ class Running:
         self.state.store.close()
 
 
+def check_inference_device(settings: Settings) -> None:
+    """A CUDA inference device asked for explicitly must be one onnxruntime can use: refused at
+    start-up, not served on the CPU unnoticed. One inherited from the training device falls back to
+    the CPU quietly: the plain onnxruntime package has no CUDA provider."""
+    import onnxruntime as ort
+
+    from .config import _env_name
+
+    available = ort.get_available_providers()
+    if settings.inference_device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+        name = _env_name("inference_device")
+        raise SystemExit(f"{name}={settings.inference_device}, but onnxruntime {ort.__version__} has no CUDA execution "
+                         f"provider (it has {', '.join(available)}): install onnxruntime-gpu, or set {name}=cpu")
+
+
 def create_server(settings: Settings, *, recover: bool = True, serving: bool = True, slot: int = 0) -> Running:
     """Build and start the gRPC server (no workers); returns it with the bound port. ``recover``
     runs start-up recovery first: in the first RPC process only, since in a later one it would
     remove the uploads the others have in progress. ``serving``: health says SERVING at once
     (else the caller sets it)."""
+    check_inference_device(settings)
     store = Store(settings.database_path)
     if recover:
         prepare_data_dir(settings, store)
@@ -148,7 +164,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         intra_op_threads=settings.inference_threads,
         spin_us=settings.inference_spin_us,
         optimization=settings.inference_optimization,
-        device=settings.device,
+        device=settings.serving_device,
         batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
     )
     shared = SharedStats(settings.data_dir, slot, settings.rpc_processes, sessions) if settings.rpc_processes > 1 else None
