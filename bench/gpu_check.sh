@@ -14,14 +14,15 @@
 #   Without them, inference runs on the CPU provider the machine has.
 #
 # The steps' time limits add up to more than one call's 10 minutes: pass smaller ones, e.g.
-# `PROBE_S=60 GPU_S=100 BENCH_S=170 RPC_S=70 DIGITS_S=40 SUITE_S=0 bash bench/gpu_check.sh` (at most
-# 440 s; the 2026-11-27 H100 run used 277 s of limits like these). A step given 0 is left out, and
+# `PROBE_S=60 GPU_S=100 BENCH_S=170 RPC_S=70 CPU_A_S=30 DIGITS_S=40 SUITE_S=0 bash bench/gpu_check.sh`
+# (at most 470 s; the 2026-11-27 H100 run used 277 s of limits like these). A step given 0 is left out, and
 # BENCH_ONLY picks bench/inference.py's figures (a,b,c,d,e).
 # The last H100 runs: the suite's first four files took about 150 s, test_crash (eleven server
 # starts, each a CUDA worker) more than 100 s; test_protos (needs grpcio-tools) and test_kserve
 # (builds a venv from PyPI) cannot run there.
 # Everything is printed; run it as `bash bench/gpu_check.sh 2>&1 | tee $OUT/run.log`. $OUT gets
-# six files: run.log, probe.json, bench.json, bench_rpc4.json, bench_digits.log and suite.log.
+# seven files: run.log, probe.json, bench.json, bench_rpc4.json, bench_cpu_a.json, bench_digits.log
+# and suite.log.
 set -u
 step() { echo "== $(date +%T) $*"; }
 skip() { [ "$1" = 0 ]; }  # a step whose time limit is 0 is left out
@@ -69,6 +70,13 @@ if ! skip "${RPC_S:-60}"; then
     step "bench a,c with 4 RPC processes"
     timeout "${RPC_S:-60}" python3 bench/inference.py --only a,c --server-cpus 0-7 --rpc-processes 4 --client-cpus 8-15 \
         --json "$OUT/bench_rpc4.json" 2>&1
+fi
+# 4b. (a) with predictions on the CPU provider (GRADWIRE_INFERENCE_DEVICE=cpu), training still on
+#     the GPU: how much of (a)'s gap there is the CUDA call, how much the server.
+if ! skip "${CPU_A_S:-30}"; then
+    step "bench a, inference on the CPU"
+    GRADWIRE_INFERENCE_DEVICE=cpu timeout "${CPU_A_S:-30}" python3 bench/inference.py --only a --server-cpus 0-7 \
+        --json "$OUT/bench_cpu_a.json" 2>&1
 fi
 # 5. The quick start, measured (on the H100 machines it printed nothing within 60 s, three times).
 if ! skip "${DIGITS_S:-150}"; then

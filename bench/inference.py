@@ -138,11 +138,13 @@ def timed(fn, n: int, warmup: int = 20) -> list[float]:
 
 
 def ort_session(path: pathlib.Path):
+    """The baseline's session, on the provider the server serves with (GRADWIRE_INFERENCE_DEVICE
+    when set, else CUDA when onnxruntime-gpu and a GPU are present)."""
     import onnxruntime as ort
 
     from gradwire_server.inference import providers
 
-    return ort.InferenceSession(str(path), providers=providers())
+    return ort.InferenceSession(str(path), providers=providers(os.environ.get("GRADWIRE_INFERENCE_DEVICE") or "auto"))
 
 
 def digits():

@@ -261,7 +261,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
-            help=f"(env {_env_name(name)}, default {field.default!s})",
+            help=f"(env {_env_name(name)}, default {field.default if field.default != '' else 'unset'!s})",
         )
     args = parser.parse_args(list(argv) if argv is not None else [])
 
