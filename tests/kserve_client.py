@@ -78,6 +78,21 @@ def message_fields(module) -> dict:
     return out
 
 
+def enum_values(module) -> dict:
+    """Every enum of a generated module, nested ones as "Outer.Enum": value name -> number."""
+    out = {e.name: {v.name: v.number for v in e.values} for e in module.DESCRIPTOR.enum_types_by_name.values()}
+
+    def walk(desc, prefix):
+        for e in desc.enum_types:
+            out[prefix + desc.name + "." + e.name] = {v.name: v.number for v in e.values}
+        for nested in desc.nested_types:
+            walk(nested, prefix + desc.name + ".")
+
+    for desc in module.DESCRIPTOR.message_types_by_name.values():
+        walk(desc, "")
+    return out
+
+
 def streamed(client, model, version, requests) -> list:
     """(id, result or None, error message or None) of each of ``requests`` ((request id, inputs))
     sent on one stream (tritonclient's start_stream and async_stream_infer), in the order answered."""
@@ -170,7 +185,9 @@ def main() -> None:
                    "output": [[t.name, mc.DataType.Name(t.data_type), list(t.dims)] for t in cfg.output],
                    "dynamic_batching": [list(cfg.dynamic_batching.preferred_batch_size),
                                         cfg.dynamic_batching.max_queue_delay_microseconds]
-                   if cfg.HasField("dynamic_batching") else None},
+                   if cfg.HasField("dynamic_batching") else None,
+                   "instance_group": [[g.name, mc.ModelInstanceGroup.Kind.Name(g.kind), g.count, list(g.gpus)]
+                                      for g in cfg.instance_group]},
     }
     # Compact datatypes: pixels-as-bytes style UINT8 (and FP16) answer as the same FP32 rows do.
     whole = np.round(X * 10)
@@ -206,6 +223,7 @@ def main() -> None:
 
     report["protocol"] = {
         "messages": {**message_fields(mc), **message_fields(service_pb2)},
+        "enums": {**enum_values(mc), **enum_values(service_pb2)},
         "methods": {m.name: [m.input_type.name, m.output_type.name]
                     for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods},
     }

@@ -6,11 +6,14 @@ from __future__ import annotations
 import threading
 
 import gradwire as gw
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from conftest import start
+from gradwire.kserve import grpc_service_pb2 as kpb
+from gradwire.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from helpers import on_threads
 from sklearn.datasets import load_digits
 
@@ -165,6 +168,9 @@ def test_served_on_the_cuda_provider_with_batching_bit_identical(gpu_server, gpu
         model_id = model.name.split("/", 1)[1]
         session = gpu_server.state.sessions.get(model_id)
         assert session.get_providers()[0] == "CUDAExecutionProvider", session.get_providers()
+        with grpc.insecure_channel(gpu_target) as channel:  # KServe's model configuration says so too
+            config = GRPCInferenceServiceStub(channel).ModelConfig(kpb.ModelConfigRequest(name=model_id)).config
+        assert [(g.kind, list(g.gpus), g.count) for g in config.instance_group] == [(kpb.ModelInstanceGroup.KIND_GPU, [0], 1)]
         cpu = ort.InferenceSession(str(model_path(gpu_server.state.settings.data_dir, model_id)),
                                    providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(client.predict(model, X[:512]), cpu.run(None, {"features": X[:512]})[0],

@@ -96,10 +96,11 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
         "max_batch_size": (64 << 20) // 16, "all_versions": True,
         "input": [["features", "TYPE_FP32", [4]]], "output": [["probabilities", "TYPE_FP32", [3]]],
         "dynamic_batching": [[64], 0],
+        "instance_group": [["iris-kserve_0", "KIND_CPU", 1, []]],  # one instance (batcher) per RPC process
     }
 
     # The protocol as tritonclient's own generated code has it: every RPC, message and field we
-    # declare exists there with the same number, type and cardinality.
+    # declare exists there with the same number, type and cardinality (and our enums' values).
     theirs = seen["protocol"]
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert {m.name: [m.input_type.name, m.output_type.name] for m in service.methods}.items() <= theirs["methods"].items()
@@ -116,6 +117,12 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     for name, fields in ours.items():
         assert name in theirs["messages"], name
         assert fields.items() <= theirs["messages"][name].items(), (name, fields, theirs["messages"][name])
+    enums = {e.name: {v.name: v.number for v in e.values} for e in pb.DESCRIPTOR.enum_types_by_name.values()}
+    enums.update({f"{name}.{e.name}": {v.name: v.number for v in e.values}
+                  for name in ours for e in pb.DESCRIPTOR.message_types_by_name[name].enum_types if "." not in name})
+    assert {"DataType", "ModelInput.Format", "ModelInstanceGroup.Kind"} <= set(enums)
+    for name, values in enums.items():
+        assert values.items() <= theirs["enums"][name].items(), (name, values, theirs["enums"][name])
 
     # System shared memory extension, through tritonclient's own shared memory utilities: the
     # input read from a region, the probabilities written to one, bit for bit Predict's.

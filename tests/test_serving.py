@@ -157,9 +157,11 @@ def test_a_gpu_provider_that_does_not_load_falls_back_to_the_cpu_and_says_so(tmp
     sessions = SessionCache(tmp_path, device="cuda:1")
     cuda = {"device_id": 1, "use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}  # TF32 off: see CUDA_OPTIONS
     assert sessions._providers == [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    assert sessions.placement("m1") == 1  # not loaded yet: where it is meant to run (KServe's instance_group)
     with caplog.at_level(logging.INFO, "gradwire.inference"), pytest.warns(UserWarning, match="CUDAExecutionProvider"):
         probs = sessions.run("m1", x)  # onnxruntime's own warning, then ours
     assert "model m1: CUDAExecutionProvider did not load" in caplog.text and "serving it on CPUExecutionProvider" in caplog.text
+    assert sessions.placement("m1") is None  # loaded: where it really runs
     e = np.exp(w - w.max(1, keepdims=True))
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-6)
 

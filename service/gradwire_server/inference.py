@@ -459,6 +459,14 @@ class SessionCache:
         rows = (policy or self.default_policy).max_batch_size if loaded.fixed_rows else 1
         loaded.run_now(np.zeros((rows, *input_shape), dtype=np.float32))
 
+    def placement(self, model_id: str) -> int | None:
+        """Where the model runs: the CUDA device's index, or None for the CPU. A loaded model says
+        where its session is (the CPU when CUDA did not load); one not loaded yet, where it would be."""
+        with self._lock:
+            loaded = self._loaded.get(model_id)
+        name = loaded.session.get_providers()[0] if loaded is not None else _provider_name(self._providers[0])
+        return self._providers[0][1]["device_id"] if name == "CUDAExecutionProvider" else None
+
     def io_names(self, model_id: str) -> tuple[str, str]:
         """The graph's input and output names, read once when the session loaded."""
         loaded = self._get(model_id)

@@ -161,6 +161,11 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             input=[pb.ModelInput(name=input_name, data_type=pb.TYPE_FP32, dims=served.input_shape)],
             output=[pb.ModelOutput(name=output_name, data_type=pb.TYPE_FP32, dims=[model.output_size])],
         )
+        gpu = self.s.sessions.placement(served.model_id)
+        config.instance_group.append(pb.ModelInstanceGroup(
+            name=f"{request.name}_0", count=self.s.settings.rpc_processes,  # one batcher per RPC process
+            kind=pb.ModelInstanceGroup.KIND_CPU if gpu is None else pb.ModelInstanceGroup.KIND_GPU,
+            gpus=[] if gpu is None else [gpu]))
         policy = served.policy
         if policy.enabled:
             config.dynamic_batching.preferred_batch_size.append(policy.max_batch_size)
