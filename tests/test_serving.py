@@ -310,7 +310,7 @@ def test_warming_runs_the_shape_small_requests_will_run_at(tmp_path):
     shapes: list[tuple[int, ...]] = []
     loaded.run_now = lambda x: shapes.append(x.shape)
     sessions.warm("m1", (4,))
-    loaded.fixed_rows = True  # as on the CUDA provider
+    loaded.on_cuda = True  # as on the CUDA provider
     sessions.warm("m1", (4,))
     sessions.warm("m1", (4,), BatchingPolicy(max_batch_size=8))  # the model's own setting
     assert shapes == [(1, 4), (16, 4), (8, 4)]

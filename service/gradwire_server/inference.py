@@ -370,8 +370,8 @@ class _Loaded:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
-        self.fixed_rows = session.get_providers()[0] == "CUDAExecutionProvider"
-        self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.fixed_rows)
+        self.on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"  # what it got, not what it asked
+        self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
         (output,) = self.session.run([self.output_name], {self.input_name: features})
@@ -456,7 +456,7 @@ class SessionCache:
         the CUDA provider the model's max_batch_size rows, the shape its small requests run at. The
         run is not counted in the model's statistics."""
         loaded = self._get(model_id)
-        rows = (policy or self.default_policy).max_batch_size if loaded.fixed_rows else 1
+        rows = (policy or self.default_policy).max_batch_size if loaded.on_cuda else 1
         loaded.run_now(np.zeros((rows, *input_shape), dtype=np.float32))
 
     def placement(self, model_id: str) -> int | None:
@@ -464,8 +464,8 @@ class SessionCache:
         where its session is (the CPU when CUDA did not load); one not loaded yet, where it would be."""
         with self._lock:
             loaded = self._loaded.get(model_id)
-        name = loaded.session.get_providers()[0] if loaded is not None else _provider_name(self._providers[0])
-        return self._providers[0][1]["device_id"] if name == "CUDAExecutionProvider" else None
+        on_cuda = loaded.on_cuda if loaded is not None else _provider_name(self._providers[0]) == "CUDAExecutionProvider"
+        return self._providers[0][1]["device_id"] if on_cuda else None
 
     def io_names(self, model_id: str) -> tuple[str, str]:
         """The graph's input and output names, read once when the session loaded."""
