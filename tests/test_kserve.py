@@ -105,9 +105,11 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert {m.name: [m.input_type.name, m.output_type.name] for m in service.methods}.items() <= theirs["methods"].items()
     ours: dict = {}
+    enums = {e.name: {v.name: v.number for v in e.values} for e in pb.DESCRIPTOR.enum_types_by_name.values()}
 
     def walk(desc, prefix=""):
         ours[prefix + desc.name] = {f.name: [f.number, f.type, bool(f.is_repeated)] for f in desc.fields}
+        enums.update({f"{prefix}{desc.name}.{e.name}": {v.name: v.number for v in e.values} for e in desc.enum_types})
         for nested in desc.nested_types:
             walk(nested, prefix + desc.name + ".")
 
@@ -117,9 +119,6 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     for name, fields in ours.items():
         assert name in theirs["messages"], name
         assert fields.items() <= theirs["messages"][name].items(), (name, fields, theirs["messages"][name])
-    enums = {e.name: {v.name: v.number for v in e.values} for e in pb.DESCRIPTOR.enum_types_by_name.values()}
-    enums.update({f"{name}.{e.name}": {v.name: v.number for v in e.values}
-                  for name in ours for e in pb.DESCRIPTOR.message_types_by_name[name].enum_types if "." not in name})
     assert {"DataType", "ModelInput.Format", "ModelInstanceGroup.Kind"} <= set(enums)
     for name, values in enums.items():
         assert values.items() <= theirs["enums"][name].items(), (name, values, theirs["enums"][name])
