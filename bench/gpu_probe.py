@@ -33,8 +33,7 @@ VARIANTS = {
     "onnxruntime's defaults": {},
     "use_tf32=0": {"use_tf32": "0"},
     "use_tf32=0, heuristic conv search": {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"},
-    "gradwire's options": None,  # filled from gradwire_server.inference.providers()
-}
+}  # and gradwire's own options, from gradwire_server.inference.providers()
 SIZES = (1, 2, 3, 7, 16, 33, 64, 256, 1024)
 
 
@@ -107,7 +106,7 @@ def main() -> int:
               f"torch sees CUDA: {torch.cuda.is_available()}")
         return 2
     ours = providers("cuda")
-    VARIANTS["gradwire's options"] = dict(ours[0][1])
+    variants = {**VARIANTS, "gradwire's options": ours[0][1]}
     print(f"onnxruntime {ort.__version__}, {torch.cuda.get_device_name()}; gradwire's CUDA options {ours[0][1]}")
     report: dict = {}
     for name, net, X in networks():
@@ -116,8 +115,8 @@ def main() -> int:
         cpu_ms = {n: round(timed(lambda n=n, cpu=cpu, X=X: cpu.run(None, {"features": X[:n]}), 20), 3) for n in (1, 64, 1024)}
         report[name] = {"cpu_call_ms": cpu_ms}
         print(f"\n{name}: CPU provider, one call: {cpu_ms} ms")
-        for label, options in VARIANTS.items():
-            options = {"device_id": 0, **{k: v for k, v in options.items() if k != "device_id"}}
+        for label, options in variants.items():
+            options = {"device_id": 0, **options}
             try:
                 session = ort.InferenceSession(data, providers=[("CUDAExecutionProvider", options), "CPUExecutionProvider"])
                 seen = probe(session, cpu, X)

@@ -327,6 +327,12 @@ def handler_us(before, after) -> dict[str, float]:
     return out
 
 
+def stages(h: dict[str, float]) -> str:
+    """handler_us's figures, as the report prints them."""
+    return (f"{h['success']:.0f} us = decoding {h['compute_input']:.0f} + queue {h['queue']:.0f} + onnxruntime "
+            f"{h['compute_infer']:.0f} + response {h['compute_output']:.0f}")
+
+
 def bench_c(client, target, seconds, model, row, processes=4, command=sdk_clients):
     rows0, calls0 = executions(target, model)
     on = concurrent_clients(target, model.name, row, 32, seconds, processes, command)
@@ -626,10 +632,8 @@ def report(r: dict, where: str, wall: float) -> None:
         row("(a) 1-row Predict p50, SDK vs echo + onnxruntime (ms)", f"{a['sdk_p50_ms']:.3f}", f"{a['base_p50_ms']:.3f}", a["ratio_p50"], "<= 1.3")
         row("(a) 1-row Predict p99 (ms)", f"{a['sdk_p99_ms']:.3f}", f"{a['base_p99_ms']:.3f}", a["ratio_p99"], "<= 1.3")
         if a.get("handler_us"):
-            h = a["handler_us"]
-            print(f"    the server's handler, mean per request (ModelStatistics): {h['success']:.0f} us = decoding "
-                  f"{h['compute_input']:.0f} + queue {h['queue']:.0f} + onnxruntime {h['compute_infer']:.0f} + response "
-                  f"{h['compute_output']:.0f}; in-process onnxruntime p50 {a['ort_p50_ms'] * 1e3:.0f} us")
+            print(f"    the server's handler, mean per request (ModelStatistics): {stages(a['handler_us'])}; "
+                  f"in-process onnxruntime p50 {a['ort_p50_ms'] * 1e3:.0f} us")
     for key in ("b", "b_wide"):
         if key in r:
             b = r[key]
@@ -637,10 +641,8 @@ def report(r: dict, where: str, wall: float) -> None:
             row(f"(b) rows/s, 1024-row requests vs in-process ORT, {what}", f"{b['service_rows_s']:,.0f}", f"{b['ort_rows_s']:,.0f}", b["ratio"], ">= 0.8")
             print(f"    ceiling: ORT / (ORT + a bare echo of the same {b['request_kb']:,.0f} KB request) = {b['ceiling']:.2f}")
             if b.get("handler_us"):
-                h = b["handler_us"]
                 print(f"    medians: SDK {b['sdk_ms']:.3f} ms, echo {b['echo_ms']:.3f} ms, in-process ORT {b['ort_ms']:.3f} ms; "
-                      f"the server's handler, mean: {h['success']:.0f} us = decoding {h['compute_input']:.0f} + queue "
-                      f"{h['queue']:.0f} + onnxruntime {h['compute_infer']:.0f} + response {h['compute_output']:.0f}")
+                      f"the server's handler, mean: {stages(b['handler_us'])}")
     def clients_rows(c: dict, label: str, target: str) -> None:
         row(f"{label} ({c['processes']} processes), req/s, batching on vs off", f"{c['on_req_s']:,.0f}", f"{c['off_req_s']:,.0f}", c["ratio"], target)
         row("    p99 latency, batching on vs off (ms)", f"{c['on_p99_ms']:.1f}", f"{c['off_p99_ms']:.1f}", c["on_p99_ms"] / c["off_p99_ms"], "(reported)")
