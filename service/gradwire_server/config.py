@@ -164,8 +164,8 @@ class Settings:
             "worker_nice": 0 <= self.worker_nice <= 19,
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
-            "device": self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-            "inference_device": self.inference_device in ("", "auto", "cpu") or self.inference_device.startswith("cuda"),
+            "device": _is_device(self.device),
+            "inference_device": self.inference_device == "" or _is_device(self.inference_device),
         }
         for name, ok in checks.items():
             if not ok:
@@ -224,6 +224,11 @@ class Settings:
     @property
     def database_path(self) -> pathlib.Path:
         return self.data_dir / "gradwire.db"
+
+
+def _is_device(value: str) -> bool:
+    """"auto", "cpu", "cuda" or "cuda:N"."""
+    return value in ("auto", "cpu") or value.startswith("cuda")
 
 
 def _env_name(field: str) -> str:
