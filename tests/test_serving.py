@@ -205,6 +205,87 @@ def test_the_server_passes_its_inference_spin_setting_on_and_refuses_bad_ones(tm
         parse_settings([], {"GRADWIRE_INFERENCE_SPIN_US": "fast"})
 
 
+def _threads() -> dict[int, tuple[str, int]]:
+    """This process's threads: native id -> (name, scheduling policy)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                out[int(tid)] = (f.read().strip(), os.sched_getscheduler(int(tid)))
+        except OSError:  # ended meanwhile
+            pass
+    return out
+
+
+linux_only = pytest.mark.skipif(not (os.path.isdir("/proc/self/task") and hasattr(os, "SCHED_IDLE")),
+                                reason="SCHED_IDLE and /proc/self/task are Linux's")
+
+
+@linux_only
+@pytest.mark.parametrize("idle", [True, False])
+def test_onnxruntime_worker_threads_spin_at_idle_priority(tmp_path, idle):
+    """Two sessions loaded at once, from two threads: each one's two intra-op workers (3 threads,
+    less the caller) are in the idle class, the loading threads keep their name and priority, and
+    the answers are those of a session whose workers keep normal priority."""
+    import threading
+
+    from gradwire_server import inference
+
+    for model_id in ("m1", "m2"):
+        _tiny_onnx(inference.model_path(tmp_path, model_id))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    cache = SessionCache(tmp_path, intra_op_threads=3, idle_priority=idle)
+    before = _threads()
+    loaders: dict[str, tuple] = {}
+
+    def load(model_id: str) -> None:
+        name = f"loader-{model_id}"
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name)
+        cache.get(model_id)
+        loaders[model_id] = (name, _threads()[threading.get_native_id()])
+
+    threads = [threading.Thread(target=load, args=(m,)) for m in ("m1", "m2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for model_id, (name, now) in loaders.items():
+        assert now == (name, os.SCHED_OTHER), model_id
+    new = {tid: v for tid, v in _threads().items() if tid not in before}
+    if idle:
+        marked = [v for v in new.values() if v[0].startswith("gw-ort-")]
+        assert len(marked) == 4 and len({name for name, _ in marked}) == 2, new
+        assert all(policy == os.SCHED_IDLE for _, policy in marked), new
+    else:
+        assert new and all(policy == os.SCHED_OTHER for _, policy in new.values()), new
+        assert not any(name.startswith("gw-ort-") for name, _ in new.values()), new
+    assert _threads()[threading.get_native_id()][1] == os.SCHED_OTHER
+    plain = SessionCache(tmp_path, intra_op_threads=3, idle_priority=False)
+    assert np.array_equal(cache.run("m1", x), plain.run("m1", x))
+
+
+@linux_only
+def test_the_server_passes_its_idle_priority_setting_on(tmp_path):
+    from gradwire_server import inference
+    from gradwire_server.config import Settings, parse_settings
+    from gradwire_server.server import create_server
+
+    for idle in (True, False):
+        running = create_server(Settings(host="127.0.0.1", port=0, data_dir=tmp_path, inference_threads=2,
+                                         inference_idle_priority=idle))
+        try:
+            _tiny_onnx(inference.model_path(tmp_path, "m1"))  # after start-up's clean-up of files without a row
+            before = _threads()
+            running.state.sessions.get("m1")
+            new = [policy for tid, (_, policy) in _threads().items() if tid not in before]
+            assert new.count(os.SCHED_IDLE) == (1 if idle else 0), new
+        finally:
+            running.stop(0)
+    assert parse_settings([], {"GRADWIRE_INFERENCE_IDLE_PRIORITY": "false"}).inference_idle_priority is False
+    assert parse_settings([], {}).inference_idle_priority is True
+
+
 def test_a_name_that_moves_finds_its_new_model_loaded(server, target):
     """An alias moved through SetModelAlias: the new version is loaded (and run once) before the
     alias moves. A new latest version published by a worker: the RPC process loads it as soon as
