@@ -133,7 +133,7 @@ OPTIMIZERS = [
 ]
 
 
-FUSED = ("sgd", "adam", "adamw")  # torch's fused implementation (make_optimizer)
+FUSED = ("sgd", "adam", "adamw", "adagrad")  # torch's fused implementation on the CPU (make_optimizer)
 
 
 @pytest.mark.parametrize("text, reference", OPTIMIZERS, ids=[t.split()[0] for t, _ in OPTIMIZERS])
