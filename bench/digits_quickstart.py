@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 
 import numpy as np
@@ -23,6 +24,9 @@ import gradwire as gw
 from _server import local_server
 
 EPOCHS, BATCH, LR, WD, PATIENCE, VAL_SPLIT, SEED = 30, 32, 1e-3, 1e-4, 5, 0.2, 0
+# The job takes 3-4 s here; far past that it is stuck (three GPU runs saw that). gpu_check.sh sets it
+# below its own limit, so that the job's state and the server's log are printed before the kill.
+JOB_TIMEOUT_S = float(os.environ.get("QUICKSTART_JOB_TIMEOUT_S", 120))
 
 
 def network() -> gw.Sequential:
@@ -40,7 +44,12 @@ def through_service(target: str, X_train, y_train, X_test, y_test) -> dict:
         job = client.train(network(), data, optimizer=gw.Adam(learning_rate=LR, weight_decay=WD), loss="cross_entropy",
                            batch_size=BATCH, epochs=EPOCHS, validation_split=VAL_SPLIT,
                            early_stopping=gw.EarlyStopping(patience=PATIENCE), seed=SEED)
-        model = job.wait()
+        try:
+            model = job.wait(timeout=JOB_TIMEOUT_S)
+        except gw.DeadlineExceededError:  # say where it stands (the server's log follows: local_server)
+            job.refresh()
+            raise SystemExit(f"the job did not end within {JOB_TIMEOUT_S:g} s: {job.state.name}, device "
+                             f"'{job.proto.device}', {len(job.history)} epochs reported") from None
         probs = client.predict(model, X_test)
         wall = time.perf_counter() - start
         job.refresh()
