@@ -26,7 +26,7 @@ from _server import local_server
 EPOCHS, BATCH, LR, WD, PATIENCE, VAL_SPLIT, SEED = 30, 32, 1e-3, 1e-4, 5, 0.2, 0
 # The job takes 3-4 s here; far past that it is stuck (three GPU runs saw that). gpu_check.sh sets it
 # below its own limit, so that the job's state and the server's log are printed before the kill.
-JOB_TIMEOUT_S = float(os.environ.get("QUICKSTART_JOB_TIMEOUT_S", 120))
+JOB_TIMEOUT_S = float(os.environ.get("QUICKSTART_JOB_TIMEOUT_S", "120"))
 
 
 def network() -> gw.Sequential:
