@@ -253,13 +253,14 @@ def test_onnxruntime_worker_threads_spin_at_idle_priority(tmp_path, idle):
     for model_id, (name, now) in loaders.items():
         assert now == (name, os.SCHED_OTHER), model_id
     new = {tid: v for tid, v in _threads().items() if tid not in before}
+    # (at least: a server another test left behind in this process may load a session meanwhile)
+    marked = [policy for name, policy in new.values() if name.startswith("gw-ort-")]
+    unmarked = [policy for name, policy in new.values() if not name.startswith("gw-ort-")]
     if idle:
-        marked = [v for v in new.values() if v[0].startswith("gw-ort-")]
-        assert len(marked) == 4 and len({name for name, _ in marked}) == 2, new
-        assert all(policy == os.SCHED_IDLE for _, policy in marked), new
+        assert len(marked) >= 4 and set(marked) == {os.SCHED_IDLE}, new
     else:
-        assert new and all(policy == os.SCHED_OTHER for _, policy in new.values()), new
-        assert not any(name.startswith("gw-ort-") for name, _ in new.values()), new
+        assert unmarked.count(os.SCHED_OTHER) >= 4, new
+    assert os.SCHED_IDLE not in unmarked, new
     assert _threads()[threading.get_native_id()][1] == os.SCHED_OTHER
     plain = SessionCache(tmp_path, intra_op_threads=3, idle_priority=False)
     assert np.array_equal(cache.run("m1", x), plain.run("m1", x))
@@ -278,8 +279,9 @@ def test_the_server_passes_its_idle_priority_setting_on(tmp_path):
             _tiny_onnx(inference.model_path(tmp_path, "m1"))  # after start-up's clean-up of files without a row
             before = _threads()
             running.state.sessions.get("m1")
-            new = [policy for tid, (_, policy) in _threads().items() if tid not in before]
-            assert new.count(os.SCHED_IDLE) == (1 if idle else 0), new
+            new = [(name.startswith("gw-ort-"), policy) for tid, (name, policy) in _threads().items() if tid not in before]
+            assert (new.count((True, os.SCHED_IDLE)) >= 1) is idle, new  # the session's one worker
+            assert (False, os.SCHED_IDLE) not in new and (idle or (False, os.SCHED_OTHER) in new), new
         finally:
             running.stop(0)
     assert parse_settings([], {"GRADWIRE_INFERENCE_IDLE_PRIORITY": "false"}).inference_idle_priority is False
