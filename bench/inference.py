@@ -188,7 +188,13 @@ def bench_a(client, target, echo_target, model, onnx_path, X, n):
     base50, base99 = pct(bare, 50) + pct(ort_t, 50), pct(bare, 99) + pct(ort_t, 99)
     return {"sdk_p50_ms": pct(sdk, 50) * 1e3, "sdk_p99_ms": pct(sdk, 99) * 1e3, "base_p50_ms": base50 * 1e3,
             "base_p99_ms": base99 * 1e3, "ratio_p50": pct(sdk, 50) / base50, "ratio_p99": pct(sdk, 99) / base99,
-            "ort_p50_ms": pct(ort_t, 50) * 1e3, "handler_us": handler}
+            "ort_p50_ms": pct(ort_t, 50) * 1e3, "handler_us": handler,
+            "sdk_slow": slow_share(sdk), "echo_slow": slow_share(bare)}
+
+
+def slow_share(seconds: list[float]) -> float:
+    """The share of calls that took more than three times the median: what moves a p99 here."""
+    return float(np.mean(np.asarray(seconds) > 3 * np.median(seconds)))
 
 
 def bench_b(client, target, echo_target, model, onnx_path, X, n):
@@ -636,6 +642,8 @@ def report(r: dict, where: str, wall: float) -> None:
         if a.get("handler_us"):
             print(f"    the server's handler, mean per request (ModelStatistics): {stages(a['handler_us'])}; "
                   f"in-process onnxruntime p50 {a['ort_p50_ms'] * 1e3:.0f} us")
+        if "sdk_slow" in a:
+            print(f"    calls over 3x their median: SDK {a['sdk_slow']:.1%}, bare echo {a['echo_slow']:.1%}")
     for key in ("b", "b_wide"):
         if key in r:
             b = r[key]
