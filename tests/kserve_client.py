@@ -25,6 +25,7 @@ import time
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
+from proto_shapes import enum_values, message_fields  # beside this file (tests/)
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import triton_to_np_dtype
 
@@ -61,36 +62,6 @@ class ShmRequests:
             self.client.unregister_system_shared_memory(name)
         for handle in self.handles:
             shm.destroy_shared_memory_region(handle)
-
-
-def message_fields(module) -> dict:
-    """Every message of a generated module, nested ones as "Outer.Inner": field -> [number, type, repeated]."""
-    out = {}
-
-    def walk(desc, prefix):
-        name = prefix + desc.name
-        out[name] = {f.name: [f.number, f.type, bool(f.is_repeated)] for f in desc.fields}
-        for nested in desc.nested_types:
-            walk(nested, name + ".")
-
-    for desc in module.DESCRIPTOR.message_types_by_name.values():
-        walk(desc, "")
-    return out
-
-
-def enum_values(module) -> dict:
-    """Every enum of a generated module, nested ones as "Outer.Enum": value name -> number."""
-    out = {e.name: {v.name: v.number for v in e.values} for e in module.DESCRIPTOR.enum_types_by_name.values()}
-
-    def walk(desc, prefix):
-        for e in desc.enum_types:
-            out[prefix + desc.name + "." + e.name] = {v.name: v.number for v in e.values}
-        for nested in desc.nested_types:
-            walk(nested, prefix + desc.name + ".")
-
-    for desc in module.DESCRIPTOR.message_types_by_name.values():
-        walk(desc, "")
-    return out
 
 
 def streamed(client, model, version, requests) -> list:

@@ -22,6 +22,7 @@ from gradwire_server.config import Settings
 from gradwire_server.inference import model_path
 from gradwire_server.server import create_server
 from helpers import ShmObject, State, config, inline, iris, mlp, raw_tensor, shm_request
+from proto_shapes import enum_values, message_fields
 
 import triton_env
 from conftest import train_iris, wait_for
@@ -104,17 +105,7 @@ def test_tritonclient_reads_metadata_and_infers_like_predict(target, published, 
     theirs = seen["protocol"]
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert {m.name: [m.input_type.name, m.output_type.name] for m in service.methods}.items() <= theirs["methods"].items()
-    ours: dict = {}
-    enums = {e.name: {v.name: v.number for v in e.values} for e in pb.DESCRIPTOR.enum_types_by_name.values()}
-
-    def walk(desc, prefix=""):
-        ours[prefix + desc.name] = {f.name: [f.number, f.type, bool(f.is_repeated)] for f in desc.fields}
-        enums.update({f"{prefix}{desc.name}.{e.name}": {v.name: v.number for v in e.values} for e in desc.enum_types})
-        for nested in desc.nested_types:
-            walk(nested, prefix + desc.name + ".")
-
-    for desc in pb.DESCRIPTOR.message_types_by_name.values():
-        walk(desc)
+    ours, enums = message_fields(pb), enum_values(pb)  # as kserve_client.py reports tritonclient's
     assert len(ours) >= 40  # the walk saw them all, nested ones too
     for name, fields in ours.items():
         assert name in theirs["messages"], name
