@@ -15,6 +15,7 @@ from gradwire_server import errors
 from gradwire_server.inference import SessionCache
 from gradwire_server.serving import ServingCache
 from gradwire_server.store import Store
+from helpers import on_threads
 
 
 def _insert(store: Store, model_id: str, classes: int) -> None:
@@ -245,11 +246,7 @@ def test_onnxruntime_worker_threads_spin_at_idle_priority(tmp_path, idle):
         cache.get(model_id)
         loaders[model_id] = (name, _threads()[threading.get_native_id()])
 
-    threads = [threading.Thread(target=load, args=(m,)) for m in ("m1", "m2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    on_threads(lambda k: load(("m1", "m2")[k]), 2)
     for model_id, (name, now) in loaders.items():
         assert now == (name, os.SCHED_OTHER), model_id
     new = {tid: v for tid, v in _threads().items() if tid not in before}
