@@ -469,11 +469,12 @@ class SessionCache:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         elif self._spin_us > 0:  # onnxruntime >= 1.26
             options.add_session_config_entry("session.intra_op.spin_duration_us", str(self._spin_us))
+        asked = _provider_name(self._providers[0])
         # On the CUDA provider the workers hardly run, and the block would catch CUDA's own threads.
-        cpu = _provider_name(self._providers[0]) == "CPUExecutionProvider"
-        with _idle_priority_threads() if self._idle_priority and cpu else contextlib.nullcontext():
+        idle = self._idle_priority and asked == "CPUExecutionProvider"
+        with _idle_priority_threads() if idle else contextlib.nullcontext():
             session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
-        asked, got = _provider_name(self._providers[0]), session.get_providers()[0]
+        got = session.get_providers()[0]
         if got != asked:  # onnxruntime falls back to the CPU when a provider does not load: say so
             log.warning("model %s: %s did not load (onnxruntime's own message says why); serving it on %s",
                         model_id, asked, got)
