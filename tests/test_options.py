@@ -138,11 +138,23 @@ FUSED = ("sgd", "adam", "adamw", "adagrad")  # torch's fused implementation on t
 
 @pytest.mark.parametrize("text, reference", OPTIMIZERS, ids=[t.split()[0] for t, _ in OPTIMIZERS])
 def test_optimizer_matches_torch_optim(text, reference):
-    """The first steps equal torch.optim's default implementation's: to the bit for those that run
-    it, to float32 rounding for the fused ones."""
+    """A small network's first steps equal torch.optim's default implementation's, to the bit."""
     config = cfg(f"optimizer {{ {text} }}").optimizer
     torch.manual_seed(0)
     ours = [nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(4))]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt_a, opt_b = train.make_optimizer(config, ours), reference(theirs)
+    assert not opt_a.defaults.get("fused") and not opt_b.defaults.get("fused")  # too small to pay for threads
+    same_steps(ours, opt_a, theirs, opt_b, steps=4, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("text, reference", OPTIMIZERS, ids=[t.split()[0] for t, _ in OPTIMIZERS])
+def test_a_big_network_steps_with_the_fused_optimizers(text, reference):
+    """From FUSED_CPU_MIN_PARAMETERS on, SGD, Adam, AdamW and Adagrad step with torch's fused
+    implementation, whose steps equal the default one's to float32 rounding."""
+    config = cfg(f"optimizer {{ {text} }}").optimizer
+    torch.manual_seed(0)
+    ours = [nn.Parameter(torch.randn(1024, train.FUSED_CPU_MIN_PARAMETERS // 1024)), nn.Parameter(torch.randn(4))]
     theirs = [nn.Parameter(p.detach().clone()) for p in ours]
     opt_a, opt_b = train.make_optimizer(config, ours), reference(theirs)
     fused = text.split()[0] in FUSED
@@ -153,8 +165,8 @@ def test_optimizer_matches_torch_optim(text, reference):
 
 def test_channels_last_parameters_take_the_default_implementation():
     config = cfg("optimizer { adam { learning_rate: 0.01 } }").optimizer
-    conv = nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
-    assert not conv.weight.is_contiguous()
+    conv = nn.Conv2d(64, train.FUSED_CPU_MIN_PARAMETERS // (64 * 9) + 1, 3).to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous() and conv.weight.numel() >= train.FUSED_CPU_MIN_PARAMETERS
     assert not train.make_optimizer(config, conv.parameters()).defaults.get("fused")
 
 

@@ -193,21 +193,33 @@ def base_learning_rate(config: network_pb2.Optimizer) -> float:
     return _Tidy(getattr(config, config.WhichOneof("kind"))).learning_rate
 
 
+# On the CPU, a network this big (4 MB of float32 weights) or bigger steps with the fused optimizers:
+# its step is parallel already, and the fused pass saves more than its parallel region costs
+# (1.3M parameters, one-row steps: 4.0-4.2 ms against 4.5-6.9, beside four CPU-bound processes 22-26
+# against 44-50). See make_optimizer.
+FUSED_CPU_MIN_PARAMETERS = 1 << 20
+
+
 def make_optimizer(config: network_pb2.Optimizer, params) -> torch.optim.Optimizer:
     """The torch optimizer for ``config``. SGD, Adam and AdamW (and Adagrad on the CPU) take
     torch's fused implementation, which steps every parameter at once: on a GPU one kernel launch
     per step instead of several per group (a small network's step is bound by launches there); on
-    the CPU one pass over the memory instead of one per operation. On this 2-core machine Adam's
-    step for an 18.9M-parameter MLP took 11.5 ms instead of 51.7 (the whole training step 124 ms
-    instead of 165), and a digits CNN's whole step 1.25 ms instead of 1.40. A step equals
+    the CPU one pass over the memory instead of one per operation, for networks of
+    FUSED_CPU_MIN_PARAMETERS or more. On this 2-core machine Adam's step for an 18.9M-parameter MLP
+    took 11.5 ms instead of 51.7 (the whole training step 124 ms instead of 165). On the CPU the
+    fused step is a parallel region of its own: in a small network's step, where nothing else is
+    worth threads, it made a one-row step wait on idle threads whenever the cores were busy (an
+    epoch of 150 one-row steps of a 4-32-3 MLP took 0.16-5 s beside four CPU-bound processes,
+    against 0.14-0.16 s), so small networks keep the default implementation. A fused step equals
     torch.optim's default implementation to float32 rounding, not to the bit (test_options.py).
     Parameters not all contiguous (channels-last convolutions) take the default implementation."""
     kind = config.WhichOneof("kind")
     p = _Tidy(getattr(config, kind))
     params = list(params)
     devices = {t.device.type for t in params}
-    fusable = len(devices) == 1 and devices <= {"cpu", "cuda"} and all(t.is_contiguous() for t in params)
-    fused = {"fused": True} if fusable else {}
+    big = sum(t.numel() for t in params) >= FUSED_CPU_MIN_PARAMETERS
+    fusable = devices == {"cuda"} or (devices == {"cpu"} and big)
+    fused = {"fused": True} if fusable and all(t.is_contiguous() for t in params) else {}
     if kind == "sgd":
         nesterov = p.nesterov if p.HasField("nesterov") else False
         return torch.optim.SGD(params, lr=p.learning_rate, momentum=p.momentum, weight_decay=p.weight_decay,
