@@ -351,6 +351,29 @@ def test_bad_predicts(trained, stubs):
     assert err.value.details().startswith("features.shape:") and "[30, 1, 4, 4]" in err.value.details()
 
 
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (raw_tensor(np.where(np.arange(120).reshape(30, 4) == 9, np.nan, X30).astype(np.float32)),
+         "features: must be finite; row 2 holds nan at [1]"),
+        (values_tensor(np.where(np.arange(120).reshape(30, 4) == 119, -np.inf, X30)),
+         "features: must be finite; row 29 holds -inf at [3]"),
+        (raw_tensor(np.where(np.arange(120).reshape(30, 4) == 4, 1e39, X30.astype(np.float64)), tensor_pb2.DATA_TYPE_FLOAT64),
+         "features: must be finite; row 1 holds 1e+39 (beyond float32's range) at [0]"),
+    ],
+    ids=["raw nan", "typed -inf", "float64 past float32"],
+)
+def test_a_predict_with_values_that_are_not_finite_is_refused_by_row_and_element(trained, stubs, features, message):
+    """Training data must be finite (datasets.py), and so must features to predict on: a NaN or an
+    infinity would come back as NaN probabilities."""
+    _, _, final = trained
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[2].Predict(models_pb2.PredictRequest(name=final.model, features=features), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details() == message
+    finite = stubs[2].Predict(models_pb2.PredictRequest(name=final.model, features=raw_tensor(X30.astype(np.float32))), timeout=10)
+    assert np.isfinite(np.frombuffer(finite.probabilities.raw_data, np.float32)).all()
+
+
 def test_delete_model_then_predict_is_not_found(stubs, server):
     _, jobs, models = stubs
     X, y = iris(30)

@@ -125,6 +125,25 @@ def test_a_large_batch_predicts_as_its_parts(client, trained):
     assert err.value.field == "features.shape"
 
 
+def test_features_that_are_not_finite_are_refused_by_their_row_in_the_whole_batch(target, client, trained):
+    """The server refuses a NaN or an infinity by row and element; a batch the SDK sends as several
+    requests is checked before it goes, so that the row counts in the whole batch."""
+    X, _, _, _, model = trained
+    bad = X.astype(np.float32)
+    bad[1, 3] = np.inf
+    with pytest.raises(gw.InvalidArgumentError) as err:  # one request: the server's check
+        client.predict(model, bad)
+    assert err.value.field == "features" and str(err.value).endswith("must be finite; row 1 holds inf at [3]")
+    bad[1, 3], bad[140, 0] = X[1, 3], np.nan
+    (before,) = client.statistics(model)
+    # 73 rows a request: row 140 would go in the second
+    with gw.Client(target, timeout=30, max_message_bytes=4096) as small, pytest.raises(gw.InvalidArgumentError) as err:
+        small.predict(model, bad)
+    assert err.value.field == "features" and str(err.value).endswith("must be finite; row 140 holds nan at [0]")
+    (after,) = client.statistics(model)
+    assert (after.requests, after.failures) == (before.requests, before.failures)  # refused before any request went
+
+
 def test_a_batch_past_the_message_limit_goes_as_several_requests(target, client, trained):
     """predict splits a batch whose request or answer would pass half the client's message limit
     into requests that fit, two in flight, and joins their answers in order."""

@@ -44,7 +44,7 @@ from gradwire._resources import (
     _Resource,
 )
 from gradwire._summary import NetworkSummary
-from gradwire._tensors import DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, to_tensor, with_tensor
+from gradwire._tensors import DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, non_finite, to_tensor, with_tensor
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
@@ -572,6 +572,9 @@ class Client:
             call, request = _predict_request(method, serialized, name, feats, fields)
             result = decode(self._unary(call, request, timeout))
         else:  # several requests, two in flight: the next one's bytes travel while the server runs one
+            why = non_finite(feats)
+            if why is not None:  # the server's check, with the row counted in the whole batch, not in its request
+                raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, f"features: {why}")
             parts: list[T] = []
             pending: list[grpc.Future] = []
             try:

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from gradwire.v1 import tensor_pb2
 
 __all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "with_tensor", "encode_varint", "delimited", "DTYPES",
-           "COMPACT_FEATURE_DTYPES", "feature_array"]
+           "COMPACT_FEATURE_DTYPES", "feature_array", "non_finite"]
 
 # numpy dtype (little-endian) <-> wire dtype.
 DTYPES: dict[np.dtype, int] = {
@@ -60,6 +60,26 @@ def feature_array(features: ArrayLike) -> np.ndarray:
     (exact in float32, and 2-4 times fewer bytes), anything else as float32."""
     arr = np.asarray(features)
     return as_wire_array(arr, None if arr.dtype.newbyteorder("<") in COMPACT_FEATURE_DTYPES else np.float32)
+
+
+def non_finite(features: np.ndarray, as_float32: np.ndarray | None = None) -> str | None:
+    """Why a batch of features (``[rows, ...]``) cannot be predicted on, or None when every value
+    is a finite float32: names the first row and element that is not, and its value as sent
+    (``as_float32``: the batch as the model gets it, when ``features`` is of another dtype). The
+    server and the SDK (for a batch it splits) both say it in these words.
+
+    >>> non_finite(np.array([[1.0, 2.0], [3.0, np.nan]], np.float32))
+    'must be finite; row 1 holds nan at [1]'
+    """
+    model_sees = features if as_float32 is None else as_float32
+    if model_sees.dtype.kind != "f" or np.isfinite(model_sees).all():  # 1.5 us for one row, 7 us for 1,024 digits
+        return None
+    flat = int(np.flatnonzero(~np.isfinite(model_sees))[0])
+    row, index = divmod(flat, max(1, math.prod(model_sees.shape[1:])))
+    value = features.reshape(-1)[flat].item()
+    where = list(np.unravel_index(index, model_sees.shape[1:])) if model_sees.ndim > 1 else []
+    beyond = " (beyond float32's range)" if math.isfinite(value) else ""
+    return f"must be finite; row {row} holds {value!r}{beyond} at {[int(i) for i in where]}"
 
 
 def to_tensor(array: ArrayLike, *, dtype: DTypeLike | None = None) -> tensor_pb2.Tensor:

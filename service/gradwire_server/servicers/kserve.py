@@ -324,7 +324,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                timing: Timing) -> pb.ModelInferResponse:
         model = served.model
         input_name, output_name = self._io_names(model)
-        features = check_features(served, self._input(request, raw, input_name), "inputs[0].shape")  # float32
+        features = check_features(served, self._input(request, raw, input_name), "inputs[0]")  # float32
         requested = list(request.outputs) or [pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)]
         targets = []  # per output: where in shared memory it goes, or None
         for i, out in enumerate(requested):

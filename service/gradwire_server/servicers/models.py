@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from google.protobuf import empty_pb2
 
+from gradwire._tensors import non_finite
 from gradwire.v1 import models_pb2, models_pb2_grpc
 
 from .. import errors, files
@@ -31,14 +32,24 @@ EXPORT_CHUNK_BYTES = 1024 * 1024
 
 
 def check_features(served: Serving, features: np.ndarray, field: str) -> np.ndarray:
-    """[batch, *input_shape] float32 (a view, never a copy, when it already is float32)."""
+    """[batch, *input_shape] float32 (a view, never a copy, when it already is float32), every
+    value finite: a NaN or an infinity would come back as NaN probabilities, and training data
+    is held to the same rule (datasets.py). ``field``: the tensor's, e.g. ``features``."""
     expected = served.input_shape
     if features.ndim != len(expected) + 1 or features.shape[1:] != expected or features.shape[0] < 1:
         raise errors.InvalidArgument(
             f"must be [batch, {', '.join(map(str, expected))}] for model '{served.model.name}', got {list(features.shape)}",
-            field=field,
+            field=f"{field}.shape",
         )
-    return features.astype(np.float32, copy=False)
+    if features.dtype == np.float32:
+        model_sees = features
+    else:
+        with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused below, by its value
+            model_sees = features.astype(np.float32)
+    why = non_finite(features, model_sees)
+    if why is not None:
+        raise errors.InvalidArgument(why, field=field)
+    return model_sees
 
 
 def run_model(state: ServerState, served: Serving, features: np.ndarray, timing: Timing | None = None) -> np.ndarray:
@@ -105,7 +116,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         if not request.HasField("features"):
             raise errors.InvalidArgument("required", field="features")
         wanted = read_mask(request)
-        features = check_features(served, tensor_to_numpy(request.features, "features", raw), "features.shape")
+        features = check_features(served, tensor_to_numpy(request.features, "features", raw), "features")
         output = run_model(self.s, served, features, timing)
         in_kind = is_raw(request.features)  # answered in the request's encoding
         if served.regression:
