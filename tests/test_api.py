@@ -154,6 +154,11 @@ def test_upload_in_many_chunks_then_get_list_delete(stubs):
     assert ds.name in names
     page = datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1), timeout=10)
     assert len(page.datasets) == 1 and page.next_page_token
+    for token in ("99999999999999999999", "\u00b2", "-1", "x"):  # past SQLite's integers, a digit int() refuses, ...
+        with pytest.raises(grpc.RpcError) as err:
+            datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_size=1, page_token=token), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == f"page_token: not a token from a previous response: {token!r}"
     datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=ds.name), timeout=10)
     datasets.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=other.name), timeout=10)
     with pytest.raises(grpc.RpcError) as err:

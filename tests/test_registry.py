@@ -77,6 +77,10 @@ def test_versions_latest_and_aliases(client):
         (lambda c: c.set_alias("reg-iris", "latest", 1), "alias", "managed by the server"),
         (lambda c: c.set_alias("reg-iris", "Prod!", 1), "alias", "Prod!"),
         (lambda c: c.set_alias("reg-iris", "prod", 99), "version", "version 99"),
+        # past SQLite's integers, or digits that are not ASCII: no such version, not an internal error
+        (lambda c: c.predict("registeredModels/reg-iris@99999999999999999999", np.zeros((1, 4), np.float32)), None,
+         "version 99999999999999999999 of registered model 'registeredModels/reg-iris' not found"),
+        (lambda c: c.get_model("registeredModels/reg-iris@\u00b2"), None, "alias '\u00b2' of registered model"),
         (lambda c: c.delete_alias("reg-iris", "latest"), "alias", "cannot be removed"),
         # an alias belongs to the registered model, not to a version of it: refused, as set_alias refuses it
         (lambda c: c.delete_alias("reg-iris@1", "production"), "name", "without '@1'"),

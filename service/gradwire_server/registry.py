@@ -23,6 +23,7 @@ from . import errors
 
 COLLECTION = "registeredModels"
 LATEST = "latest"
+MAX_VERSION = 2**63 - 1  # SQLite's largest integer
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -92,9 +93,10 @@ def resolve(db: sqlite3.Connection, name: str, field: str) -> str:
         if latest is None:
             raise errors.NotFound(f"registered model '{COLLECTION}/{short}' has no versions")
         return latest[1]
-    if selector.isdigit():
-        row = db.execute(
-            "SELECT model_id FROM model_versions WHERE registered_model = ? AND version = ?", (short, int(selector))
+    if selector.isascii() and selector.isdigit():  # ("²".isdigit() too; int() refuses it)
+        version = int(selector)
+        row = None if version > MAX_VERSION else db.execute(  # past SQLite's integers: no such version
+            "SELECT model_id FROM model_versions WHERE registered_model = ? AND version = ?", (short, version)
         ).fetchone()
         if row is None:
             raise errors.NotFound(f"version {selector} of registered model '{COLLECTION}/{short}' not found")

@@ -323,7 +323,7 @@ class Store:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         if not page_token:
             return size, 2**62
-        if not page_token.isdigit():
+        if not (page_token.isascii() and page_token.isdigit()) or int(page_token) > 2**62:
             raise errors.InvalidArgument(f"not a token from a previous response: {page_token!r}", field="page_token")
         return size, int(page_token)
 
