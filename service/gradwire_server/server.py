@@ -164,6 +164,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
         intra_op_threads=settings.inference_threads,
         spin_us=settings.inference_spin_us,
         idle_priority=settings.inference_idle_priority,
+        move_callers=settings.rpc_processes == 1,
         optimization=settings.inference_optimization,
         device=settings.serving_device,
         batching=BatchingPolicy(settings.batching, settings.batch_max_size, settings.batch_max_delay_us / 1e6),
