@@ -283,10 +283,12 @@ def test_the_server_passes_its_idle_priority_setting_on(tmp_path):
 
 
 @linux_only
-def test_a_large_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_path):
+def test_a_long_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_path, monkeypatch):
     """With its default thread count onnxruntime pins its intra-op workers to CPUs 1.. and leaves
-    CPU 0 to the caller; an RPC thread may sit anywhere. A large call moves its caller to the CPUs
-    no worker is pinned to, and back; a small one stays where it is; the answers are the session's."""
+    CPU 0 to the caller; an RPC thread may sit anywhere. A call foreseen to take MOVE_CALLER_NS or
+    more (from the last call, in proportion to the rows) moves its caller to the CPUs no worker is
+    pinned to, and back, unless another call is in progress; a shorter one stays where it is; the
+    answers are the session's."""
     from gradwire_server import inference
 
     _tiny_onnx(inference.model_path(tmp_path, "m1"))
@@ -307,13 +309,20 @@ def test_a_large_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_pa
             return session.run(*args, **kwargs)
 
     loaded.session = Recording()
-    rows = inference.MOVE_CALLER_BYTES // 16
-    big = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
-    out = loaded.run_now(big)
-    assert seen == [own - pinned] and os.sched_getaffinity(0) == own
-    loaded.run_now(big[:rows - 1])  # 16 bytes short: stays
-    assert seen[1] == own and os.sched_getaffinity(0) == own
-    assert np.array_equal(out, session.run(None, {"features": big})[0])
+    x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    loaded.run_now(x)  # the session's first call: nothing to foresee from
+    rows, ns = loaded._last
+    assert rows == 1000 and ns > 0
+    monkeypatch.setattr(inference, "MOVE_CALLER_NS", ns * 5)  # 5,000 rows would take that long; 4,000 not
+    out = loaded.run_now(np.resize(x, (5_000, 4)))
+    loaded._last = (rows, ns)
+    loaded.run_now(np.resize(x, (4_000, 4)))
+    loaded._last = (rows, ns)
+    monkeypatch.setattr(inference, "_moving_calls", 1)  # another call in progress
+    loaded.run_now(np.resize(x, (5_000, 4)))
+    assert seen == [own, own - pinned, own, own] and os.sched_getaffinity(0) == own
+    assert inference._moving_calls == 1  # counted in and out
+    assert np.array_equal(out, session.run(None, {"features": np.resize(x, (5_000, 4))})[0])
     assert SessionCache(tmp_path, move_callers=False)._get("m1").caller_cpus is None
     assert SessionCache(tmp_path, intra_op_threads=2)._get("m1").caller_cpus is None  # an explicit count pins nothing
 

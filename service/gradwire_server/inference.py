@@ -3,7 +3,7 @@
 Sessions: graph optimization level and intra-op threads from the settings; the
 CUDA execution provider when onnxruntime-gpu and a GPU are present, the CPU
 otherwise. At most `max_sessions` stay loaded (least recently used evicted). On the CPU
-provider the intra-op workers spin at idle priority, and a large call runs off the CPUs
+provider the intra-op workers spin at idle priority, and a long call runs off the CPUs
 onnxruntime pinned them to (`_worker_threads`, `_Loaded.run_now`).
 
 Dynamic batching (`Batcher`, one per loaded model): concurrent small requests to
@@ -47,9 +47,9 @@ from . import errors
 
 log = logging.getLogger("gradwire.inference")
 MODEL_FILE = "model.onnx"
-# A call whose input is this large runs with its caller off the CPUs onnxruntime pinned its workers
-# to (`_Loaded.run_now`); a smaller one is not worth the two system calls and the move.
-MOVE_CALLER_BYTES = 64 * 1024
+# A call expected to take this long runs with its caller off the CPUs onnxruntime pinned its
+# workers to (`_Loaded.run_now`); a shorter one is not worth the two system calls and the move.
+MOVE_CALLER_NS = 200_000
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -112,7 +112,7 @@ class _Workers:
         self.allowed: frozenset[int] = frozenset()
 
     def caller_cpus(self) -> frozenset[int] | None:
-        """Where a caller should run a large call: the allowed CPUs no worker is pinned to; None
+        """Where a caller should run a long call: the allowed CPUs no worker is pinned to; None
         when there are none such (no worker pinned, or workers on every CPU)."""
         free = self.allowed - self.cpus
         return free if self.cpus and free else None
@@ -130,7 +130,7 @@ def _worker_threads(idle: bool, pinning: bool) -> Iterator[_Workers]:
     Pinned: with its default thread count (``pinning``), onnxruntime pins worker k to CPU k and
     leaves CPU 0 to the caller, as if one caller sat there. An RPC thread sits on any CPU; one that
     landed on a worker's CPU shared it with that worker while another CPU stood idle.
-    `_Loaded.run_now` moves the caller of a large call off the workers' CPUs (measured there). A
+    `_Loaded.run_now` moves the caller of a long call off the workers' CPUs (measured there). A
     worker pins itself as it starts, which may come after the session is made: the load waits
     for it, PIN_WAIT_S at most.
 
@@ -478,36 +478,53 @@ class _Loaded:
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
         self.on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"  # what it got, not what it asked
-        # where a large call runs: off the workers' CPUs (_worker_threads); None: where it is
+        # where a long call runs: off the workers' CPUs (_worker_threads); None: where it is
         self.caller_cpus = self.workers.caller_cpus() if move_callers else None
+        self._last = (0, 0)  # the last call's rows and nanoseconds
         self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
-        """One onnxruntime call. A large one (MOVE_CALLER_BYTES of input or more) runs with its
-        caller moved off the CPUs onnxruntime pinned the workers to, where it shared a CPU with a
-        worker whenever it had landed there (`_worker_threads`). Measured on 2 cores, two servers
-        in alternation, 1,024-row Predicts of the digits CNN: p50 1.89-2.35 ms against 2.55-2.71,
-        onnxruntime's part 1.17-1.36 ms against 1.52-1.59. A small call is not worth the two system
-        calls and the move: one row takes 17-60 us."""
-        own = self._move_off_workers(features)
-        try:
+        """One onnxruntime call. A long one runs with its caller moved off the CPUs onnxruntime
+        pinned the workers to, where it shared a CPU with a worker whenever it had landed there
+        (`_worker_threads`), and back after. Long: MOVE_CALLER_NS or more, foreseen from the
+        session's last call in proportion to the rows. Only a call that has the process's
+        onnxruntime to itself moves: calls at once (batching off, several models) share the
+        same workers, and moved they would crowd onto the same CPUs.
+
+        Measured on 2 cores, two servers in alternation, 1,024-row Predicts of the digits CNN: p50
+        1.99-2.38 ms against 2.55-3.07, onnxruntime's part 1.26-1.46 ms against 1.52-1.70. A one-row
+        call of that CNN takes 17-60 us and stays where it is."""
+        if self.caller_cpus is None:
             (output,) = self.session.run([self.output_name], {self.input_name: features})
+            return output
+        global _moving_calls
+        with _moving_lock:
+            _moving_calls += 1
+            alone = _moving_calls == 1
+        own = None
+        try:
+            rows, last_rows, last_ns = len(features), *self._last
+            if alone and last_rows and last_ns * rows >= MOVE_CALLER_NS * last_rows:
+                own = os.sched_getaffinity(0)
+                there = own & self.caller_cpus
+                if there and there != own:
+                    os.sched_setaffinity(0, there)
+                else:
+                    own = None
+            start = time.perf_counter_ns()
+            (output,) = self.session.run([self.output_name], {self.input_name: features})
+            self._last = (rows, time.perf_counter_ns() - start)
+            return output
         finally:
             if own is not None:
                 os.sched_setaffinity(0, own)
-        return output
+            with _moving_lock:
+                _moving_calls -= 1
 
-    def _move_off_workers(self, features: np.ndarray) -> set[int] | None:
-        """Moves the calling thread to ``caller_cpus`` for a large call; the CPUs to move it back
-        to, or None when it stays."""
-        if self.caller_cpus is None or features.nbytes < MOVE_CALLER_BYTES:
-            return None
-        own = os.sched_getaffinity(0)
-        there = own & self.caller_cpus
-        if not there or there == own:
-            return None
-        os.sched_setaffinity(0, there)
-        return own
+
+# CPU sessions' calls in progress, of sessions whose calls may move (`_Loaded.run_now`)
+_moving_lock = threading.Lock()
+_moving_calls = 0
 
 
 class SessionCache:
@@ -531,7 +548,7 @@ class SessionCache:
         self._threads = intra_op_threads
         self._spin_us = spin_us  # -1: onnxruntime's default; 0: no spinning
         self._idle_priority = idle_priority  # onnxruntime's CPU threads in the idle class (_worker_threads)
-        # Large calls' callers off the CPUs onnxruntime pins its workers to (_Loaded.run_now). Not with
+        # Long calls' callers off the CPUs onnxruntime pins its workers to (_Loaded.run_now). Not with
         # several RPC processes: every process's workers are pinned to the same CPUs, and every
         # process's callers would then crowd onto the same few others.
         self._move_callers = move_callers
