@@ -72,7 +72,11 @@ def non_finite(features: np.ndarray, as_float32: np.ndarray | None = None) -> st
     'must be finite; row 1 holds nan at [1]'
     """
     model_sees = features if as_float32 is None else as_float32
-    if model_sees.dtype.kind != "f" or np.isfinite(model_sees).all():  # 1.5 us for one row, 7 us for 1,024 digits
+    if model_sees.dtype.kind != "f":
+        return None
+    # The check of an unaligned array (a request's bytes, seen where they arrived) took 13-90 us for
+    # 1,024 digits rows, by where the bytes lay; of a copy, 12-17 us with the copy.
+    if np.isfinite(model_sees if model_sees.flags.aligned else np.array(model_sees)).all():
         return None
     flat = int(np.flatnonzero(~np.isfinite(model_sees))[0])
     row, index = divmod(flat, max(1, math.prod(model_sees.shape[1:])))
