@@ -240,3 +240,66 @@ def test_fuzz_live_server(channel):
     X, y = iris(60)
     job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(inline_dataset=inline(X, y), network=mlp(4, 3), training=config(epochs=1)), timeout=10)
     assert watch_to_end(jobs, job.name)[-1].state == State.SUCCEEDED
+
+
+# Pieces a name, a version or a page token may be made of: what a parser could trip on.
+NAME_PIECES = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),  # any text but lone surrogates
+    st.sampled_from(["models/", "registeredModels/", "datasets/", "trainingJobs/", "@", "/", "latest", "production",
+                     "..", "%00", "\x00", " ", "\u00b2", "\u0661", "-1", "0", "1e3", "0x10", "99999999999999999999",
+                     str(2**63), str(2**63 - 1), "9" * 400]),
+)
+NAMES = st.lists(NAME_PIECES, max_size=5).map("".join)
+
+
+def test_fuzz_names_versions_and_page_tokens(channel):
+    """Every RPC that takes a resource name, a version, an alias or a page token answers arbitrary
+    ones with a status a client can act on (NOT_FOUND, INVALID_ARGUMENT, ...), never INTERNAL or
+    UNKNOWN, and never with a traceback."""
+    from gradwire.kserve import grpc_service_pb2 as kpb
+    from gradwire.kserve import grpc_service_pb2_grpc
+    from gradwire.v1 import datasets_pb2_grpc, models_pb2, models_pb2_grpc
+
+    models = models_pb2_grpc.ModelServiceStub(channel)
+    datasets = datasets_pb2_grpc.DatasetServiceStub(channel)
+    jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+    kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    row = tensor_pb2.Tensor(shape=[1, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT32, raw_data=np.zeros(4, np.float32).tobytes())
+    infer_input = kpb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 4])
+    calls = {
+        "GetModel": lambda n, v: models.GetModel(models_pb2.GetModelRequest(name=n), timeout=10),
+        "Predict": lambda n, v: models.Predict(models_pb2.PredictRequest(name=n, features=row), timeout=10),
+        "Predict@": lambda n, v: models.Predict(models_pb2.PredictRequest(name=f"registeredModels/{n}@{v}", features=row), timeout=10),
+        "GetRegisteredModel": lambda n, v: models.GetRegisteredModel(models_pb2.GetRegisteredModelRequest(name=n), timeout=10),
+        "ListModelVersions": lambda n, v: models.ListModelVersions(models_pb2.ListModelVersionsRequest(parent=n, page_token=v), timeout=10),
+        "ListModels": lambda n, v: models.ListModels(models_pb2.ListModelsRequest(page_token=v), timeout=10),
+        "SetModelAlias": lambda n, v: models.SetModelAlias(models_pb2.SetModelAliasRequest(name=f"registeredModels/nope-{len(n)}", alias=v, version=1), timeout=10),
+        "GetDataset": lambda n, v: datasets.GetDataset(datasets_pb2.GetDatasetRequest(name=n), timeout=10),
+        "ListDatasets": lambda n, v: datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(page_token=v), timeout=10),
+        "GetTrainingJob": lambda n, v: jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=n), timeout=10),
+        "ListTrainingJobs": lambda n, v: jobs.ListTrainingJobs(training_pb2.ListTrainingJobsRequest(page_token=v), timeout=10),
+        "ModelMetadata": lambda n, v: kserve.ModelMetadata(kpb.ModelMetadataRequest(name=n, version=v), timeout=10),
+        "ModelReady": lambda n, v: kserve.ModelReady(kpb.ModelReadyRequest(name=n, version=v), timeout=10),
+        "ModelConfig": lambda n, v: kserve.ModelConfig(kpb.ModelConfigRequest(name=n, version=v), timeout=10),
+        "ModelStatistics": lambda n, v: kserve.ModelStatistics(kpb.ModelStatisticsRequest(name=n, version=v), timeout=10),
+        "ModelInfer": lambda n, v: kserve.ModelInfer(kpb.ModelInferRequest(
+            model_name=n, model_version=v, inputs=[infer_input], raw_input_contents=[np.zeros(4, np.float32).tobytes()]), timeout=10),
+    }
+    seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(NAMES, NAMES)
+    def check(name, version):
+        for rpc, call in calls.items():
+            try:
+                call(name, version)
+                code, message = grpc.StatusCode.OK, ""
+            except grpc.RpcError as error:
+                code, message = error.code(), error.details() or ""
+            seen[code.name] += 1
+            assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (rpc, name, version, message)
+            assert "Traceback" not in message, (rpc, message)
+
+    check()
+    print(f"names fuzz: answers by status code: {dict(seen)}")
+    assert seen["NOT_FOUND"] > 0 and seen["INVALID_ARGUMENT"] > 0
