@@ -62,6 +62,9 @@ def feature_array(features: ArrayLike) -> np.ndarray:
     return as_wire_array(arr, None if arr.dtype.newbyteorder("<") in COMPACT_FEATURE_DTYPES else np.float32)
 
 
+_SUM_CHECK_MAX = 8192  # _all_finite: up to this many float32 values, a sum in Python; past it, numpy's isfinite
+
+
 def non_finite(features: np.ndarray, as_float32: np.ndarray | None = None) -> str | None:
     """Why a batch of features (``[rows, ...]``) cannot be predicted on, or None when every value
     is a finite float32: names the first row and element that is not, and its value as sent
@@ -72,11 +75,7 @@ def non_finite(features: np.ndarray, as_float32: np.ndarray | None = None) -> st
     'must be finite; row 1 holds nan at [1]'
     """
     model_sees = features if as_float32 is None else as_float32
-    if model_sees.dtype.kind != "f":
-        return None
-    # The check of an unaligned array (a request's bytes, seen where they arrived) took 13-90 us for
-    # 1,024 digits rows, by where the bytes lay; of a copy, 12-17 us with the copy.
-    if np.isfinite(model_sees if model_sees.flags.aligned else np.array(model_sees)).all():
+    if _all_finite(model_sees):
         return None
     flat = int(np.flatnonzero(~np.isfinite(model_sees))[0])
     row, index = divmod(flat, max(1, math.prod(model_sees.shape[1:])))
@@ -84,6 +83,20 @@ def non_finite(features: np.ndarray, as_float32: np.ndarray | None = None) -> st
     where = list(np.unravel_index(index, model_sees.shape[1:])) if model_sees.ndim > 1 else []
     beyond = " (beyond float32's range)" if math.isfinite(value) else ""
     return f"must be finite; row {row} holds {value!r}{beyond} at {[int(i) for i in where]}"
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value of a float array is finite (any other kind: True)."""
+    if array.dtype.kind != "f":
+        return True
+    if array.dtype == np.float32 and array.size <= _SUM_CHECK_MAX and array.flags.c_contiguous:
+        # A NaN or an infinity makes the sum one, and adding float32s as Python floats cannot
+        # overflow. Summed in Python, not numpy: the server checks where its caches are cold,
+        # and there numpy's calls cost 11-13 us for one row, this 6 us (1.2 us either way in a loop).
+        return math.isfinite(sum(memoryview(array).cast("B").cast("f")))
+    # The check of an unaligned array (a request's bytes, seen where they arrived) took 13-90 us for
+    # 1,024 digits rows, by where the bytes lay; of a copy, 12-17 us with the copy.
+    return bool(np.isfinite(array if array.flags.aligned else np.array(array)).all())
 
 
 def to_tensor(array: ArrayLike, *, dtype: DTypeLike | None = None) -> tensor_pb2.Tensor:
