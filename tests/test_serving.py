@@ -327,6 +327,30 @@ def test_a_long_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_pat
     assert SessionCache(tmp_path, intra_op_threads=2)._get("m1").caller_cpus is None  # an explicit count pins nothing
 
 
+def test_with_several_rpc_processes_no_call_moves(tmp_path):
+    """Every RPC process pins its onnxruntime workers to the same CPUs; moved, every process's long
+    calls would crowd onto the same few others. So the callers move with one RPC process only."""
+    import socket
+
+    from gradwire_server import inference
+    from gradwire_server.config import Settings
+    from gradwire_server.server import create_server
+
+    for processes in (1, 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        running = create_server(Settings(host="127.0.0.1", port=port, data_dir=tmp_path / str(processes), rpc_processes=processes))
+        try:
+            _tiny_onnx(inference.model_path(running.state.settings.data_dir, "m1"))
+            loaded = running.state.sessions._get("m1")
+            assert running.state.sessions._move_callers is (processes == 1)
+            if processes > 1:
+                assert loaded.caller_cpus is None
+        finally:
+            running.stop(0)
+
+
 def test_a_name_that_moves_finds_its_new_model_loaded(server, target):
     """An alias moved through SetModelAlias: the new version is loaded (and run once) before the
     alias moves. A new latest version published by a worker: the RPC process loads it as soon as
