@@ -325,11 +325,17 @@ def test_a_long_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_pat
     assert np.array_equal(out, session.run(None, {"features": np.resize(x, (5_000, 4))})[0])
     assert SessionCache(tmp_path, move_callers=False)._get("m1").caller_cpus is None
     assert SessionCache(tmp_path, intra_op_threads=2)._get("m1").caller_cpus is None  # an explicit count pins nothing
+    from gradwire_server.config import Settings
+
+    assert Settings(inference_threads=3, rpc_processes=2, port=1).session_threads() == 3  # a count set is kept
+    assert Settings(rpc_processes=1).session_threads() == 0
 
 
 def test_with_several_rpc_processes_no_call_moves(tmp_path):
-    """Every RPC process pins its onnxruntime workers to the same CPUs; moved, every process's long
-    calls would crowd onto the same few others. So the callers move with one RPC process only."""
+    """With its default thread count, every RPC process's onnxruntime would pin its workers to the
+    same CPUs; moved, every process's long calls would crowd onto the same few others. So with
+    several processes each gets its share of the CPUs as an explicit thread count (which pins
+    nothing), unless a count is set, and the callers move with one RPC process only."""
     import socket
 
     from gradwire_server import inference
@@ -345,6 +351,9 @@ def test_with_several_rpc_processes_no_call_moves(tmp_path):
             _tiny_onnx(inference.model_path(running.state.settings.data_dir, "m1"))
             loaded = running.state.sessions._get("m1")
             assert running.state.sessions._move_callers is (processes == 1)
+            # several processes: each one's share of the CPUs, which pins nothing
+            share = max(1, len(os.sched_getaffinity(0)) // processes) if processes > 1 else 0
+            assert running.state.sessions._threads == share
             if processes > 1:
                 assert loaded.caller_cpus is None
         finally:

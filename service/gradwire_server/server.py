@@ -161,7 +161,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     sessions = SessionCache(
         settings.data_dir,
         max_sessions=settings.max_sessions,
-        intra_op_threads=settings.inference_threads,
+        intra_op_threads=settings.session_threads(),
         spin_us=settings.inference_spin_us,
         idle_priority=settings.inference_idle_priority,
         move_callers=settings.rpc_processes == 1,
