@@ -158,21 +158,17 @@ def ort_session(path: pathlib.Path, *, off_workers: bool = False):
 
 
 class OffWorkers:
-    """An onnxruntime session whose calls run with the calling thread on ``cpus`` (None: where it is)."""
+    """An onnxruntime session whose calls run with the calling thread on ``cpus`` (None: where it
+    is), as the server's long calls do (gradwire_server.inference.on_cpus)."""
 
     def __init__(self, session, cpus: frozenset[int] | None) -> None:
-        self.session, self.cpus = session, cpus
+        from gradwire_server.inference import on_cpus
+
+        self.session, self.cpus, self._on_cpus = session, cpus, on_cpus
 
     def run(self, names, feeds):
-        own = os.sched_getaffinity(0)
-        there = own & self.cpus if self.cpus else own
-        if there == own:
+        with self._on_cpus(self.cpus):
             return self.session.run(names, feeds)
-        os.sched_setaffinity(0, there)
-        try:
-            return self.session.run(names, feeds)
-        finally:
-            os.sched_setaffinity(0, own)
 
 
 def digits():

@@ -336,17 +336,14 @@ def test_with_several_rpc_processes_no_call_moves(tmp_path):
     same CPUs; moved, every process's long calls would crowd onto the same few others. So with
     several processes each gets its share of the CPUs as an explicit thread count (which pins
     nothing), unless a count is set, and the callers move with one RPC process only."""
-    import socket
-
     from gradwire_server import inference
     from gradwire_server.config import Settings
     from gradwire_server.server import create_server
+    from test_durability import free_port
 
     for processes in (1, 2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        running = create_server(Settings(host="127.0.0.1", port=port, data_dir=tmp_path / str(processes), rpc_processes=processes))
+        running = create_server(Settings(host="127.0.0.1", port=free_port(), data_dir=tmp_path / str(processes),
+                                         rpc_processes=processes))
         try:
             _tiny_onnx(inference.model_path(running.state.settings.data_dir, "m1"))
             loaded = running.state.sessions._get("m1")

@@ -499,32 +499,46 @@ class _Loaded:
             return output
         rows, (last_rows, last_ns) = len(features), self._last
         if not last_rows or last_ns * rows < MOVE_CALLER_NS * last_rows:  # short: where it is, nothing counted
-            start = time.perf_counter_ns()
-            (output,) = self.session.run([self.output_name], {self.input_name: features})
-            self._last = (rows, time.perf_counter_ns() - start)
-            return output
-        global _moving_calls
+            return self._timed_run(features)
+        with _long_call() as alone, on_cpus(self.caller_cpus if alone else None):
+            return self._timed_run(features)
+
+    def _timed_run(self, features: np.ndarray) -> np.ndarray:
+        """One call, its rows and nanoseconds kept to foresee the next one's."""
+        start = time.perf_counter_ns()
+        (output,) = self.session.run([self.output_name], {self.input_name: features})
+        self._last = (len(features), time.perf_counter_ns() - start)
+        return output
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Runs the block with the calling thread on those of ``cpus`` it may run on, and moves it
+    back after; where it is when ``cpus`` is None or leaves it nowhere else to go."""
+    own = os.sched_getaffinity(0) if cpus else None
+    there = own & cpus if own is not None else None
+    if not there or there == own:
+        yield
+        return
+    os.sched_setaffinity(0, there)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+@contextlib.contextmanager
+def _long_call() -> Iterator[bool]:
+    """Counts a long call in progress for the block; yields whether it is the only one."""
+    global _moving_calls
+    with _moving_lock:
+        _moving_calls += 1
+        alone = _moving_calls == 1
+    try:
+        yield alone
+    finally:
         with _moving_lock:
-            _moving_calls += 1
-            alone = _moving_calls == 1
-        own = None
-        try:
-            if alone:
-                own = os.sched_getaffinity(0)
-                there = own & self.caller_cpus
-                if there and there != own:
-                    os.sched_setaffinity(0, there)
-                else:
-                    own = None
-            start = time.perf_counter_ns()
-            (output,) = self.session.run([self.output_name], {self.input_name: features})
-            self._last = (rows, time.perf_counter_ns() - start)
-            return output
-        finally:
-            if own is not None:
-                os.sched_setaffinity(0, own)
-            with _moving_lock:
-                _moving_calls -= 1
+            _moving_calls -= 1
 
 
 # Long calls in progress, of the sessions whose calls may move (`_Loaded.run_now`)
