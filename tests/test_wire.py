@@ -8,11 +8,14 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import train_iris
 from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
-from gradwire.v1 import models_pb2, models_pb2_grpc, tensor_pb2
+from gradwire.v1 import datasets_pb2, models_pb2, models_pb2_grpc, tensor_pb2
 from gradwire_server.servicers import wire
 from helpers import iris, mlp, raw_tensor, values_tensor
 
@@ -123,8 +126,6 @@ def test_large_requests_answer_as_small_ones(target, model):
 
 
 def test_upload_chunks_are_taken_as_they_arrived():
-    from gradwire.v1 import datasets_pb2
-
     chunk = bytes(range(256)) * 400  # 100 KB
     data = datasets_pb2.UploadDatasetRequest(labels_chunk=chunk).SerializeToString()
     got = wire.upload_request(data)
@@ -142,7 +143,7 @@ def test_upload_chunks_are_taken_as_they_arrived():
 def test_uploads_in_large_chunks_store_exactly_their_bytes(target):
     import hashlib
 
-    from gradwire.v1 import datasets_pb2, datasets_pb2_grpc
+    from gradwire.v1 import datasets_pb2_grpc
     from helpers import upload_requests
 
     rng = np.random.default_rng(1)
@@ -159,3 +160,128 @@ def test_uploads_in_large_chunks_store_exactly_their_bytes(target):
             stub.UploadDataset(iter(requests), timeout=60)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("features_chunk: more bytes than shape x dtype allows")
+
+
+# ---- any bytes at all: the split deserializers agree with protobuf's own parser ----------------
+
+
+LEN_KIND = 2
+
+
+def _key(number: int, kind: int) -> bytes:
+    return _VarintBytes(number << 3 | kind)
+
+
+@st.composite
+def _field(draw, numbers: list[int], inner=None) -> bytes:
+    """One field of any wire type: mostly numbers the message has (length-delimited ones with an
+    `inner` message's fields or random bytes inside), sometimes another number; sometimes a wire
+    type the schema does not give that number."""
+    number = draw(st.one_of(st.sampled_from(numbers), st.integers(1, 40)))
+    kind = draw(st.sampled_from([LEN_KIND] * 6 + [0, 1, 5]))
+    if kind == 0:
+        return _key(number, 0) + _VarintBytes(draw(st.integers(0, 2**64 - 1)))
+    if kind in (1, 5):
+        return _key(number, kind) + draw(st.binary(min_size=8 if kind == 1 else 4, max_size=8 if kind == 1 else 4))
+    if inner is not None and draw(st.booleans()):
+        payload = b"".join(draw(st.lists(inner, max_size=4)))
+    else:
+        payload = draw(st.binary(max_size=40))
+    return _key(number, LEN_KIND) + _VarintBytes(len(payload)) + payload
+
+
+def _numbers(message) -> list[int]:
+    return [f.number for f in message.DESCRIPTOR.fields]
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _key(number, LEN_KIND) + _VarintBytes(len(payload)) + payload
+
+
+@st.composite
+def _damaged(draw, fields, path) -> bytes:
+    """A message made of random fields, most often with the split's field among them (inside its
+    message, for a path of two), then perhaps damaged: bytes flipped, cut or inserted."""
+    parts = draw(st.lists(fields, max_size=5))
+    if draw(st.integers(0, 3)):
+        *outer, number = path
+        field = _len_field(number, draw(st.binary(min_size=1, max_size=64)))
+        if outer:
+            inside = draw(st.lists(TENSOR_FIELD, max_size=3))
+            inside.insert(draw(st.integers(0, len(inside))), field)
+            field = _len_field(outer[0], b"".join(inside))
+        parts.insert(draw(st.integers(0, len(parts))), field)
+    data = bytearray(b"".join(parts))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        op = draw(st.sampled_from(["flip", "cut", "insert", "truncate"]))
+        if op == "flip":
+            data[at] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[at]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=3))
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+TENSOR_FIELD = _field(_numbers(tensor_pb2.Tensor))
+PREDICT_BYTES = _damaged(_field(_numbers(models_pb2.PredictRequest), inner=TENSOR_FIELD), (wire.FEATURES, wire.RAW_DATA))
+UPLOAD_BYTES = _damaged(_field(_numbers(datasets_pb2.UploadDatasetRequest)), (min(wire.CHUNKS),))
+INFER_BYTES = _damaged(_field(_numbers(pb.ModelInferRequest), inner=_field(_numbers(pb.ModelInferRequest.InferInputTensor))),
+                       (wire.RAW_INPUT_CONTENTS,))
+
+
+def _whole(message_class, parsed):
+    """What the handler reads, as one message: a Decoded's bytes put back where they came from,
+    a Chunk as the message of its one part."""
+    if isinstance(parsed, wire.Chunk):
+        return message_class(**{parsed.part: bytes(parsed.data)})
+    if not isinstance(parsed, wire.Decoded):
+        return parsed
+    message = message_class()
+    message.CopyFrom(parsed.message)
+    if message_class is models_pb2.PredictRequest:
+        message.features.raw_data = bytes(parsed.raw)
+    else:
+        message.raw_input_contents.append(bytes(parsed.raw))
+    return message
+
+
+@pytest.mark.parametrize("message_class, deserializer, examples", [
+    (models_pb2.PredictRequest, wire.predict_request, PREDICT_BYTES),
+    (pb.ModelInferRequest, wire.model_infer_request, INFER_BYTES),
+    (datasets_pb2.UploadDatasetRequest, wire.upload_request, UPLOAD_BYTES),
+])
+def test_any_bytes_read_as_protobuf_reads_them(message_class, deserializer, examples, monkeypatch):
+    """Whatever arrives, even broken or odd (a field twice, a known number with another wire type,
+    unknown fields, cut short), the handler sees exactly what protobuf's parser makes of it, or
+    the request fails to parse as protobuf's would. Every size is split here (SPLIT_MIN_BYTES 0)."""
+    monkeypatch.setattr(wire, "SPLIT_MIN_BYTES", 0)
+    seen = {"split": 0, "parsed": 0, "refused": 0}
+
+    @settings(max_examples=1500, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(examples)
+    def check(data):
+        try:
+            expected = message_class.FromString(data)
+        except DecodeError:
+            expected = None
+        try:
+            parsed = deserializer(data)
+        except DecodeError:
+            assert expected is None, f"protobuf reads {data!r}"
+            seen["refused"] += 1
+            return
+        assert expected is not None, f"protobuf refuses {data!r}"
+        seen["split" if isinstance(parsed, (wire.Decoded, wire.Chunk)) else "parsed"] += 1
+        got = _whole(message_class, parsed)
+        assert got == expected and got.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True), data
+
+    check()
+    print(f"{message_class.__name__}: {seen}")
+    assert min(seen.values()) >= 50, seen  # each way, often

@@ -89,12 +89,13 @@ def _fields(buf: bytes, start: int, end: int):
 
 
 def _only(buf: bytes, start: int, end: int, number: int) -> tuple[int, int, int] | None:
-    """(tag start, payload start, payload end) of field `number`, length-delimited, when it occurs
-    exactly once in buf[start:end]; None otherwise."""
-    found = [(t, s, e) for n, k, t, s, e in _fields(buf, start, end) if n == number]
-    if len(found) != 1:
+    """(tag start, payload start, payload end) of field `number` when it occurs exactly once in
+    buf[start:end], length-delimited; None otherwise. (With another wire type, protobuf keeps the
+    field among the unknown ones, not in the message: leave it to protobuf.)"""
+    found = [(k, t, s, e) for n, k, t, s, e in _fields(buf, start, end) if n == number]
+    if len(found) != 1 or found[0][0] != LEN:
         return None
-    return found[0]
+    return found[0][1:]
 
 
 def split_bytes_field(data: bytes, path: tuple[int, ...]) -> tuple[bytes, memoryview] | None:
