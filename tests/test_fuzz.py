@@ -303,3 +303,188 @@ def test_fuzz_names_versions_and_page_tokens(channel):
     check()
     print(f"names fuzz: answers by status code: {dict(seen)}")
     assert seen["NOT_FOUND"] > 0 and seen["INVALID_ARGUMENT"] > 0
+
+
+# ---- inference requests: Predict, ModelInfer and ModelStreamInfer with any tensors and parameters --
+
+SHAPES = st.lists(st.sampled_from([-(2**63), -1, 0, 1, 2, 3, 4, 5, 2**31, 2**62]), max_size=4)
+KSERVE_DATATYPES = ["FP32", "FP16", "BF16", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16",
+                    "UINT32", "UINT64", "BOOL", "BYTES", "fp32", "", "FP32 ", "\u0000"]
+CONTENTS = {  # typed contents field -> the values it may carry
+    "bool_contents": st.booleans(), "int_contents": st.integers(-(2**31), 2**31 - 1),
+    "int64_contents": st.integers(-(2**63), 2**63 - 1), "uint_contents": st.integers(0, 2**32 - 1),
+    "uint64_contents": st.integers(0, 2**64 - 1), "fp32_contents": st.floats(width=32),
+    "fp64_contents": st.floats(), "bytes_contents": st.binary(max_size=8),
+}
+PARAM_NAMES = ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset", "classification",
+               "binary_data", "binary_data_size", "sequence_id", "priority", "timeout", "triton_enable_empty_final_response", "x"]
+
+
+@st.composite
+def _parameters(draw, message) -> None:
+    """Fills a KServe parameters map with names a server may look at, of any parameter type."""
+    from gradwire.kserve import grpc_service_pb2 as kpb
+
+    for name in draw(st.lists(st.sampled_from(PARAM_NAMES), max_size=3)):
+        kind = draw(st.sampled_from(["bool_param", "int64_param", "string_param", "double_param", "uint64_param"]))
+        value = {"bool_param": st.booleans(), "int64_param": st.sampled_from([-(2**63), -1, 0, 1, 2, 3, 4, 2**40]),
+                 "string_param": st.sampled_from(["", "2", "region", "../x", "\u00b2"]),
+                 "double_param": st.sampled_from([0.5, 2.0, float("nan"), -1.0]),
+                 "uint64_param": st.sampled_from([0, 1, 3, 2**64 - 1])}[kind]
+        message[name].CopyFrom(kpb.InferParameter(**{kind: draw(value)}))
+
+
+@st.composite
+def _infer_requests(draw, model_name: str, rows: np.ndarray):
+    """A ModelInferRequest for an iris classifier: valid, then changed in up to three ways that a
+    client could get wrong."""
+    from gradwire.kserve import grpc_service_pb2 as kpb
+
+    n = draw(st.integers(1, 3))
+    request = kpb.ModelInferRequest(model_name=model_name, id=draw(st.text(max_size=4)), inputs=[
+        kpb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[n, 4])],
+        raw_input_contents=[rows[:n].tobytes()])
+    if draw(st.booleans()):
+        out = request.outputs.add(name="probabilities")
+        if draw(st.booleans()):  # the classification extension: top K, K of any type and value
+            out.parameters["classification"].CopyFrom(draw(st.one_of(
+                st.integers(-1, 4).map(lambda k: kpb.InferParameter(int64_param=k)),
+                st.sampled_from([kpb.InferParameter(uint64_param=2**64 - 1), kpb.InferParameter(string_param="2"),
+                                 kpb.InferParameter(bool_param=True), kpb.InferParameter(double_param=2.0),
+                                 kpb.InferParameter(int64_param=-(2**63)), kpb.InferParameter()]))))
+    for change in draw(st.lists(st.integers(0, 11), max_size=3)):
+        t = request.inputs[0] if request.inputs else request.inputs.add(name="features", datatype="FP32")
+        if change == 0:
+            t.datatype = draw(st.sampled_from(KSERVE_DATATYPES))
+        elif change == 1:
+            t.shape[:] = draw(SHAPES)
+        elif change == 2:
+            t.name = draw(st.sampled_from(["", "x", "probabilities", "features\u0000"]))
+        elif change == 3:  # typed contents, beside or instead of the raw ones
+            field = draw(st.sampled_from(sorted(CONTENTS)))
+            getattr(t.contents, field).extend(draw(st.lists(CONTENTS[field], max_size=12)))
+            if draw(st.booleans()):
+                del request.raw_input_contents[:]
+        elif change == 4:
+            request.raw_input_contents[:] = draw(st.lists(st.binary(max_size=40), max_size=2))
+        elif change == 5:
+            request.raw_input_contents[:] = [np.array(draw(st.lists(st.floats(width=32), min_size=4 * n, max_size=4 * n)),
+                                                      np.float32).tobytes()]
+        elif change == 6:
+            request.inputs.add().CopyFrom(t)
+        elif change == 7:
+            del request.inputs[:]
+        elif change == 8:
+            draw(_parameters(t.parameters))
+        elif change == 9:
+            out = request.outputs.add(name=draw(st.sampled_from(["probabilities", "probabilities", "values", ""])))
+            draw(_parameters(out.parameters))
+        elif change == 10:
+            draw(_parameters(request.parameters))
+        else:
+            request.model_version = draw(st.sampled_from(["", "1", "0", "latest", "production", "-1", "2"]))
+    return request
+
+
+@st.composite
+def _predict_requests(draw, model: str, rows: np.ndarray):
+    """A PredictRequest with features of any dtype, shape and contents, and any read mask."""
+    from gradwire.v1 import models_pb2
+
+    n = draw(st.integers(1, 3))
+    features = tensor_pb2.Tensor(shape=[n, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT32, raw_data=rows[:n].tobytes())
+    for change in draw(st.lists(st.integers(0, 5), max_size=3)):
+        if change == 0:
+            features.dtype = draw(st.sampled_from(list(tensor_pb2.DataType.values()) + [99, -1]))
+        elif change == 1:
+            features.shape[:] = draw(SHAPES)
+        elif change == 2:
+            features.raw_data = draw(st.binary(max_size=40))
+        elif change == 3:
+            features.float_values.extend(draw(st.lists(st.floats(width=32), max_size=12)))
+        elif change == 4:
+            features.int_values.extend(draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=12)))
+        else:
+            features.ClearField("raw_data")
+    request = models_pb2.PredictRequest(name=model, features=features)
+    request.read_mask.paths.extend(draw(st.lists(st.sampled_from(
+        ["probabilities", "predicted_classes", "predicted_class_names", "values", "predicted_label_sets", "x", "", "probabilities.shape"]),
+        max_size=2)))
+    return request
+
+
+def _answer(call) -> tuple[grpc.StatusCode, str, object]:
+    try:
+        return grpc.StatusCode.OK, "", call()
+    except grpc.RpcError as error:
+        return error.code(), error.details() or "", None
+
+
+def test_fuzz_inference_requests(channel, target):
+    """Predict, ModelInfer and ModelStreamInfer with any tensors, datatypes, shapes, contents,
+    parameters and outputs: each answers OK, with as many rows as were sent, or a client error
+    naming its field, never INTERNAL or UNKNOWN and never a traceback; a stream answers every
+    request in order, in band, and carries on; and the model answers as before afterwards."""
+    from conftest import train_iris
+    from gradwire.kserve import grpc_service_pb2 as kpb
+    from gradwire.kserve import grpc_service_pb2_grpc
+    from gradwire.v1 import models_pb2, models_pb2_grpc
+
+    model = train_iris(target, mlp(8, 3))
+    model_name = model.split("/", 1)[1]
+    rows, _ = iris()
+    models = models_pb2_grpc.ModelServiceStub(channel)
+    kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    before = models.Predict(models_pb2.PredictRequest(name=model, features=tensor_pb2.Tensor(
+        shape=[150, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT32, raw_data=rows.tobytes())), timeout=10)
+    seen: collections.Counter = collections.Counter()
+
+    def judge(rpc: str, code: grpc.StatusCode, message: str, request) -> None:
+        seen[(rpc, code.name)] += 1
+        assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (rpc, message, request)
+        assert "Traceback" not in message and "/work" not in message and "/tmp" not in message, (rpc, message)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            assert ": " in message, (rpc, message)  # names its field
+
+    def rows_sent(request) -> int:
+        return request.inputs[0].shape[0]
+
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(_infer_requests(model_name, rows), _predict_requests(model, rows), st.lists(_infer_requests(model_name, rows), min_size=1, max_size=4))
+    def check(infer, predict, streamed):
+        code, message, response = _answer(lambda: kserve.ModelInfer(infer, timeout=10))
+        judge("ModelInfer", code, message, infer)
+        if response is not None:
+            assert len(response.raw_output_contents) == len(response.outputs) >= 1
+            for out, data in zip(response.outputs, response.raw_output_contents):
+                assert out.shape[0] == rows_sent(infer)
+                seen[("ModelInfer", f"OK {out.datatype}")] += 1
+                if out.datatype == "FP32":
+                    assert list(out.shape) == [rows_sent(infer), 3] and len(data) == 4 * 3 * rows_sent(infer)
+        code, message, response = _answer(lambda: models.Predict(predict, timeout=10))
+        judge("Predict", code, message, predict)
+        if response is not None and response.HasField("probabilities"):
+            assert list(response.probabilities.shape)[1:] == [3]
+        ids = [f"s{i}" for i in range(len(streamed))]
+        for request, id_ in zip(streamed, ids):
+            request.id = id_
+        code, message, answers = _answer(lambda: list(kserve.ModelStreamInfer(iter(streamed), timeout=10)))
+        judge("ModelStreamInfer", code, message, streamed)
+        assert code == grpc.StatusCode.OK, message  # a bad request is answered in band; the stream goes on
+        assert [a.infer_response.id for a in answers] == ids
+        for a in answers:
+            if a.error_message:
+                kind = a.error_message.split(":", 1)[0]
+                seen[("ModelStreamInfer in band", kind)] += 1
+                assert kind not in ("INTERNAL", "UNKNOWN") and "Traceback" not in a.error_message, a.error_message
+
+    check()
+    print(f"inference fuzz: {dict(seen)}")
+    for rpc in ("ModelInfer", "Predict"):
+        assert seen[(rpc, "OK")] > 20 and seen[(rpc, "INVALID_ARGUMENT")] > 20, seen
+    assert seen[("ModelInfer", "OK BYTES")] > 5, seen  # the classification extension answered, too
+    after = models.Predict(models_pb2.PredictRequest(name=model, features=tensor_pb2.Tensor(
+        shape=[150, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT32, raw_data=rows.tobytes())), timeout=10)
+    assert after.probabilities.raw_data == before.probabilities.raw_data
+    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
