@@ -426,7 +426,6 @@ def test_fuzz_inference_requests(channel, target):
     naming its field, never INTERNAL or UNKNOWN and never a traceback; a stream answers every
     request in order, in band, and carries on; and the model answers as before afterwards."""
     from conftest import train_iris
-    from gradwire.kserve import grpc_service_pb2 as kpb
     from gradwire.kserve import grpc_service_pb2_grpc
     from gradwire.v1 import models_pb2, models_pb2_grpc
 
