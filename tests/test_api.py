@@ -341,6 +341,15 @@ def test_bad_uploads(stubs):
     bad_header.CopyFrom(good[0])
     bad_header.header.features_dtype = tensor_pb2.DATA_TYPE_INT64
     assert "header.features_dtype" in fail([bad_header, *good[1:]])
+    bad_header.header.features_dtype = 99  # proto3 enums take any number; the message names it
+    assert fail([bad_header, *good[1:]]) == "header.features_dtype: must be DATA_TYPE_FLOAT32, got 99"
+    bad_header.CopyFrom(good[0])
+    bad_header.header.labels_dtype = 42
+    assert fail([bad_header, *good[1:]]) == "header.labels_dtype: class labels must be DATA_TYPE_INT64 or DATA_TYPE_INT32, got 42"
+    # a class index past what a class count (an int32) holds, without class names to bound it
+    huge = y.copy()
+    huge[7] = 2**31 - 1
+    assert fail(upload_requests(X, huge)) == "header.labels: label of example 7 is 2147483647; class indices must be below 2147483647"
     assert list((datasets.ListDatasets(datasets_pb2.ListDatasetsRequest(), timeout=10).datasets)) is not None
 
 

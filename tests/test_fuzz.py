@@ -487,3 +487,118 @@ def test_fuzz_inference_requests(channel, target):
         shape=[150, 4], dtype=tensor_pb2.DATA_TYPE_FLOAT32, raw_data=rows.tobytes())), timeout=10)
     assert after.probabilities.raw_data == before.probabilities.raw_data
     assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+
+# ---- dataset uploads: any header, any bytes, any order --------------------------------------------
+
+DTYPES = list(tensor_pb2.DataType.values()) + [99]
+
+
+UPLOAD_FAULTS = ["kind", "names", "features_shape", "labels_shape", "features_dtype", "labels_dtype", "label", "feature",
+                 "bytes", "header again", "reversed", "no header"]
+
+
+@st.composite
+def _uploads(draw):
+    """An UploadDataset stream: a valid one (header, feature bytes, label bytes, in chunks) with
+    none, one or two faults: a label kind, class names, shape or dtype the server must refuse or
+    that the bytes do not fit, a label or feature value the kind does not allow, bytes too many or
+    too few, a second header, the parts out of order, no header. Returns the messages and the
+    bytes sent (features, labels)."""
+    faults = set(draw(st.lists(st.sampled_from(UPLOAD_FAULTS), max_size=2))) if draw(st.integers(0, 2)) else set()
+    n, f = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    kind = draw(st.sampled_from([datasets_pb2.LABEL_KIND_CLASSES, datasets_pb2.LABEL_KIND_CLASSES,
+                                 datasets_pb2.LABEL_KIND_REGRESSION, datasets_pb2.LABEL_KIND_MULTI_LABEL]))
+    labels_shape = [n, 2] if kind == datasets_pb2.LABEL_KIND_MULTI_LABEL else [n]
+    names = {datasets_pb2.LABEL_KIND_CLASSES: draw(st.sampled_from([[], ["a", "b", "c"]])),
+             datasets_pb2.LABEL_KIND_MULTI_LABEL: draw(st.sampled_from([[], ["a", "b"]]))}.get(kind, [])
+    header = datasets_pb2.DatasetUploadHeader(
+        display_name=draw(st.text(max_size=8)), features_shape=[n, f], features_dtype=tensor_pb2.DATA_TYPE_FLOAT32,
+        labels_shape=labels_shape, labels_dtype=tensor_pb2.DATA_TYPE_INT64 if kind == datasets_pb2.LABEL_KIND_CLASSES
+        else tensor_pb2.DATA_TYPE_FLOAT32, label_kind=kind, class_names=names)
+    x = np.array(draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=n * f, max_size=n * f)), "<f4")
+    count = int(np.prod(labels_shape))
+    if kind == datasets_pb2.LABEL_KIND_CLASSES:  # both classes present, so that a dataset without names has 2
+        y = np.array([i % 2 for i in range(count)], "<i8")
+        odd = [-1, 3, 2**31 - 2, 2**31 - 1, 2**63 - 1]
+    elif kind == datasets_pb2.LABEL_KIND_MULTI_LABEL:
+        y = np.array(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=count, max_size=count)), "<f4")
+        odd = [2.0, -1.0, 0.5]
+    else:
+        y = np.array(draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=count, max_size=count)), "<f4")
+        odd = [float("nan"), float("inf")]
+    if "kind" in faults:
+        header.label_kind = draw(st.sampled_from([datasets_pb2.LABEL_KIND_UNSPECIFIED, 99, datasets_pb2.LABEL_KIND_REGRESSION,
+                                                  datasets_pb2.LABEL_KIND_CLASSES, datasets_pb2.LABEL_KIND_MULTI_LABEL]))
+    if "names" in faults:
+        header.class_names[:] = draw(st.sampled_from([["a", "a"], ["", "b"], ["x"], ["a", "b", "c", "d"]]))
+    if "features_shape" in faults:
+        header.features_shape[:] = draw(SHAPES)
+    if "labels_shape" in faults:
+        header.labels_shape[:] = draw(SHAPES)
+    if "features_dtype" in faults:
+        header.features_dtype = draw(st.sampled_from(DTYPES))
+    if "labels_dtype" in faults:
+        header.labels_dtype = draw(st.sampled_from(DTYPES))
+    if "label" in faults:
+        y[np.unravel_index(draw(st.integers(0, count - 1)), y.shape)] = draw(st.sampled_from(odd))
+    if "feature" in faults:
+        x[draw(st.integers(0, n * f - 1))] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+    features, labels = x.tobytes(), y.tobytes()
+    if "bytes" in faults:
+        features = features[:draw(st.integers(0, len(features)))] + draw(st.binary(max_size=5))
+    parts = []
+    for part, data in (("features_chunk", features), ("labels_chunk", labels)):
+        cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=2)))
+        parts += [datasets_pb2.UploadDatasetRequest(**{part: data[a:b]}) for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    if "header again" in faults:
+        parts.insert(draw(st.integers(0, len(parts))), datasets_pb2.UploadDatasetRequest(header=header))
+    if "reversed" in faults:
+        parts.reverse()
+    messages = parts if "no header" in faults else [datasets_pb2.UploadDatasetRequest(header=header), *parts]
+    return messages, features, labels
+
+
+def test_fuzz_dataset_uploads(channel, server):
+    """UploadDataset with any header and any bytes in any order: a dataset is stored, holding
+    exactly the bytes sent, or the upload is refused with a client error naming its field; never
+    INTERNAL, and a refused upload leaves no dataset and no file behind."""
+    import hashlib
+    import os
+
+    from gradwire.v1 import datasets_pb2_grpc
+
+    stub = datasets_pb2_grpc.DatasetServiceStub(channel)
+    data_dir = server.state.settings.data_dir
+    stored = lambda: set(os.listdir(data_dir / "datasets")) if (data_dir / "datasets").exists() else set()  # noqa: E731
+    scratch = lambda: {p for p in os.listdir(data_dir / "tmp") if p.startswith(f"{os.getpid()}-")} if (data_dir / "tmp").exists() else set()  # noqa: E731
+    seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(_uploads())
+    def check(upload):
+        messages, features, labels = upload
+        before = stored()
+        try:
+            dataset = stub.UploadDataset(iter(messages), timeout=10)
+            code, message = grpc.StatusCode.OK, ""
+        except grpc.RpcError as error:
+            code, message, dataset = error.code(), error.details() or "", None
+        seen[code.name] += 1
+        assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (message, messages[:1])
+        assert "Traceback" not in message and str(data_dir) not in message, message
+        assert not scratch(), "an upload's scratch files were left behind"
+        if dataset is None:
+            assert code in REFUSALS, (code, message)
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                assert ": " in message, message
+            assert stored() == before, f"a refused upload stored something: {message}"
+        else:
+            assert dataset.sha256 == hashlib.sha256(features + labels).hexdigest() and dataset.size_bytes == len(features) + len(labels)
+            assert stored() == before | {dataset.name.split("/", 1)[1]}
+            stub.DeleteDataset(datasets_pb2.DeleteDatasetRequest(name=dataset.name), timeout=10)
+
+    check()
+    print(f"upload fuzz: {dict(seen)}")
+    assert seen["OK"] > 20 and seen["INVALID_ARGUMENT"] > 20, seen

@@ -19,6 +19,7 @@ import numpy as np
 from gradwire.v1 import datasets_pb2, tensor_pb2
 
 from . import errors, files
+from .errors import enum_name
 from .store import Store, new_id, timestamp
 
 LabelKind = datasets_pb2.LabelKind
@@ -38,6 +39,7 @@ NUMPY_DTYPES = {
 }
 CLASS_LABEL_DTYPES = (DataType.DATA_TYPE_INT64, DataType.DATA_TYPE_INT32)
 CHECK_BLOCK_BYTES = 16 * 1024**2
+MAX_CLASS_COUNT = 2**31 - 1  # Dataset.class_count is an int32
 FEATURES_FILE = "features.bin"
 LABELS_FILE = "labels.bin"
 
@@ -94,7 +96,7 @@ class DatasetWriter:
         if any(d < 1 for d in fshape):
             raise errors.InvalidArgument(f"every dimension must be >= 1, got {fshape}", field=self._f("features_shape"))
         if h.features_dtype != DataType.DATA_TYPE_FLOAT32:
-            raise errors.InvalidArgument(f"must be DATA_TYPE_FLOAT32, got {DataType.Name(h.features_dtype)}", field=self._f("features_dtype"))
+            raise errors.InvalidArgument(f"must be DATA_TYPE_FLOAT32, got {enum_name(DataType, h.features_dtype)}", field=self._f("features_dtype"))
         if not lshape or lshape[0] != fshape[0]:
             raise errors.InvalidArgument(
                 f"features and labels have different example counts: {fshape[0]} vs {lshape[0] if lshape else 'none'} (labels_shape {lshape})",
@@ -108,7 +110,7 @@ class DatasetWriter:
         if h.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL:
             if h.labels_dtype not in (*CLASS_LABEL_DTYPES, DataType.DATA_TYPE_FLOAT32):
                 raise errors.InvalidArgument(f"multi-label labels must be DATA_TYPE_INT64, DATA_TYPE_INT32 or "
-                                             f"DATA_TYPE_FLOAT32 0 / 1 values, got {DataType.Name(h.labels_dtype)}",
+                                             f"DATA_TYPE_FLOAT32 0 / 1 values, got {enum_name(DataType, h.labels_dtype)}",
                                              field=self._f("labels_dtype"))
             if len(lshape) != 2 or lshape[1] < 1:
                 raise errors.InvalidArgument(f"multi-label labels must be [examples, labels], got {lshape}",
@@ -118,12 +120,12 @@ class DatasetWriter:
                                              field=self._f("class_names"))
         elif h.label_kind == LabelKind.LABEL_KIND_CLASSES:
             if h.labels_dtype not in CLASS_LABEL_DTYPES:
-                raise errors.InvalidArgument(f"class labels must be DATA_TYPE_INT64 or DATA_TYPE_INT32, got {DataType.Name(h.labels_dtype)}", field=self._f("labels_dtype"))
+                raise errors.InvalidArgument(f"class labels must be DATA_TYPE_INT64 or DATA_TYPE_INT32, got {enum_name(DataType, h.labels_dtype)}", field=self._f("labels_dtype"))
             if len(lshape) != 1:
                 raise errors.InvalidArgument(f"class labels must be [examples], got {lshape}", field=self._f("labels_shape"))
         else:
             if h.labels_dtype != DataType.DATA_TYPE_FLOAT32:
-                raise errors.InvalidArgument(f"regression targets must be DATA_TYPE_FLOAT32, got {DataType.Name(h.labels_dtype)}", field=self._f("labels_dtype"))
+                raise errors.InvalidArgument(f"regression targets must be DATA_TYPE_FLOAT32, got {enum_name(DataType, h.labels_dtype)}", field=self._f("labels_dtype"))
             if len(lshape) not in (1, 2) or any(d < 1 for d in lshape):
                 raise errors.InvalidArgument(f"regression targets must be [examples] or [examples, targets], got {lshape}", field=self._f("labels_shape"))
             if h.class_names:
@@ -237,6 +239,10 @@ class DatasetWriter:
                     f"multi-label labels must be 0 or 1; example {i // h.labels_shape[1]}, label "
                     f"{i % h.labels_shape[1]} is {labels[i].item()}", field=f"{self._field}.labels")
             return int(h.labels_shape[1]), 0
+        if not h.class_names and int(labels.max()) >= MAX_CLASS_COUNT:
+            i = int(labels.argmax())
+            raise errors.InvalidArgument(f"label of example {i} is {int(labels[i])}; class indices must be below "
+                                         f"{MAX_CLASS_COUNT}", field=f"{self._field}.labels")
         class_count = len(h.class_names) or int(labels.max()) + 1
         bad = np.flatnonzero((labels < 0) | (labels >= class_count))
         if bad.size:

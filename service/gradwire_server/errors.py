@@ -59,6 +59,15 @@ class Internal(GradwireError):
     """A bug or an unexpected failure; the message is safe to show."""
 
 
+def enum_name(enum_type, value: int) -> str:
+    """An enum value's name for a message, or its number when the schema has none: proto3 enums
+    accept any number, and ``Name`` raises on an unknown one."""
+    try:
+        return enum_type.Name(value)
+    except ValueError:
+        return str(value)
+
+
 def field_path(*parts: str | int) -> str:
     """Join path parts: field_path("network", "layers", 3, "dense", "units") ->
     "network.layers[3].dense.units"."""

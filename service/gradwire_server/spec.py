@@ -20,7 +20,7 @@ from typing import Callable
 
 from gradwire.v1 import datasets_pb2, network_pb2
 
-from .errors import InvalidArgument, field_path
+from .errors import InvalidArgument, enum_name, field_path
 
 Shape = tuple[int, ...]
 
@@ -105,17 +105,10 @@ def _in_unit_interval(value: float, field: str, *, low_open: bool = False, high_
     _require(low_ok and high_ok, f"must be in {lo}0, 1{hi}, got {_fmt(value)}", field)
 
 
-def _enum_name(enum_type, value: int) -> str:
-    try:
-        return enum_type.Name(value)
-    except ValueError:
-        return str(value)
-
-
 def _check_enum(enum_type, value: int, field: str) -> None:
     """Reject the *_UNSPECIFIED zero value and values this server does not know
     (proto3 enums are open, so an unknown number survives parsing)."""
-    name = _enum_name(enum_type, value)
+    name = enum_name(enum_type, value)
     if value == 0:
         raise InvalidArgument(f"{name} is not allowed; choose a value or leave the field unset", field=field)
     if name == str(value):
@@ -562,7 +555,7 @@ def validate_job(
     shapes; raises InvalidArgument naming the offending field and value."""
     if label_kind not in (CLASSES, REGRESSION, MULTI_LABEL):
         raise InvalidArgument(f"must be LABEL_KIND_CLASSES, LABEL_KIND_REGRESSION or LABEL_KIND_MULTI_LABEL, got "
-                              f"{_enum_name(datasets_pb2.LabelKind, label_kind)}", field="label_kind")
+                              f"{enum_name(datasets_pb2.LabelKind, label_kind)}", field="label_kind")
     _at_least(output_size, 1, "output_size")
 
     summary = infer_network(network, feature_shape)
@@ -611,7 +604,7 @@ def _check_loss(training: network_pb2.TrainingConfig, *, label_kind: int, output
     _require(
         label_kind in wanted,
         f"{loss} loss needs {' or '.join(datasets_pb2.LabelKind.Name(w) for w in wanted)} labels, but the "
-        f"dataset's labels are {_enum_name(datasets_pb2.LabelKind, label_kind)}",
+        f"dataset's labels are {enum_name(datasets_pb2.LabelKind, label_kind)}",
         field,
     )
     p = getattr(training.loss, loss)
@@ -655,7 +648,7 @@ def _check_training(training: network_pb2.TrainingConfig, *, label_kind: int, ex
     if training.HasField("top_k"):
         _require(label_kind == datasets_pb2.LABEL_KIND_CLASSES,
                  f"top-k accuracy applies to single-label classifiers only, but the dataset's labels are "
-                 f"{_enum_name(datasets_pb2.LabelKind, label_kind)}; leave top_k unset", "training.top_k")
+                 f"{enum_name(datasets_pb2.LabelKind, label_kind)}; leave top_k unset", "training.top_k")
         _at_least(training.top_k, 1, "training.top_k")
         _require(training.top_k <= output_size,
                  f"must be <= the dataset's {output_size} classes, got {training.top_k}", "training.top_k")
