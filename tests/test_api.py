@@ -363,6 +363,9 @@ def test_bad_predicts(trained, stubs):
         models.Predict(models_pb2.PredictRequest(name=final.model, features=values_tensor(IMG)), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("features.shape:") and "[30, 1, 4, 4]" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        models.Predict(models_pb2.PredictRequest(name=final.model, features=raw_tensor(np.zeros((0, 4), np.float32))), timeout=10)
+    assert err.value.details() == "features.shape: no rows to predict on ([0, 4]): send at least one"
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,8 @@ def test_model_config_follows_the_models_batching(published, channel_module):
         (lambda r: setattr(r.inputs[0], "datatype", "BYTES"), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].datatype"),
         (lambda r: r.inputs[0].shape.__setitem__(1, 5), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents[0]"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"abc"), grpc.StatusCode.INVALID_ARGUMENT, "needs 32 bytes, got 3"),
+        (lambda r: (r.inputs[0].shape.__setitem__(0, 0), r.raw_input_contents.__setitem__(0, b"")), grpc.StatusCode.INVALID_ARGUMENT,
+         "inputs[0].shape: no rows to predict on ([0, 4]): send at least one"),
         (lambda r: r.raw_input_contents.__setitem__(0, np.array([[5, 3, 1, 0], [6, 3, np.nan, 2]], np.float32).tobytes()),
          grpc.StatusCode.INVALID_ARGUMENT, "inputs[0]: must be finite; row 1 holds nan at [2]"),
         (lambda r: r.outputs.add(name="nope"), grpc.StatusCode.INVALID_ARGUMENT, "outputs[0].name"),

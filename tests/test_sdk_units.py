@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gradwire as gw
-from gradwire import _client, _errors, _training
+from gradwire import _client, _errors, _tensors, _training
 from gradwire._training import training_config
 from gradwire.cli import main as cli_main
 from gradwire.v1 import datasets_pb2, network_pb2, tensor_pb2
@@ -347,6 +347,36 @@ def test_training_config_validation(overrides, exc, text):
 
 
 # --- datasets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("features, exc, text", [
+    ([[1, 2, 3, 4], [1, 2]], ValueError, "features must be an array: its rows differ in length or shape"),
+    ([["a", "b"]], TypeError, "features must be numbers (bool, integer or float), got strings (dtype <U1)"),
+    (np.ones((1, 2), complex), TypeError, "got complex numbers (dtype complex128)"),
+    (np.array([["2020-01-01"]], "datetime64[D]"), TypeError, "got datetimes (dtype datetime64[D])"),
+    ({"a": 1}, TypeError, "features must be numbers (bool, integer or float), got dict {'a': 1}"),
+    (np.array([[1.0, "x"]], object), TypeError, "got str 'x'"),
+    (None, TypeError, "features must be an array of numbers, got None"),
+    (5.0, ValueError, "features must be examples, (n, *input_shape), or one example, input_shape; got one value, 5.0"),
+])
+def test_features_that_are_not_numbers_say_what_they_are(features, exc, text):
+    """numpy alone casts complex numbers (dropping the imaginary part), datetimes and digit strings
+    to float without a word; the SDK says what it got instead."""
+    with pytest.raises(exc) as err:
+        _tensors.feature_array(features)
+    assert text in str(err.value)
+    if features is not None and not isinstance(features, float):
+        with pytest.raises(exc) as err:
+            _client._prepare_dataset(features, [0] * len(features), None)
+        assert text in str(err.value)
+
+
+def test_numbers_of_any_kind_are_features():
+    assert _tensors.feature_array(np.ones((2, 3), bool)).dtype == np.float32
+    assert _tensors.feature_array(np.ones((2, 3), np.uint8)).dtype == np.uint8  # compact: sent as it is
+    assert _tensors.feature_array([[1, 2**40]]).tolist() == [[1.0, float(2**40)]]
+    got = _tensors.feature_array(np.array([[1, None, 2.5]], object))  # None as NaN: the server then names it
+    assert got.dtype == np.float32 and np.isnan(got[0, 1]) and got[0, 2] == 2.5
 
 
 def test_label_kind_inference():

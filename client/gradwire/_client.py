@@ -44,7 +44,8 @@ from gradwire._resources import (
     _Resource,
 )
 from gradwire._summary import NetworkSummary
-from gradwire._tensors import DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, non_finite, to_tensor, with_tensor
+from gradwire._tensors import (DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, non_finite, numeric_array, to_tensor,
+                               with_tensor)
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
@@ -771,7 +772,7 @@ def _prepare_dataset(
     features: Any, labels: Any, label_kind: LabelKindName | None, class_names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, LabelKindName]:
     """Features as C-contiguous '<f4'; labels as '<i8' (classes) or '<f4' (regression)."""
-    feats = as_wire_array(features, np.float32)
+    feats = as_wire_array(numeric_array(features, "features"), np.float32)
     if feats.ndim < 2:
         raise ValueError(
             f"features must be [examples, ...] with at least 2 axes, got shape {feats.shape} "

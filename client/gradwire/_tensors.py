@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from gradwire.v1 import tensor_pb2
 
 __all__ = ["to_tensor", "fill_tensor", "from_tensor", "as_wire_array", "with_tensor", "encode_varint", "delimited", "DTYPES",
-           "COMPACT_FEATURE_DTYPES", "feature_array", "non_finite"]
+           "COMPACT_FEATURE_DTYPES", "feature_array", "numeric_array", "non_finite"]
 
 # numpy dtype (little-endian) <-> wire dtype.
 DTYPES: dict[np.dtype, int] = {
@@ -55,10 +55,48 @@ def as_wire_array(array: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarra
     return np.asarray(arr, dtype=wire, order="C")  # (ascontiguousarray would turn a scalar into 1-D)
 
 
+_KINDS = {"c": "complex numbers", "M": "datetimes", "m": "timedeltas", "U": "strings", "S": "bytes", "V": "records",
+          "O": "Python objects"}
+
+
+def numeric_array(values: ArrayLike, what: str) -> np.ndarray:
+    """``values`` as a numpy array of numbers (bool, integer or float), or a ValueError or
+    TypeError that says what ``what`` held instead. numpy alone would cast complex numbers (dropping
+    the imaginary part), datetimes and strings of digits to float without a word. Python objects
+    that are numbers (None as NaN) are taken.
+
+    >>> numeric_array([[1, 2], [3]], "features")
+    Traceback (most recent call last):
+    ...
+    ValueError: features must be an array: its rows differ in length or shape
+    >>> numeric_array(np.array([1 + 2j]), "features")
+    Traceback (most recent call last):
+    ...
+    TypeError: features must be numbers (bool, integer or float), got complex numbers (dtype complex128)
+    """
+    if values is None:
+        raise TypeError(f"{what} must be an array of numbers, got None")
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # nested sequences that do not make a rectangle
+        raise ValueError(f"{what} must be an array: its rows differ in length or shape") from None
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            odd = next((v for v in arr.flat if not isinstance(v, (int, float, np.number, type(None)))), None)
+            raise TypeError(f"{what} must be numbers (bool, integer or float), got {type(odd).__name__} {odd!r:.60}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be numbers (bool, integer or float), got {_KINDS.get(arr.dtype.kind, 'values')} (dtype {arr.dtype})")
+    return arr
+
+
 def feature_array(features: ArrayLike) -> np.ndarray:
     """Predict's features as a wire array: uint8, int8, uint16, int16 and float16 as they are
     (exact in float32, and 2-4 times fewer bytes), anything else as float32."""
-    arr = np.asarray(features)
+    arr = numeric_array(features, "features")
+    if arr.ndim == 0:
+        raise ValueError(f"features must be examples, (n, *input_shape), or one example, input_shape; got one value, {arr.item()!r}")
     return as_wire_array(arr, None if arr.dtype.newbyteorder("<") in COMPACT_FEATURE_DTYPES else np.float32)
 
 

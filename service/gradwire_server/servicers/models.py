@@ -37,6 +37,8 @@ def check_features(served: Serving, features: np.ndarray, field: str) -> np.ndar
     is held to the same rule (datasets.py). ``field``: the tensor's, e.g. ``features``."""
     expected = served.input_shape
     if features.ndim != len(expected) + 1 or features.shape[1:] != expected or features.shape[0] < 1:
+        if features.shape[1:] == expected:
+            raise errors.InvalidArgument(f"no rows to predict on ({list(features.shape)}): send at least one", field=f"{field}.shape")
         raise errors.InvalidArgument(
             f"must be [batch, {', '.join(map(str, expected))}] for model '{served.model.name}', got {list(features.shape)}",
             field=f"{field}.shape",
