@@ -378,3 +378,19 @@ def test_connections_must_be_a_positive_int():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match=f"connections must be an int >= 1, got {bad!r}"):
             gw.Client("localhost:1", connections=bad)
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: p.write_text("not a directory"), "it is not a directory"),
+    (lambda p: None, None),  # under a file: cannot be made
+])
+def test_a_data_dir_that_cannot_be_used_stops_the_start_with_a_message(tmp_path, make, why):
+    target = tmp_path / "data"
+    make(target)
+    if why is None:
+        (tmp_path / "file").write_text("x")
+        target, why = tmp_path / "file" / "data", "Not a directory"
+    run = subprocess.run([GRADWIRE, "serve"], env=serve_env(target, free_port(), "cpu"), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert f"gradwire serve: cannot use the data directory '{target}' (GRADWIRE_DATA_DIR): {why}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr

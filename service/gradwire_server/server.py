@@ -9,6 +9,7 @@ import pathlib
 import select
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -149,12 +150,28 @@ def check_inference_device(settings: Settings) -> None:
                          f"provider (it has {', '.join(available)}): install onnxruntime-gpu, or set {name}=cpu")
 
 
+def check_data_dir(settings: Settings) -> None:
+    """The data directory exists (made if need be) and this user can write in it, or the server
+    does not start, saying so: not a traceback from deep in the store."""
+    path = settings.data_dir
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(20, "it is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"gradwire serve: cannot use the data directory {str(path)!r} (GRADWIRE_DATA_DIR): "
+                         f"{exc.strerror or exc}") from None
+
+
 def create_server(settings: Settings, *, recover: bool = True, serving: bool = True, slot: int = 0) -> Running:
     """Build and start the gRPC server (no workers); returns it with the bound port. ``recover``
     runs start-up recovery first: in the first RPC process only, since in a later one it would
     remove the uploads the others have in progress. ``serving``: health says SERVING at once
     (else the caller sets it)."""
     check_inference_device(settings)
+    check_data_dir(settings)
     store = Store(settings.database_path)
     if recover:
         prepare_data_dir(settings, store)
