@@ -31,6 +31,12 @@ class NotFound(GradwireError):
     """A named resource does not exist."""
 
 
+class ModelGone(NotFound):
+    """A model deleted while a request that had resolved its name was under way (its ONNX file went
+    before its session loaded). The name may mean another model by now: the request resolves it
+    once more (`serving.retry_if_gone`)."""
+
+
 class AlreadyExists(GradwireError):
     """A resource with that name already exists."""
 

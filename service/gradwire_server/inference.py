@@ -581,8 +581,9 @@ class SessionCache:
 
     def _load(self, model_id: str) -> _Loaded:
         path = model_path(self._data_dir, model_id)
-        if not path.exists():
-            raise errors.FailedPrecondition(f"model 'models/{model_id}' has no ONNX file; it is not ready")
+        gone = f"model 'models/{model_id}' is gone: its ONNX file was deleted"
+        if not path.exists():  # a model's file is written before its row: only a deletion takes it away
+            raise errors.ModelGone(gone)
         options = ort.SessionOptions()
         options.graph_optimization_level = self._optimization
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a Sequential network: nothing to run in parallel
@@ -596,8 +597,13 @@ class SessionCache:
         # On the CUDA provider the workers hardly run, and the block would catch CUDA's own threads.
         on_cpu = asked == "CPUExecutionProvider"
         pinning = not self._threads  # onnxruntime pins its workers only with its default thread count
-        with _worker_threads(self._idle_priority, pinning) if on_cpu else contextlib.nullcontext(_Workers()) as workers:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+        try:
+            with _worker_threads(self._idle_priority, pinning) if on_cpu else contextlib.nullcontext(_Workers()) as workers:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+        except Exception:
+            if not path.exists():  # deleted while it loaded
+                raise errors.ModelGone(gone) from None
+            raise
         got = session.get_providers()[0]
         if got != asked:  # onnxruntime falls back to the CPU when a provider does not load: say so
             log.warning("model %s: %s did not load (onnxruntime's own message says why); serving it on %s",
@@ -613,17 +619,22 @@ class SessionCache:
                 self._loaded.move_to_end(model_id)
                 return loaded
             loading = self._loading[model_id]
-        with loading:  # one load per model, outside the cache lock: loading can take a while
-            with self._lock:
-                loaded = self._loaded.get(model_id)
-            if loaded is None:
-                loaded = self._load(model_id)
+        try:
+            with loading:  # one load per model, outside the cache lock: loading can take a while
                 with self._lock:
-                    self._loaded[model_id] = loaded
-                    while len(self._loaded) > self._max:
-                        self._loaded.popitem(last=False)
-        with self._lock:
-            self._loading.pop(model_id, None)
+                    loaded = self._loaded.get(model_id)
+                if loaded is None:
+                    loaded = self._load(model_id)
+                    with self._lock:
+                        self._loaded[model_id] = loaded
+                        while len(self._loaded) > self._max:
+                            self._loaded.popitem(last=False)
+        except errors.ModelGone:
+            self.evict(model_id)  # the statistics a request just started for it go, as a deletion's did
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(model_id, None)
         return loaded
 
     def get(self, model_id: str) -> ort.InferenceSession:

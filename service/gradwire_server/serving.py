@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from gradwire.v1 import datasets_pb2, models_pb2
 
@@ -35,6 +36,7 @@ from . import errors
 from .inference import BatchingPolicy, SessionCache
 from .store import Store, every
 
+T = TypeVar("T")
 log = logging.getLogger("gradwire.serving")
 MAX_ENTRIES = 4096  # distinct names kept; past that the cache starts over
 FOLLOWED = 64  # the names most recently served, resolved again after each change
@@ -173,7 +175,7 @@ class ServingCache:
             if len(warmed) >= limit or self._stopping.is_set():
                 break
             try:
-                serving = self.get(name, lambda name=name: self._store.get_model(self._store.resolve_model(name)))
+                serving = self.get(name, lambda name=name: self._store.get_model_by_name(name))
                 if serving.model_id not in warmed:
                     self._sessions.warm(serving.model_id, serving.input_shape, serving.policy)
                     warmed.add(serving.model_id)
@@ -200,3 +202,14 @@ class ServingCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def retry_if_gone(attempt: Callable[[], T]) -> T:
+    """``attempt()`` (which resolves a model's name and runs the model), once more when the model
+    it resolved was deleted before its session loaded: by then the deletion has moved the store's
+    change stamp, so the name is resolved afresh (`latest` one version back, say), as it would have
+    been for a request that arrived a moment later. A second deletion in between is answered NOT_FOUND."""
+    try:
+        return attempt()
+    except errors.ModelGone:
+        return attempt()

@@ -647,6 +647,17 @@ class Store:
             raise errors.NotFound(f"model 'models/{model_id}' not found")
         return self._decorate(models_pb2.Model.FromString(rows[0][0]))
 
+    def get_model_by_name(self, name: str, field: str = "name") -> models_pb2.Model:
+        """The model any name means (`resolve_model`, then `get_model`). A registry name whose
+        model was deleted between the two reads is ModelGone: the request resolves it afresh."""
+        model_id = self.resolve_model(name, field)
+        try:
+            return self.get_model(model_id)
+        except errors.NotFound:
+            if name.startswith("models/"):  # asked for by id: it is simply not there
+                raise
+            raise errors.ModelGone(f"model 'models/{model_id}' was deleted") from None
+
     def list_models(self, page_size: int, page_token: str) -> tuple[list[models_pb2.Model], str]:
         rows, token = self._list("models", "proto", page_size, page_token)
         return [self._decorate(models_pb2.Model.FromString(r[1])) for r in rows], token

@@ -34,7 +34,7 @@ from gradwire.v1 import datasets_pb2, models_pb2
 from .. import errors
 from ..interceptors import INTERNAL_MESSAGE, STATUS_BY_CODE
 from ..inference import ModelStats, Timing, model_path
-from ..serving import Serving
+from ..serving import Serving, retry_if_gone
 from ..shm import Region, SharedMemoryRegions
 from ..store import every
 from .context import ServerState, StreamSlots
@@ -103,9 +103,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise errors.NotFound(
                     f"no registered model {name!r}; versions ({version!r}) exist only for registered models"
                 ) from None
-            return store.get_model(store.resolve_model(f"models/{name}", field))
+            return store.get_model_by_name(f"models/{name}", field)
         selector = f"@{version}" if version else ""
-        return store.get_model(store.resolve_model(f"registeredModels/{name}{selector}", field))
+        return store.get_model_by_name(f"registeredModels/{name}{selector}", field)
 
     def _io_names(self, model: models_pb2.Model) -> tuple[str, str]:
         return self.s.sessions.io_names(model.name.split("/", 1)[1])
@@ -316,9 +316,13 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _model_infer(self, request: pb.ModelInferRequest | Decoded, arrived: int) -> pb.ModelInferResponse:
         request, raw = wire.unwrap(request)  # a large request's raw input bytes apart, as they arrived
-        served = self._served(request.model_name, request.model_version, "model_name")
-        with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
-            return self._infer(request, raw, served, timing)
+
+        def attempt() -> pb.ModelInferResponse:
+            served = self._served(request.model_name, request.model_version, "model_name")
+            with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
+                return self._infer(request, raw, served, timing)
+
+        return retry_if_gone(attempt)
 
     def _infer(self, request: pb.ModelInferRequest, raw: memoryview | None, served: Serving,
                timing: Timing) -> pb.ModelInferResponse:

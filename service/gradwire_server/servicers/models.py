@@ -20,7 +20,7 @@ from gradwire.v1 import models_pb2, models_pb2_grpc
 
 from .. import errors, files
 from ..inference import Timing, model_path
-from ..serving import Serving
+from ..serving import Serving, retry_if_gone
 from ..store import resource_id
 from .context import ServerState
 from .convert import is_raw, numpy_to_tensor, tensor_to_numpy
@@ -79,7 +79,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         self.s = state
 
     def _model(self, name: str, field: str = "name") -> models_pb2.Model:
-        return self.s.store.get_model(self.s.store.resolve_model(name, field))
+        return self.s.store.get_model_by_name(name, field)
 
     def GetModel(self, request: models_pb2.GetModelRequest, context) -> models_pb2.Model:
         return self._model(request.name)
@@ -101,7 +101,11 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     def ExportModel(self, request: models_pb2.ExportModelRequest, context) -> Iterator[models_pb2.ExportModelResponse]:
         model_id = self._model(request.name).name.split("/", 1)[1]
-        with open(model_path(self.s.settings.data_dir, model_id), "rb") as f:
+        try:
+            f = open(model_path(self.s.settings.data_dir, model_id), "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            raise errors.NotFound(f"model 'models/{model_id}' was deleted") from None
+        with f:
             while chunk := f.read(EXPORT_CHUNK_BYTES):
                 yield models_pb2.ExportModelResponse(chunk_data=chunk)
 
@@ -109,9 +113,13 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         arrived = time.perf_counter_ns()
         request, raw = wire.unwrap(request)  # a large request's features' bytes apart, as they arrived
         name = request.name
-        served = self.s.serving.get(name, lambda: self._model(name))
-        with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
-            return self._predict(request, raw, served, timing)
+
+        def attempt() -> models_pb2.PredictResponse:
+            served = self.s.serving.get(name, lambda: self._model(name))
+            with self.s.sessions.timing(served.model_id, arrived) as timing:  # the model's statistics
+                return self._predict(request, raw, served, timing)
+
+        return retry_if_gone(attempt)
 
     def _predict(self, request: models_pb2.PredictRequest, raw: memoryview | None, served: Serving,
                  timing: Timing) -> models_pb2.PredictResponse:
