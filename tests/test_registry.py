@@ -4,6 +4,7 @@ before the registry existed keeps its data."""
 
 from __future__ import annotations
 
+import pathlib
 import sqlite3
 import threading
 import time
@@ -11,12 +12,16 @@ import time
 import grpc
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import gradwire as gw
 from conftest import start
 from gradwire.kserve import grpc_service_pb2 as kpb
 from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import models_pb2
+from gradwire_server import errors
 from gradwire_server import store as store_mod
 from helpers import iris
 
@@ -271,3 +276,130 @@ def test_predictions_racing_alias_moves_deletions_and_evictions(tmp_path):
     finally:
         pool.stop(timeout=5)
         running.stop(grace=1)
+
+
+# ---- the registry against a model of it: any sequence of operations ------------------------------
+
+POOL = [f"m{i}" for i in range(10)]
+REG_NAMES = ["a", "b"]
+ALIASES = ["prod", "stage", "latest"]
+
+
+class RegistryMachine(RuleBasedStateMachine):
+    """Publishes, alias moves and removals, model and registered-model deletions in any order,
+    each checked against a plain model of what the registry must hold: version numbers never
+    reused (not even after a registered model is deleted and its name registered again),
+    `latest` the newest version, an alias's version undeletable, and every refusal the right one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory()
+        self.store = store_mod.Store(pathlib.Path(self.dir.name) / "gradwire.db")
+        with self.store._tx() as db:
+            for model_id in POOL:
+                db.execute("INSERT INTO models (id, proto) VALUES (?, ?)",
+                           (model_id, models_pb2.Model(name=f"models/{model_id}").SerializeToString()))
+        self.models = set(POOL)
+        self.regs: dict[str, dict] = {}  # name -> {"next": n, "versions": {v: model_id}, "aliases": {alias: v}}
+        self.retired: dict[str, int] = {}  # name -> the next version it goes on from
+
+    def teardown(self) -> None:
+        self.store.close()
+        self.dir.cleanup()
+
+    def expect(self, error, call) -> None:
+        if error is None:
+            call()
+            return
+        try:
+            call()
+        except errors.GradwireError as exc:
+            assert isinstance(exc, error), (type(exc).__name__, exc.message, error.__name__)
+        else:
+            raise AssertionError(f"expected {error.__name__}")
+
+    @rule(model=st.sampled_from(POOL), name=st.sampled_from(REG_NAMES), aliases=st.lists(st.sampled_from(ALIASES), max_size=2))
+    def publish(self, model, name, aliases):
+        published = any(model in r["versions"].values() for r in self.regs.values())
+        error = (errors.NotFound if model not in self.models else errors.InvalidArgument if "latest" in aliases
+                 else errors.AlreadyExists if published else None)
+        self.expect(error, lambda: self.store.publish_model(model, f"registeredModels/{name}", aliases))
+        if error is None:
+            reg = self.regs.setdefault(name, {"next": self.retired.pop(name, 1), "versions": {}, "aliases": {}})
+            version = reg["next"]
+            reg["next"] += 1
+            reg["versions"][version] = model
+            reg["aliases"].update({a: version for a in aliases})
+
+    @rule(name=st.sampled_from(REG_NAMES), alias=st.sampled_from(ALIASES), version=st.integers(0, 8))
+    def set_alias(self, name, alias, version):
+        reg = self.regs.get(name)
+        error = (errors.InvalidArgument if alias == "latest" else errors.NotFound if reg is None or version not in reg["versions"]
+                 else None)
+        self.expect(error, lambda: self.store.set_alias(f"registeredModels/{name}", alias, version))
+        if error is None:
+            reg["aliases"][alias] = version
+
+    @rule(name=st.sampled_from(REG_NAMES), alias=st.sampled_from(ALIASES))
+    def delete_alias(self, name, alias):
+        reg = self.regs.get(name)
+        error = (errors.InvalidArgument if alias == "latest" else errors.NotFound if reg is None or alias not in reg["aliases"]
+                 else None)
+        self.expect(error, lambda: self.store.delete_alias(f"registeredModels/{name}", alias))
+        if error is None:
+            del reg["aliases"][alias]
+
+    @rule(model=st.sampled_from(POOL))
+    def delete_model(self, model):
+        owner = next(((n, v) for n, r in self.regs.items() for v, m in r["versions"].items() if m == model), None)
+        pinned = owner is not None and owner[1] in self.regs[owner[0]]["aliases"].values()
+        error = errors.NotFound if model not in self.models else errors.FailedPrecondition if pinned else None
+        self.expect(error, lambda: self.store.delete_model(model))
+        if error is None:
+            self.models.discard(model)
+            if owner is not None:
+                del self.regs[owner[0]]["versions"][owner[1]]
+
+    @rule(name=st.sampled_from(REG_NAMES), force=st.booleans())
+    def delete_registered_model(self, name, force):
+        reg = self.regs.get(name)
+        error = errors.NotFound if reg is None else errors.FailedPrecondition if reg["versions"] and not force else None
+        self.expect(error, lambda: self.store.delete_registered_model(f"registeredModels/{name}", force))
+        if error is None:
+            self.models -= set(reg["versions"].values())
+            self.retired[name] = reg["next"]
+            del self.regs[name]
+
+    @invariant()
+    def the_registry_is_the_model(self):
+        for name in REG_NAMES:
+            reg = self.regs.get(name)
+            full = f"registeredModels/{name}"
+            if reg is None:
+                self.expect(errors.NotFound, lambda: self.store.get_registered_model(full))
+                self.expect(errors.NotFound, lambda: self.store.resolve_model(full))
+                continue
+            got = self.store.get_registered_model(full)
+            versions = reg["versions"]
+            latest = max(versions, default=0)
+            assert got.version_count == len(versions) and got.latest_version == latest
+            assert dict(got.aliases) == {**reg["aliases"], **({"latest": latest} if versions else {})}
+            for version, model in versions.items():
+                assert self.store.resolve_model(f"{full}@{version}") == model
+                m = self.store.get_model(model)
+                assert (m.registered_model, m.version) == (full, version)
+            for alias, version in reg["aliases"].items():
+                assert self.store.resolve_model(f"{full}@{alias}") == versions[version]
+            if versions:
+                assert self.store.resolve_model(full) == versions[latest] == self.store.resolve_model(f"{full}@latest")
+            else:
+                self.expect(errors.NotFound, lambda: self.store.resolve_model(full))
+            self.expect(errors.NotFound, lambda: self.store.resolve_model(f"{full}@{reg['next']}"))  # never yet a version
+        assert self.store.model_ids() == self.models
+
+
+RegistryMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None, database=None,
+                                             derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+test_the_registry_against_a_model_of_it = RegistryMachine.TestCase
