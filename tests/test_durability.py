@@ -235,3 +235,30 @@ def test_jobs_stored_before_the_test_set_column_still_protect_their_test_set(tmp
             s.delete_dataset("train")
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("deleted", ["train", "test"])
+def test_a_job_whose_dataset_was_deleted_after_validation_is_refused_not_queued(tmp_path, deleted):
+    """CreateTrainingJob validates the dataset, then inserts the job; a DeleteDataset that commits
+    in between (no unfinished job used the dataset yet) must not leave a queued job without its
+    data: the insert looks again in its own transaction and refuses, naming the field."""
+    from gradwire.v1 import network_pb2
+    from gradwire_server import errors
+    from gradwire_server import store as store_mod
+
+    s = store_mod.Store(tmp_path / "gradwire.db")
+    try:
+        for name in ("train", "test"):
+            with s._tx() as db:
+                db.execute("INSERT INTO datasets (id, proto, features_dtype, labels_dtype, labels_shape) VALUES (?, ?, 0, 0, '')",
+                           (name, datasets_pb2.Dataset(name=f"datasets/{name}").SerializeToString()))
+        s.delete_dataset(deleted)  # after the request was validated, before its job is inserted
+        job = training_pb2.TrainingJob(name="trainingJobs/j1", dataset="datasets/train", test_dataset="datasets/test",
+                                       network=network_pb2.NetworkSpec())
+        field = "dataset" if deleted == "train" else "test_dataset"
+        with pytest.raises(errors.NotFound) as err:
+            s.insert_job(job)
+        assert err.value.message == f"{field}: dataset 'datasets/{deleted}' not found: it was deleted"
+        assert s._query("SELECT COUNT(*) FROM jobs")[0][0] == 0
+    finally:
+        s.close()

@@ -399,6 +399,12 @@ class Store:
         with self._tx() as db:
             existing = self._job_for_request(db, job.request_id, request_sha256) if job.request_id else None
             if existing is None:
+                # Checked again here: a DeleteDataset that committed after the request was validated
+                # would leave a queued job without its data (DeleteDataset refuses while an
+                # unfinished job uses the dataset, in its own transaction: one of the two wins).
+                for field, name in (("dataset", job.dataset), ("test_dataset", job.test_dataset)):
+                    if name and not db.execute("SELECT 1 FROM datasets WHERE id = ?", (name.split("/", 1)[1],)).fetchall():
+                        raise errors.NotFound(f"dataset '{name}' not found: it was deleted", field=field)
                 if max_queued is not None:
                     (queued,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (State.QUEUED,)).fetchone()
                     if queued >= max_queued:
