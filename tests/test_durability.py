@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import shutil
@@ -262,3 +263,71 @@ def test_a_job_whose_dataset_was_deleted_after_validation_is_refused_not_queued(
         assert s._query("SELECT COUNT(*) FROM jobs")[0][0] == 0
     finally:
         s.close()
+
+
+def test_cancels_racing_the_end_of_jobs_leave_every_job_whole(tmp_path):
+    """Short jobs cancelled at every moment of their lives, from just started to just finished: a
+    cancel is either refused as too late (FAILED_PRECONDITION: the job SUCCEEDED, and its model
+    predicts) or accepted, and then the job ends CANCELLED, even when the cancel came while its
+    model was exported: no model registered, no file of it or of its checkpoint left, none
+    left RUNNING or CANCELLING. (An accepted cancel used to end SUCCEEDED when it came after the
+    job's last check for one.)"""
+    from conftest import start, wait_for
+
+    running, pool = start(tmp_path / "data")
+    try:
+        X, y = iris(60)
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            jobs, models = training_pb2_grpc.TrainingJobServiceStub(ch), models_pb2_grpc.ModelServiceStub(ch)
+            names, answers = [], {}
+
+            def create() -> str:
+                job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                    inline_dataset=inline(X, y), network=mlp(4, 3), training=config(epochs=3)), timeout=10)
+                wait_for(lambda: state(job.name) != State.QUEUED, timeout=30, interval=0.002)
+                return job.name
+
+            def state(name: str) -> int:
+                return jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=name), timeout=10).state
+
+            for _ in range(2):  # how long a job runs here, now (a loaded machine: longer), the worker warm
+                first = create()
+                started = time.perf_counter()
+                wait_for(lambda first=first: state(first) == State.SUCCEEDED, timeout=30, interval=0.002)
+                runs = time.perf_counter() - started
+            for k in range(16):  # one at a time, each cancelled at k/12 of a job's run after it started
+                name = create()
+                names.append(name)
+                time.sleep(runs * k / 12)
+                try:
+                    answers[name] = jobs.CancelTrainingJob(training_pb2.CancelTrainingJobRequest(name=name), timeout=10).state
+                except grpc.RpcError as err:
+                    answers[name] = err.code()
+            finished = {State.SUCCEEDED, State.CANCELLED, State.FAILED}
+            ends = {n: wait_for(lambda n=n: (j := jobs.GetTrainingJob(training_pb2.GetTrainingJobRequest(name=n), timeout=10)).state
+                                in finished and j, timeout=60) for n in names}
+            seen = collections.Counter()
+            for name, job in ends.items():
+                answer = answers[name]
+                seen[(State.Name(job.state), answer.name if isinstance(answer, grpc.StatusCode) else State.Name(answer))] += 1
+                assert job.state in (State.SUCCEEDED, State.CANCELLED), (name, job.state, job.error)
+                checkpoint = tmp_path / "data" / "checkpoints" / name.split("/", 1)[1]
+                assert not checkpoint.exists(), f"{name} left its checkpoint"
+                if answer == grpc.StatusCode.FAILED_PRECONDITION:
+                    assert job.state == State.SUCCEEDED  # refused only once it had finished
+                else:
+                    assert answer in (State.CANCELLING, State.CANCELLED) and job.state == State.CANCELLED, (answer, job.state)
+                if job.state == State.SUCCEEDED:
+                    got = models.Predict(models_pb2.PredictRequest(name=job.model, features=raw_tensor(X[:3])), timeout=10)
+                    assert len(got.predicted_classes) == 3
+                else:
+                    assert not job.model
+            warm_models = {m.name.split("/", 1)[1] for m in models.ListModels(models_pb2.ListModelsRequest(), timeout=10).models} - {
+                j.model.split("/", 1)[1] for j in ends.values() if j.model}
+            print(f"cancel race: a job runs {runs * 1e3:.0f} ms; {dict(seen)}")
+            kept = {p.name for p in (tmp_path / "data" / "models").iterdir()} - warm_models
+            assert kept == {j.model.split("/", 1)[1] for j in ends.values() if j.state == State.SUCCEEDED}
+            assert seen[("CANCELLED", "CANCELLING")] >= 1, seen
+    finally:
+        pool.stop(timeout=5)
+        running.stop(grace=1)

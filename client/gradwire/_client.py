@@ -480,7 +480,9 @@ class Client:
         return [TrainingJob(self, p) for p in protos]
 
     def cancel_job(self, name: str | TrainingJob, *, timeout: float | None = DEFAULT) -> TrainingJob:
-        """Cancels a queued or running job (FailedPreconditionError once it has finished)."""
+        """Cancels a queued or running job (FailedPreconditionError once it has finished). Once
+        accepted, the job ends CANCELLED, even when its last epoch had already run (a model it was
+        exporting is discarded, never published)."""
         request = training_pb2.CancelTrainingJobRequest(name=_name(name))
         return TrainingJob(self, self._unary(self._jobs.CancelTrainingJob, request, timeout))
 

@@ -578,11 +578,17 @@ class Store:
         *,
         error: status_pb2.Status | None = None,
         model: models_pb2.Model | None = None,
-    ) -> None:
-        """Move a job to a terminal state (registering its model, if any) in one transaction."""
+    ) -> int:
+        """Move a job to a terminal state (registering its model, if any) in one transaction; returns
+        the state it ended in. A job whose cancel was accepted (CANCELLING) while its last steps ran
+        ends CANCELLED, not SUCCEEDED: its model is neither registered nor published (a `latest`
+        the client tried to stop would otherwise move to it), and the caller removes its files."""
         assert state in TERMINAL_STATES, state
         now = time.time()
         with self._tx() as db:
+            (current,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if current == State.CANCELLING and state == State.SUCCEEDED:
+                state, message, model = State.CANCELLED, "cancelled (after its last epoch: its model was discarded)", None
             if model is not None:
                 db.execute("INSERT INTO models (id, proto) VALUES (?, ?)", (model.name.split("/", 1)[1], model.SerializeToString()))
                 (spec,) = db.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -594,6 +600,7 @@ class Store:
                 (state, now, error.SerializeToString() if error is not None else None, model.name if model else "", job_id),
             )
             self._event(db, job_id, state, message, error=error, model=model.name if model else "", now=now)
+        return state
 
     def request_cancel(self, job_id: str) -> training_pb2.TrainingJob:
         """QUEUED -> CANCELLED at once; RUNNING -> CANCELLING (the worker finishes it)."""

@@ -261,9 +261,13 @@ class Worker:
                 target = getattr(model, f"{evaluation.split}_evaluation")
                 target.CopyFrom(evaluation_proto(evaluation, list(dataset.class_names)))
             summary = f"trained {result.epochs_trained} epochs (best epoch {result.best_epoch}); ONNX parity {exported.parity_max_abs_diff:.2e}"
-            self.store.finish_job(job_id, State.SUCCEEDED, summary, model=model)
+            ended = self.store.finish_job(job_id, State.SUCCEEDED, summary, model=model)
             files.remove_tree(checkpoint.parent)
-            log.info("job %s: %s -> %s", job.name, summary, model.name)
+            if ended == State.CANCELLED:  # cancelled while it exported: its model goes
+                files.remove_tree(path.parent)
+                log.info("job %s: cancelled after its last epoch; its model was discarded", job.name)
+            else:
+                log.info("job %s: %s -> %s", job.name, summary, model.name)
         except errors.Cancelled:
             if self.stopping.is_set() or self.parent_gone():
                 account()

@@ -89,7 +89,9 @@ class TrainingJobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelTrainingJob(self, request, context):
-        """Cancels a queued or running job. Refused for a finished job.
+        """Cancels a queued or running job. Refused for a finished job. Once
+        accepted (CANCELLING), the job ends CANCELLED, even if its last epoch
+        already ran: a model it was exporting is discarded, never published.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
