@@ -220,7 +220,7 @@ def test_a_store_from_before_deletion_gains_the_retired_names_table(tmp_path):
 
 
 def test_predictions_racing_alias_moves_deletions_and_evictions(tmp_path):
-    """Six threads predict by alias, by `latest` and through KServe while the alias moves, batching
+    """Six threads predict by alias, by `latest` and through KServe (and one gets `latest`'s model) while the alias moves, batching
     changes, and the latest version is deleted three times over, on a server that holds one
     session at a time (every switch evicts one and loads another). Every answer is, bit for bit,
     one of the versions' own probabilities: a request that resolved its name to a version being
@@ -241,6 +241,7 @@ def test_predictions_racing_alias_moves_deletions_and_evictions(tmp_path):
             answers, problems, stop = [], [], threading.Event()
             calls = [lambda: client.predict("registeredModels/racing@live", rows).tobytes(),
                      lambda: kserve.ModelInfer(infer, timeout=10).raw_output_contents[0],
+                     lambda: expected[client.get_model("registeredModels/racing").version],  # a version's own row
                      *[lambda: client.predict("registeredModels/racing", rows).tobytes()] * 4]
 
             def predictor(k: int) -> None:
@@ -378,8 +379,8 @@ class RegistryMachine(RuleBasedStateMachine):
             reg = self.regs.get(name)
             full = f"registeredModels/{name}"
             if reg is None:
-                self.expect(errors.NotFound, lambda: self.store.get_registered_model(full))
-                self.expect(errors.NotFound, lambda: self.store.resolve_model(full))
+                self.expect(errors.NotFound, lambda full=full: self.store.get_registered_model(full))
+                self.expect(errors.NotFound, lambda full=full: self.store.resolve_model(full))
                 continue
             got = self.store.get_registered_model(full)
             versions = reg["versions"]
@@ -395,8 +396,9 @@ class RegistryMachine(RuleBasedStateMachine):
             if versions:
                 assert self.store.resolve_model(full) == versions[latest] == self.store.resolve_model(f"{full}@latest")
             else:
-                self.expect(errors.NotFound, lambda: self.store.resolve_model(full))
-            self.expect(errors.NotFound, lambda: self.store.resolve_model(f"{full}@{reg['next']}"))  # never yet a version
+                self.expect(errors.NotFound, lambda full=full: self.store.resolve_model(full))
+            never = f"{full}@{reg['next']}"  # never yet a version
+            self.expect(errors.NotFound, lambda never=never: self.store.resolve_model(never))
         assert self.store.model_ids() == self.models
 
 

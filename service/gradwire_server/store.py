@@ -655,10 +655,13 @@ class Store:
     # ---- models ---------------------------------------------------------
 
     def get_model(self, model_id: str) -> models_pb2.Model:
-        rows = self._query("SELECT proto FROM models WHERE id = ?", (model_id,))
-        if not rows:
-            raise errors.NotFound(f"model 'models/{model_id}' not found")
-        return self._decorate(models_pb2.Model.FromString(rows[0][0]))
+        with self._lock:  # the row and its registry fields at one moment: not a version being deleted meanwhile
+            rows = self._db.execute("SELECT proto FROM models WHERE id = ?", (model_id,)).fetchall()
+            if not rows:
+                raise errors.NotFound(f"model 'models/{model_id}' not found")
+            model = models_pb2.Model.FromString(rows[0][0])
+            registry.decorate(self._db, model)
+        return model
 
     def get_model_by_name(self, name: str, field: str = "name") -> models_pb2.Model:
         """The model any name means (`resolve_model`, then `get_model`). A registry name whose

@@ -82,7 +82,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         return self.s.store.get_model_by_name(name, field)
 
     def GetModel(self, request: models_pb2.GetModelRequest, context) -> models_pb2.Model:
-        return self._model(request.name)
+        return retry_if_gone(lambda: self._model(request.name))  # `latest` whose model was just deleted: the one before
 
     def ListModels(self, request: models_pb2.ListModelsRequest, context) -> models_pb2.ListModelsResponse:
         items, token = self.s.store.list_models(request.page_size, request.page_token)
