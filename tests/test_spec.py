@@ -3,9 +3,14 @@ inferred shapes and parameter counts equal what torch builds (nets.py)."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from google.protobuf import text_format
+from google.protobuf.descriptor import FieldDescriptor as _F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gradwire.v1 import datasets_pb2, network_pb2
 from gradwire_server import errors, nets, spec
@@ -344,3 +349,124 @@ def test_summary_counts_flops_of_dense_and_conv():
     encoder = vit.layers[3]
     n, d, h = 5, 12, 18
     assert encoder.flops >= 2 * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 4 * n * d * h)
+
+
+# ---- any network the validator accepts builds and runs in torch with exactly its shapes ---------
+
+
+LAYER_KINDS = sorted(f.name for f in network_pb2.Layer.DESCRIPTOR.oneofs_by_name["kind"].fields)
+ACTIVATION_KINDS = sorted(f.name for f in network_pb2.Activation.DESCRIPTOR.oneofs_by_name["kind"].fields)
+_INTS = st.one_of(st.sampled_from([1, 1, 2, 2, 2, 3, 4]), st.sampled_from([-1, 0, 5, 8, 12]))  # mostly sound, edges too
+_FLOATS = st.sampled_from([0.0, 0.1, 0.5, 1.0, 1.5, 2.0, -0.5])
+
+
+@st.composite
+def _fill(draw, message, depth: int, sound: bool = False) -> None:
+    """Sets each field of a layer's message, or leaves it at its default, with values around the
+    edges (0, -1, a kernel past its input...): nested activations and residual bodies too.
+    ``sound``: every field set, to small values that are each valid on their own."""
+    ints, floats = (st.sampled_from([1, 2, 2, 4]), st.sampled_from([0.1, 0.25, 0.5])) if sound else (_INTS, _FLOATS)
+    for field in message.DESCRIPTOR.fields:
+        if not sound and draw(st.integers(0, 3)) == 0:  # left at its default (0 for a count: refused)
+            continue
+        if field.is_repeated:  # a residual block's body
+            if field.message_type is network_pb2.Layer.DESCRIPTOR and depth < 2:
+                for _ in range(draw(st.integers(1, 3))):
+                    getattr(message, field.name).add().CopyFrom(draw(_layers(depth + 1)))
+        elif field.message_type is network_pb2.Activation.DESCRIPTOR:
+            kind = draw(st.sampled_from(ACTIVATION_KINDS))
+            draw(_fill(getattr(getattr(message, field.name), kind), depth + 1))
+            getattr(message, field.name).SetInParent()
+            getattr(getattr(message, field.name), kind).SetInParent()
+        elif field.type == _F.TYPE_MESSAGE:
+            draw(_fill(getattr(message, field.name), depth + 1))
+        elif field.type == _F.TYPE_BOOL:
+            setattr(message, field.name, draw(st.booleans()))
+        elif field.type == _F.TYPE_ENUM:
+            setattr(message, field.name, draw(st.sampled_from([v.number for v in field.enum_type.values])))
+        elif field.type in (_F.TYPE_FLOAT, _F.TYPE_DOUBLE):
+            setattr(message, field.name, draw(floats))
+        elif field.type in (_F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64):
+            value = draw(ints)
+            setattr(message, field.name, max(value, 0) if field.type in (_F.TYPE_UINT32, _F.TYPE_UINT64) else value)
+
+
+@st.composite
+def _layers(draw, depth: int = 0, kinds: list[str] | None = None) -> network_pb2.Layer:
+    layer = network_pb2.Layer()
+    kind = draw(st.sampled_from(kinds or LAYER_KINDS))
+    getattr(layer, kind).SetInParent()
+    draw(_fill(getattr(layer, kind), depth, sound=draw(st.booleans())))
+    return layer
+
+
+FIRST = {1: ["dense"], 2: ["conv1d", "max_pool1d", "layer_norm"], 3: ["conv2d", "patch_embedding", "max_pool2d", "avg_pool2d", "group_norm"]}
+NEXT = {"patch_embedding": ["class_token", "position_embedding", "transformer_encoder", "token_pooling"]}
+
+
+@st.composite
+def _networks(draw):
+    """An input shape and 1-5 layers: most often begun as networks for that rank begin (and a
+    patch embedding followed by the layers that take tokens), then any kinds."""
+    feature_shape = draw(st.sampled_from([(6,), (3, 10), (4, 12), (2, 6, 6), (1, 8, 8), (3, 5, 7), (4, 8, 8)]))
+    layers = []
+    if draw(st.integers(0, 3)):
+        kind = draw(st.sampled_from(FIRST[len(feature_shape)]))
+        layers.append(draw(_layers(0, [kind])))
+        layers += [draw(_layers(0, [follow])) for follow in NEXT.get(kind, []) if draw(st.booleans())]
+    layers += draw(st.lists(_layers(), min_size=0 if layers else 1, max_size=3))
+    return feature_shape, layers
+
+
+@pytest.mark.parametrize("text, shape, input_shape", [
+    ("layers { patch_embedding { patch_size: 1 embedding_dim: 1 } } layers { instance_norm {} }", (2, 6, 6), "(36, 1)"),
+    ("layers { conv1d { filters: 3 kernel_size: 4 } } layers { instance_norm {} }", (2, 4), "(3, 1)"),
+])
+def test_instance_norm_needs_two_positions_per_channel(text, shape, input_shape):
+    """Found by the fuzz below: accepted, these failed at the first training step in torch
+    ("Expected more than 1 spatial element when training")."""
+    with pytest.raises(errors.InvalidArgument) as err:
+        spec.infer_network(net(text), shape)
+    assert err.value.message == (f"network.layers[1].instance_norm: normalizes each channel over its positions, and input "
+                                 f"shape {input_shape} has one position per channel; it needs at least 2")
+
+
+def test_any_network_the_validator_accepts_runs_in_torch_with_its_shapes():
+    """The validator's shape inference is the contract a job is accepted on: whatever it accepts,
+    any layer kind with any hyper-parameters, must build, run forward and backward in torch, and
+    give exactly the shapes and parameter counts it inferred; what it refuses, it refuses with
+    InvalidArgument naming a field. 1,500 generated networks; every layer kind is accepted in some."""
+    seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=1500, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(_networks())
+    def check(case):
+        feature_shape, layers = case
+        network = network_pb2.NetworkSpec(layers=layers)
+        try:
+            summary = spec.infer_network(network, feature_shape)
+        except errors.InvalidArgument as exc:
+            assert exc.field and exc.field.startswith("network.layers["), exc.message
+            seen["refused"] += 1
+            return
+        seen["accepted"] += 1
+        seen.update(f"accepted {layer.WhichOneof('kind')}" for layer in layers)
+        model = nets.build_network(network, feature_shape).train()
+        assert summary.parameter_count == sum(p.numel() for p in model.parameters())
+        x = torch.randn(3, *feature_shape)
+        out = model(x)
+        assert tuple(out.shape) == (3, *summary.output_shape), (summary.output_shape, tuple(out.shape))
+        if any(p.requires_grad for p in model.parameters()):
+            out.float().sum().backward()
+        model.eval()
+        y = x
+        for layer, module in zip(summary.layers, model):
+            assert layer.parameter_count == sum(p.numel() for p in module.parameters()), layer
+            y = module(y)
+            assert tuple(y.shape[1:]) == layer.output_shape, layer
+
+    check()
+    print(f"network fuzz: {seen['accepted']} accepted, {seen['refused']} refused")
+    missing = [k for k in LAYER_KINDS if not seen[f"accepted {k}"]]
+    assert seen["accepted"] >= 150 and not missing, (seen, missing)

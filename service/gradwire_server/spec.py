@@ -291,6 +291,9 @@ def _infer_layer_norm(p: network_pb2.LayerNorm, in_shape: Shape, field: str):
 
 def _infer_instance_norm(p: network_pb2.InstanceNorm, in_shape: Shape, field: str):
     _require_rank("instance_norm", in_shape, (2, 3), "(channels, length) or (channels, height, width)", field)
+    # Each channel is normalized over its own positions: torch refuses one position in training.
+    _require(math.prod(in_shape[1:]) > 1, f"normalizes each channel over its positions, and input shape "
+             f"{_shape(in_shape)} has one position per channel; it needs at least 2", field)
     _check_epsilon(p, field)
     affine = p.affine if p.HasField("affine") else True
     return in_shape, (2 * in_shape[0] if affine else 0), 5 * math.prod(in_shape)
