@@ -285,6 +285,30 @@ def test_resume_from_checkpoint_gives_identical_weights(tmp_path, training):
     assert_same_weights(weights(again.model), weights(uninterrupted.model))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_checkpoint_that_cannot_be_read_starts_the_run_over_and_says_so(tmp_path, damage):
+    """Checkpoints are written atomically, so only the disk can damage one. Its job used to end
+    FAILED at resume ('OSError: [Errno 22] Invalid argument'), its epochs lost for good; now the
+    run trains again from its first epoch, to the very weights of an uninterrupted run."""
+    data = blobs()
+    uninterrupted = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7)
+    checkpoint = tmp_path / "job" / "checkpoint.pt"
+    steps = []
+    with pytest.raises(errors.Cancelled):
+        run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint,
+            should_stop=lambda: steps.append(1) or len(steps) == 2 * 5 + 1)  # in epoch 3
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes({"truncated": good[: len(good) // 2], "garbage": bytes(range(256)) * 8, "empty": b""}[damage])
+    notices, seen = [], []
+    resumed = run(RESUMABLE_NET, RESUMABLE_TRAINING, data, seed=7, checkpoint_path=checkpoint, on_epoch=seen.append,
+                  on_notice=notices.append)
+    assert [h.epoch for h in seen] == [1, 2, 3, 4]  # every epoch again
+    assert len(notices) == 1 and notices[0].startswith("its checkpoint could not be read (") \
+        and notices[0].endswith("); training starts over from epoch 1"), notices
+    assert_same_weights(weights(resumed.model), weights(uninterrupted.model))
+    assert train.read_checkpoint(checkpoint)["history"]  # a readable checkpoint in its place
+
+
 def test_an_epoch_checkpointed_but_not_reported_is_reported_on_resume(tmp_path):
     """A crash between saving epoch 3's checkpoint and reporting epoch 3 (the report failing here
     stands for it): the resumed run reports epoch 3 from the checkpoint, so the job's history has

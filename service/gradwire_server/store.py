@@ -562,6 +562,13 @@ class Store:
     def job_attempts(self, job_id: str) -> int:
         return self._query("SELECT attempts FROM jobs WHERE id = ?", (job_id,))[0][0]
 
+    def note(self, job_id: str, message: str) -> None:
+        """An event in the job's stream that changes nothing (its state as it is), e.g. why it
+        trains again from its first epoch."""
+        with self._tx() as db:
+            (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            self._event(db, job_id, state, message)
+
     def record_epoch(self, job_id: str, epoch: training_pb2.EpochMetrics, run_seconds: float = 0.0) -> None:
         """Appends an epoch to the job's history and adds ``run_seconds`` to its wall time, in one
         transaction (one fsync an epoch)."""

@@ -602,8 +602,7 @@ class _Progress:
             state["early_stopping"]["best_state"] = stopper.best_state
         return state, copies
 
-    def restore(self, path: pathlib.Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def restore_state(self, state: dict, path: pathlib.Path) -> None:
         found = {key: state.get(key) for key in ("version", *self.identity)}
         expected = {"version": CHECKPOINT_VERSION, **self.identity}
         if found != expected:
@@ -667,6 +666,18 @@ def _host_copy(obj, buffers: _HostBuffers, copies: list[torch.Tensor]):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_host_copy(value, buffers, copies) for value in obj)
     return obj
+
+
+class CheckpointUnreadable(Exception):
+    """A checkpoint file that torch cannot load (damaged on disk: its writes are atomic)."""
+
+
+def read_checkpoint(path: pathlib.Path) -> dict:
+    """A checkpoint's state, or CheckpointUnreadable saying why not."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated zip, a damaged record, a pickle weights_only refuses
+        raise CheckpointUnreadable(f"{type(exc).__name__}: {exc}".strip()) from exc
 
 
 def save_checkpoint(state: dict, path: pathlib.Path) -> None:
@@ -881,6 +892,7 @@ def train(
     keep_saving: bool = False,
     cancelled_for_good: Callable[[], bool] = lambda: False,
     checkpoint_budget: float = 1.0,
+    on_notice: Callable[[str], None] = lambda message: None,
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
@@ -901,7 +913,8 @@ def train(
     ``should_stop`` stopped the run: True for a cancel (no resume to come), so
     a checkpoint snapshot still waiting is not saved and every finished epoch
     is reported; False for a shutdown (epochs no save covers stay unreported).
-    Any other exception ends the job for good too."""
+    Any other exception ends the job for good too. A checkpoint that cannot be read (damaged on
+    disk) is removed and the run starts over from its first epoch, saying so to ``on_notice``."""
     classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
     multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
@@ -944,10 +957,17 @@ def train(
     progress = _Progress(model, optimizer, generator, stopper, plateau, normalization, device,
                          identity={"seed": seed, "n_train": n_train, "n_val": n_val})
     if checkpoint_path is not None and checkpoint_path.exists():
-        progress.restore(checkpoint_path)  # finished epochs are not reported again...
-        for result in progress.history:  # ...unless the crash came after the checkpoint, before the report
-            if reported_epochs is not None and result.epoch > reported_epochs:
-                on_epoch(result)
+        try:
+            state = read_checkpoint(checkpoint_path)  # read whole before anything is restored from it
+        except CheckpointUnreadable as exc:  # the job is not lost: it trains again from its first epoch
+            log.warning("checkpoint %s cannot be read (%s): training starts over", checkpoint_path, exc)
+            on_notice(f"its checkpoint could not be read ({exc}); training starts over from epoch 1")
+            checkpoint_path.unlink(missing_ok=True)
+        else:
+            progress.restore_state(state, checkpoint_path)  # finished epochs are not reported again...
+            for result in progress.history:  # ...unless the crash came after the checkpoint, before the report
+                if reported_epochs is not None and result.epoch > reported_epochs:
+                    on_epoch(result)
     history = progress.history
 
     # --- epochs

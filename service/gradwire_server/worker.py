@@ -216,6 +216,7 @@ class Worker:
                 keep_saving=True,  # the last epoch's checkpoint is written while the export runs
                 cancelled_for_good=lambda: cancelled[0] or over_time[0],  # its checkpoint goes: no save waited for
                 checkpoint_budget=self.settings.checkpoint_budget,
+                on_notice=lambda message: self.store.note(job_id, message),
             )
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
