@@ -3,6 +3,7 @@ stopping, L1, cancellation, checkpoint/resume and normalization behaviour."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from gradwire.v1 import datasets_pb2, network_pb2
@@ -703,3 +706,91 @@ def test_precision_and_channels_last(device):
     assert losses(nhwc) == pytest.approx(losses(fp32), rel=1e-4 if device.type == "cpu" else 1e-3)  # cuDNN picks other kernels
     assert losses(bf16) != losses(fp32) and losses(bf16) == pytest.approx(losses(fp32), rel=0.05)
     assert losses(bf16)[-1] < losses(bf16)[0]
+
+
+# ---- any training config the validator accepts trains -----------------------------------------
+
+_CFG_FLOATS = st.sampled_from([0.0, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0, 2.0, -0.1])
+_CFG_INTS = st.sampled_from([0, 1, 1, 2, 3, 5, -1])
+
+
+@st.composite
+def _set_fields(draw, message) -> None:
+    """Each field of ``message`` (oneofs: one member; nested messages: the same) left at its
+    default or set to a value around the edges."""
+    for oneof in message.DESCRIPTOR.oneofs:
+        if oneof.fields and draw(st.integers(0, 4)):
+            member = draw(st.sampled_from(list(oneof.fields)))
+            getattr(message, member.name).SetInParent() if member.message_type else None
+    for field in message.DESCRIPTOR.fields:
+        if field.containing_oneof is not None:
+            if message.WhichOneof(field.containing_oneof.name) == field.name and field.message_type:
+                draw(_set_fields(getattr(message, field.name)))
+            continue
+        if field.is_repeated or not draw(st.booleans()):
+            continue
+        if field.message_type:
+            getattr(message, field.name).SetInParent()
+            draw(_set_fields(getattr(message, field.name)))
+        elif field.type == field.TYPE_BOOL:
+            setattr(message, field.name, draw(st.booleans()))
+        elif field.type == field.TYPE_ENUM:
+            setattr(message, field.name, draw(st.sampled_from([v.number for v in field.enum_type.values])))
+        elif field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE):
+            setattr(message, field.name, draw(_CFG_FLOATS))
+        else:
+            value = draw(_CFG_INTS)
+            setattr(message, field.name, max(value, 0) if field.type in (field.TYPE_UINT32, field.TYPE_UINT64) else value)
+
+
+@st.composite
+def _training_configs(draw) -> network_pb2.TrainingConfig:
+    config = network_pb2.TrainingConfig()
+    draw(_set_fields(config))
+    config.epochs = draw(st.integers(1, 3))  # short runs: what is fuzzed is the rest
+    if draw(st.sampled_from([True, True, True, False])):  # mostly a loss that fits class labels, its options fuzzed
+        config.loss.cross_entropy.SetInParent()
+        draw(_set_fields(config.loss.cross_entropy))
+    if not config.HasField("optimizer") or draw(st.sampled_from([False, False, True])):
+        getattr(config.optimizer, draw(st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]))).learning_rate = 0.01
+    if draw(st.booleans()):
+        config.batching.mini_batch.batch_size = draw(st.sampled_from([1, 2, 7, 16, 48, 100]))
+    return config
+
+
+def test_any_training_config_the_validator_accepts_trains():
+    """Loss, optimizer, batching, schedule, early stopping, clipping, penalties and normalization of
+    any kind and value (edges included), on a network with batch norm and dropout: what
+    validate_job accepts trains to the end, or fails with one of the service's own errors (a
+    run that diverges, say), never with an exception from torch; what it refuses names a
+    training field."""
+    data = blobs(48)
+    network = net("layers { dense { units: 8 } } layers { batch_norm {} } layers { relu {} } "
+                  "layers { dropout { rate: 0.2 } } layers { dense { units: 3 } }")
+    seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=1000, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(_training_configs())
+    def check(config):
+        try:
+            spec.validate_job(network, config, feature_shape=(4,), label_kind=data.label_kind,
+                              output_size=data.output_size, example_count=len(data.features))
+        except errors.InvalidArgument as exc:
+            assert exc.field and exc.field.startswith(("training", "network.layers[")), exc.message  # batch norm vs batching
+            seen["refused"] += 1
+            seen[f"refused {exc.field.split('.')[1] if '.' in exc.field else exc.field}"] += 1
+            return
+        try:
+            result = train.train(network, config, data, seed=0, device=CPU, on_epoch=lambda r: None)
+        except errors.GradwireError as exc:
+            seen[f"failed: {type(exc).__name__}"] += 1
+            return
+        seen["trained"] += 1
+        seen[f"loss {config.loss.WhichOneof('kind')}"] += 1
+        seen[f"optimizer {config.optimizer.WhichOneof('kind')}"] += 1
+        assert 1 <= result.epochs_trained <= config.epochs
+
+    check()
+    print(f"training config fuzz: {dict(seen)}")
+    assert seen["trained"] >= 50, seen
