@@ -140,3 +140,22 @@ def shm_request(rows: int, in_region: str | None = "in", out_region: str | None 
     outputs = [kserve_pb.ModelInferRequest.InferRequestedOutputTensor(
         name="probabilities", parameters=shm_params(out_region, rows * 12, out_offset))] if out_region else []
     return kserve_pb.ModelInferRequest(model_name="iris-kserve", inputs=[inp], outputs=outputs)
+
+
+def set_scalar(draw, message, field, ints, floats) -> None:
+    """For the property tests' message generators: sets a bool, enum, float or integer field of
+    ``message`` to a value drawn for its type (any of the enum's values; integers from ``ints``,
+    not below 0 for unsigned ones; floats from ``floats``)."""
+    from hypothesis import strategies as st
+
+    if field.type == field.TYPE_BOOL:
+        value = draw(st.booleans())
+    elif field.type == field.TYPE_ENUM:
+        value = draw(st.sampled_from([v.number for v in field.enum_type.values]))
+    elif field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE):
+        value = draw(floats)
+    else:
+        value = draw(ints)
+        if field.type in (field.TYPE_UINT32, field.TYPE_UINT64):
+            value = max(value, 0)
+    setattr(message, field.name, value)

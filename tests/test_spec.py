@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gradwire.v1 import datasets_pb2, network_pb2
 from gradwire_server import errors, nets, spec
+from helpers import set_scalar
 
 CLASSES = datasets_pb2.LABEL_KIND_CLASSES
 REGRESSION = datasets_pb2.LABEL_KIND_REGRESSION
@@ -380,15 +381,8 @@ def _fill(draw, message, depth: int, sound: bool = False) -> None:
             getattr(getattr(message, field.name), kind).SetInParent()
         elif field.type == _F.TYPE_MESSAGE:
             draw(_fill(getattr(message, field.name), depth + 1))
-        elif field.type == _F.TYPE_BOOL:
-            setattr(message, field.name, draw(st.booleans()))
-        elif field.type == _F.TYPE_ENUM:
-            setattr(message, field.name, draw(st.sampled_from([v.number for v in field.enum_type.values])))
-        elif field.type in (_F.TYPE_FLOAT, _F.TYPE_DOUBLE):
-            setattr(message, field.name, draw(floats))
-        elif field.type in (_F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64):
-            value = draw(ints)
-            setattr(message, field.name, max(value, 0) if field.type in (_F.TYPE_UINT32, _F.TYPE_UINT64) else value)
+        else:
+            set_scalar(draw, message, field, ints, floats)
 
 
 @st.composite

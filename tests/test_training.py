@@ -19,6 +19,7 @@ from torch import nn
 from gradwire.v1 import datasets_pb2, network_pb2
 from gradwire_server import errors, spec, train
 from gradwire_server.config import parse_settings
+from helpers import set_scalar
 
 CPU = torch.device("cpu")
 MLP = """
@@ -732,15 +733,8 @@ def _set_fields(draw, message) -> None:
         if field.message_type:
             getattr(message, field.name).SetInParent()
             draw(_set_fields(getattr(message, field.name)))
-        elif field.type == field.TYPE_BOOL:
-            setattr(message, field.name, draw(st.booleans()))
-        elif field.type == field.TYPE_ENUM:
-            setattr(message, field.name, draw(st.sampled_from([v.number for v in field.enum_type.values])))
-        elif field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE):
-            setattr(message, field.name, draw(_CFG_FLOATS))
         else:
-            value = draw(_CFG_INTS)
-            setattr(message, field.name, max(value, 0) if field.type in (field.TYPE_UINT32, field.TYPE_UINT64) else value)
+            set_scalar(draw, message, field, _CFG_INTS, _CFG_FLOATS)
 
 
 @st.composite
