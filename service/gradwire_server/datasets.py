@@ -239,11 +239,14 @@ class DatasetWriter:
                     f"multi-label labels must be 0 or 1; example {i // h.labels_shape[1]}, label "
                     f"{i % h.labels_shape[1]} is {labels[i].item()}", field=f"{self._field}.labels")
             return int(h.labels_shape[1]), 0
-        if not h.class_names and int(labels.max()) >= MAX_CLASS_COUNT:
-            i = int(labels.argmax())
-            raise errors.InvalidArgument(f"label of example {i} is {int(labels[i])}; class indices must be below "
-                                         f"{MAX_CLASS_COUNT}", field=f"{self._field}.labels")
-        class_count = len(h.class_names) or int(labels.max()) + 1
+        if h.class_names:
+            class_count = len(h.class_names)
+        else:
+            top = int(labels.argmax())
+            if labels[top] >= MAX_CLASS_COUNT:
+                raise errors.InvalidArgument(f"label of example {top} is {int(labels[top])}; class indices must be below "
+                                             f"{MAX_CLASS_COUNT}", field=f"{self._field}.labels")
+            class_count = int(labels[top]) + 1
         bad = np.flatnonzero((labels < 0) | (labels >= class_count))
         if bad.size:
             i = int(bad[0])

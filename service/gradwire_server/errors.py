@@ -32,9 +32,9 @@ class NotFound(GradwireError):
 
 
 class ModelGone(NotFound):
-    """A model deleted while a request that had resolved its name was under way (its ONNX file went
-    before its session loaded). The name may mean another model by now: the request resolves it
-    once more (`serving.retry_if_gone`)."""
+    """A model deleted while a request that had resolved its name was under way (its row went after
+    the name was read, or its ONNX file before its session loaded). The name may mean another model
+    by now: the request resolves it once more (`serving.retry_if_gone`)."""
 
 
 class AlreadyExists(GradwireError):

@@ -205,8 +205,9 @@ class ServingCache:
 
 
 def retry_if_gone(attempt: Callable[[], T]) -> T:
-    """``attempt()`` (which resolves a model's name and runs the model), once more when the model
-    it resolved was deleted before its session loaded: by then the deletion has moved the store's
+    """``attempt()`` (which resolves a model's name, then reads or runs the model), once more when
+    the model it resolved was deleted meanwhile (errors.ModelGone: its row gone after the name was
+    read, or its file before its session loaded): by then the deletion has moved the store's
     change stamp, so the name is resolved afresh (`latest` one version back, say), as it would have
     been for a request that arrived a moment later. A second deletion in between is answered NOT_FOUND."""
     try:

@@ -323,9 +323,10 @@ class Store:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         if not page_token:
             return size, 2**62
-        if not (page_token.isascii() and page_token.isdigit()) or int(page_token) > 2**62:
+        before = int(page_token) if page_token.isascii() and page_token.isdigit() else -1
+        if not 0 <= before <= 2**62:
             raise errors.InvalidArgument(f"not a token from a previous response: {page_token!r}", field="page_token")
-        return size, int(page_token)
+        return size, before
 
     def _list(self, table: str, column: str, page_size: int, page_token: str) -> tuple[list[tuple], str]:
         size, before = self._page(page_size, page_token)
@@ -663,12 +664,10 @@ class Store:
 
     def get_model(self, model_id: str) -> models_pb2.Model:
         with self._lock:  # the row and its registry fields at one moment: not a version being deleted meanwhile
-            rows = self._db.execute("SELECT proto FROM models WHERE id = ?", (model_id,)).fetchall()
+            rows = self._query("SELECT proto FROM models WHERE id = ?", (model_id,))
             if not rows:
                 raise errors.NotFound(f"model 'models/{model_id}' not found")
-            model = models_pb2.Model.FromString(rows[0][0])
-            registry.decorate(self._db, model)
-        return model
+            return self._decorate(models_pb2.Model.FromString(rows[0][0]))
 
     def get_model_by_name(self, name: str, field: str = "name") -> models_pb2.Model:
         """The model any name means (`resolve_model`, then `get_model`). A registry name whose
