@@ -372,12 +372,15 @@ def test_one_client_with_several_connections_reaches_several_processes(tmp_path)
         assert server.stop(signal.SIGTERM) == 0
 
 
-def test_connections_must_be_a_positive_int():
+def test_connections_must_be_an_int_from_1_to_256():
     import gradwire as gw
 
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match=f"connections must be an int >= 1, got {bad!r}"):
+    for bad, exc, text in ((0, ValueError, "connections must be >= 1, got 0"), (-1, ValueError, "connections must be >= 1, got -1"),
+                           (257, ValueError, "connections must be <= 256, got 257"),  # 2**31 of them hung the client
+                           (1.5, TypeError, "connections must be an int, got 1.5"), (True, TypeError, "connections must be an int, got True")):
+        with pytest.raises(exc) as info:
             gw.Client("localhost:1", connections=bad)
+        assert str(info.value) == text
 
 
 @pytest.mark.parametrize("make, why", [

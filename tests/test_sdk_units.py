@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import gradwire as gw
 from gradwire import _client, _errors, _tensors, _training
 from gradwire._training import training_config
 from gradwire.cli import main as cli_main
-from gradwire.v1 import datasets_pb2, network_pb2, tensor_pb2
+from gradwire.v1 import datasets_pb2, models_pb2, models_pb2_grpc, network_pb2, tensor_pb2, training_pb2, training_pb2_grpc
 
 # --- tensors ------------------------------------------------------------------------------
 
@@ -335,7 +336,7 @@ def test_loss_and_normalization():
         ({"validation_split": 1.0}, ValueError, "validation_split must be < 1.0"),
         ({"l1_penalty": -1}, ValueError, "l1_penalty"),
         ({"seed": -1}, ValueError, "seed must be >= 0"),
-        ({"seed": 2**64}, ValueError, "seed must be < 2\\*\\*64"),
+        ({"seed": 2**64}, ValueError, "seed must be <= 18446744073709551615, got 18446744073709551616"),
         ({"shuffle": "yes"}, TypeError, "shuffle"),
         ({"optimizer": "adam"}, TypeError, "optimizer must be"),
         ({"early_stopping": 5}, TypeError, "early_stopping"),
@@ -550,6 +551,156 @@ def test_train_rejects_bad_dataset_argument_before_calling():
             client.train([gw.Dense(2)], "datasets/x", optimizer=gw.SGD(0.1), epochs=1)
 
 
+# Values a caller can pass by mistake: wrong types, past what a 32- or 64-bit field holds,
+# non-finite, empty. Every SDK argument either takes one (it then reaches the wire, here a port
+# with no server) or refuses it with a TypeError or ValueError that names the argument; never
+# an error in protobuf's, numpy's or gRPC's own words (`Value out of range: 2147483648`,
+# `'NoneType' object has no attribute 'startswith'`), which name none.
+BAD_ARGUMENTS = [None, -1, 0, 2**31, 2**63, 2**64, 1.5, float("nan"), float("inf"), 1e300, "", "x" * 300, b"bytes", [],
+                 {}, object(), True, np.float64(2.0), [None], ["a", 5]]
+
+
+def _argument_outcome(call, kwargs: dict, argument: str) -> str:
+    """How ``call(**kwargs)`` took ``kwargs[argument]``: 'refused' (a TypeError / ValueError naming
+    ``argument``), 'sent' (it reached the wire), or what went wrong instead."""
+    try:
+        result = call(**kwargs)
+        if hasattr(result, "__next__"):  # a stream's generator: the call starts when it is read
+            next(result, None)
+    except gw.UnavailableError:
+        return "sent"
+    except (TypeError, ValueError) as exc:
+        return "refused" if argument in str(exc) else f"{type(exc).__name__} not naming {argument!r}: {exc}"
+    except OSError as exc:  # a path the file system refuses, in its words, with the path
+        return "refused" if argument == "path" and exc.filename else f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001  (what the test is about)
+        return f"{type(exc).__name__}: {exc}"
+    return "sent"
+
+
+def _client_calls(client: gw.Client, model: gw.Model, tmp_path) -> dict:
+    """Each public Client method with arguments that are all valid: {method: (callable, kwargs)}."""
+    X, y = np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])
+    job = gw.TrainingJob(client, training_pb2.TrainingJob(name="trainingJobs/j", state=training_pb2.TrainingJob.RUNNING))
+    return {
+        "upload_dataset": (client.upload_dataset, {"features": X, "labels": y, "name": "d", "class_names": ["a", "b"], "chunk_bytes": 64}),
+        "get_dataset": (client.get_dataset, {"name": "datasets/x"}),
+        "delete_dataset": (client.delete_dataset, {"name": "datasets/x"}),
+        "train": (client.train, {"network": [gw.Dense(2)], "dataset": (X, y), "optimizer": gw.Adam(0.01), "epochs": 2, "batch_size": 2,
+                                     "top_k": 1, "seed": 3, "name": "n", "registered_model": "r", "aliases": ["prod"], "precision": "fp32",
+                                     "channels_last": False, "request_id": "id", "input_normalization": "standardize"}),
+        "summary": (client.summary, {"network": [gw.Dense(2)], "input_shape": [3]}),
+        "get_job": (client.get_job, {"name": "trainingJobs/x"}),
+        "cancel_job": (client.cancel_job, {"name": "trainingJobs/x"}),
+        "watch_job": (client.watch_job, {"name": "trainingJobs/x"}),
+        "job.wait": (job.wait, {"timeout": 0}),
+        "get_model": (client.get_model, {"name": "models/x"}),
+        "delete_model": (client.delete_model, {"name": "models/x"}),
+        "predict": (client.predict, {"model": model, "features": X[:1]}),
+        "predict_full": (client.predict_full, {"model": model, "features": X[:1]}),
+        "publish_model": (client.publish_model, {"model": model, "registered_model": "r", "aliases": ["prod"]}),
+        "get_registered_model": (client.get_registered_model, {"name": "r"}),
+        "list_model_versions": (client.list_model_versions, {"name": "r"}),
+        "set_alias": (client.set_alias, {"name": "r", "alias": "prod", "version": 2}),
+        "delete_alias": (client.delete_alias, {"name": "r", "alias": "prod"}),
+        "delete_registered_model": (client.delete_registered_model, {"name": "r", "force": True}),
+        "set_batching": (client.set_batching, {"model": model, "enabled": True, "max_batch_size": 8, "max_delay_ms": 0.5, "clear": False}),
+        "statistics": (client.statistics, {"model": model}),
+        "export_model": (client.export_model, {"model": model, "path": tmp_path / "m.onnx"}),
+    }
+
+
+def test_every_client_argument_is_refused_by_name_or_sent(tmp_path):
+    model = gw.Model(None, models_pb2.Model(name="models/m", input_shape=[3]))
+    with gw.Client("127.0.0.1:1", timeout=5) as client:
+        model._client = client
+        calls = _client_calls(client, model, tmp_path)
+        assert {name for name in dir(client) if not name.startswith("_") and callable(getattr(client, name))} - set(calls) == {
+            "close", "list_datasets", "list_jobs", "list_models", "list_registered_models", "wait_for_ready"}
+        wrong, refused = [], 0
+        for method, (call, valid) in calls.items():
+            for argument in [*valid, "timeout"]:
+                for value in BAD_ARGUMENTS:
+                    if method == "job.wait" and (value is None or isinstance(value, float | int) and value >= 0):
+                        continue  # a valid timeout (None, inf: none): it would wait for the job
+                    outcome = _argument_outcome(call, {**valid, argument: value}, argument)
+                    refused += outcome == "refused"
+                    if outcome not in ("refused", "sent"):
+                        wrong.append(f"{method}({argument}={value!r:.40}): {outcome}")
+        assert not wrong, "\n".join(wrong)
+        assert refused > 700  # most of these values are wrong for most arguments
+
+
+@pytest.mark.parametrize(("call", "argument", "exc", "text"), [
+    (lambda c: c.set_alias("r", "prod", 2**63), "version", ValueError, "version must be <= 9223372036854775807, got 9223372036854775808"),
+    (lambda c: c.set_alias("r", "prod", 1.0), "version", TypeError, "version must be an int, got 1.0"),
+    (lambda c: c.get_registered_model(None), "name", TypeError, "name must be a registered model's name (a str such as 'digits')"),
+    (lambda c: c.set_batching("models/m", max_delay_ms=float("inf")), "max_delay_ms", ValueError, "max_delay_ms must be finite, got inf"),
+    (lambda c: c.set_batching("models/m", enabled=1), "enabled", TypeError, "enabled must be True or False, got 1"),
+    (lambda c: c.get_model("models/m", timeout="5"), "timeout", TypeError, "timeout must be a number of seconds or None, got '5'"),
+    (lambda c: c.get_model("models/m", timeout=float("nan")), "timeout", ValueError, "timeout must be > 0 seconds or None, got nan"),
+    (lambda c: c.train([gw.Dense(2)], "datasets/x", optimizer=gw.Adam(), epochs=2**31, batch_size=1), "epochs", ValueError,
+     "epochs must be <= 2147483647, got 2147483648"),
+    (lambda c: c.train([gw.Dense(2)], "datasets/x", optimizer=gw.Adam(1e300), epochs=1, batch_size=1), "learning_rate", ValueError,
+     "learning_rate must be within a 32-bit float's range (+-3.4e38), got 1e+300"),
+    (lambda c: c.train(None, "datasets/x", optimizer=gw.Adam(), epochs=1, batch_size=1), "network", TypeError,
+     "network must be a gw.Sequential, a list of layers or a NetworkSpec, got None"),
+    (lambda c: c.train([gw.Dense(2)], "datasets/x", optimizer=gw.Adam(), epochs=1, batch_size=1, aliases="prod"), "aliases",
+     TypeError, "aliases must be a list of str, got 'prod'"),
+    (lambda c: c.upload_dataset(np.zeros((2, 3)), [[0, 1], [1]]), "labels", ValueError,
+     "labels must be an array: its rows differ in length or shape"),
+    (lambda c: c.export_model("models/m", "no-such-dir/m.onnx"), "path", FileNotFoundError,
+     "path 'no-such-dir/m.onnx': its directory 'no-such-dir' does not exist"),
+])
+def test_bad_arguments_name_themselves(call, argument, exc, text):
+    with gw.Client("127.0.0.1:1", timeout=5) as client, pytest.raises(exc) as info:
+        call(client)
+    assert text in str(info.value) and argument in str(info.value)
+
+
+def test_an_infinite_timeout_is_no_deadline():
+    """gRPC takes an infinite timeout for a deadline already passed (DEADLINE_EXCEEDED at once)."""
+    with gw.Client("127.0.0.1:1", timeout=float("inf")) as client:
+        assert client.timeout is None
+        with pytest.raises(gw.UnavailableError):
+            client.get_dataset("datasets/x", timeout=float("inf"))
+
+
+@pytest.mark.parametrize("argument", ["target", "timeout", "max_message_bytes", "token", "connections"])
+def test_client_arguments_are_refused_by_name(argument):
+    for value in BAD_ARGUMENTS:
+        outcome = _argument_outcome(lambda **kwargs: gw.Client(**kwargs).close(), {"target": "127.0.0.1:1", argument: value}, argument)
+        assert outcome in ("refused", "sent"), f"Client({argument}={value!r}): {outcome}"
+
+
+def _builders() -> list[type]:
+    """Every public layer, optimizer, loss, schedule and early-stopping builder."""
+    kinds = (gw.Layer, gw.Optimizer, gw.Loss, gw.Schedule, gw.EarlyStopping)
+    found = [getattr(gw, n) for n in dir(gw) if isinstance(getattr(gw, n), type) and issubclass(getattr(gw, n), kinds)]
+    return [cls for cls in found if cls not in kinds]
+
+
+@pytest.mark.parametrize("builder", _builders(), ids=lambda cls: cls.__name__)
+def test_every_builder_argument_is_refused_by_name_or_built(builder):
+    required = {"units": 4, "filters": 4, "kernel_size": 2, "rate": 0.5, "groups": 2, "pieces": 2, "patch_size": 2,
+                "embedding_dim": 4, "depth": 1, "heads": 2, "layers": [gw.Dense(2)], "learning_rate": 0.01, "step_size": 2,
+                "gamma": 0.5}
+    parameters = [p for p in inspect.signature(builder).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    valid = {p.name: required[p.name] for p in parameters if p.default is inspect.Parameter.empty}
+    wrong = []
+    for p in parameters:
+        for value in BAD_ARGUMENTS:
+            try:
+                built = builder(**{**valid, p.name: value})
+                built.to_proto()
+            except (TypeError, ValueError) as exc:
+                if p.name not in str(exc):
+                    wrong.append(f"{builder.__name__}({p.name}={value!r:.40}): {type(exc).__name__} {exc}")
+            except Exception as exc:  # noqa: BLE001  (what the test is about)
+                wrong.append(f"{builder.__name__}({p.name}={value!r:.40}): {type(exc).__name__} {exc}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_import_does_not_import_torch():
     code = "import sys, gradwire; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -570,7 +721,6 @@ def test_cli_serve_without_server(monkeypatch, capsys):
 
 from concurrent import futures  # noqa: E402
 
-from gradwire.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc  # noqa: E402
 
 State = training_pb2.TrainingJob.State
 

@@ -31,7 +31,10 @@ import grpc
 import numpy as np
 
 from gradwire._errors import GradwireError, InvalidArgumentError, translate_rpc_errors
-from gradwire._layers import Layer, Sequential, check_int, network_proto
+from gradwire._layers import (
+    INT64_MAX, Layer, Sequential, check_bool, check_float, check_int, check_str, check_strs, check_timeout,
+    network_proto,
+)
 from gradwire._resources import (
     DEFAULT,
     Dataset,
@@ -120,7 +123,8 @@ class Client:
             connection with the other clients of this process to the same target, as gRPC
             does; above 1 each is this client's own. A server with ``GRADWIRE_RPC_PROCESSES``
             hands each connection to one of its processes, so a client whose threads predict
-            concurrently reaches several processes only with several connections.
+            concurrently reaches several processes only with several connections. At most
+            MAX_CONNECTIONS (256): each is a channel and a TCP connection of its own.
         credentials: a ready ``grpc.ChannelCredentials`` (instead of the TLS
             options above); plaintext when neither is given.
         metadata: ``[(key, value), ...]`` sent with every call.
@@ -150,21 +154,19 @@ class Client:
         metadata: Sequence[tuple[str, str]] | None = None,
         connections: int = 1,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
-        if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
-            raise ValueError(f"connections must be an int >= 1, got {connections!r}")
+        check_str("target", target)
+        timeout = check_timeout(timeout)
+        connections = check_int("connections", connections, minimum=1, maximum=MAX_CONNECTIONS)
         options = list(channel_options or ())
         if max_message_bytes is not None:
-            if max_message_bytes < 1:
-                raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+            max_message_bytes = check_int("max_message_bytes", max_message_bytes, minimum=1)
             options += [
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
             ]
         if (certificate_chain is None) != (private_key is None):
             raise ValueError("certificate_chain and private_key go together (mutual TLS needs both)")
-        if token is not None and (not token or any(c.isspace() for c in token)):
+        if token is not None and (not check_str("token", token) or any(c.isspace() for c in token)):
             raise ValueError("token must be non-empty and without spaces")
         if credentials is None and (tls or root_certificates or certificate_chain):
             credentials = grpc.ssl_channel_credentials(
@@ -214,10 +216,12 @@ class Client:
 
     def wait_for_ready(self, timeout: float = 10.0) -> None:
         """Blocks until the channel connects (every connection); raises UnavailableError after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
+        seconds = check_timeout(timeout)
+        deadline = None if seconds is None else time.monotonic() + seconds
         try:
             for channel in self._channels:
-                grpc.channel_ready_future(channel).result(timeout=max(0.0, deadline - time.monotonic()))
+                grpc.channel_ready_future(channel).result(
+                    timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         except grpc.FutureTimeoutError:
             from gradwire._errors import UnavailableError
 
@@ -228,7 +232,7 @@ class Client:
     # --- the one place calls are made ----------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is DEFAULT else timeout
+        return self.timeout if timeout is DEFAULT else check_timeout(timeout)
 
     def _unary(self, method: Callable[..., T], request: Any, timeout: float | None = DEFAULT) -> T:
         with translate_rpc_errors():
@@ -236,7 +240,7 @@ class Client:
 
     def _server_stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
         with translate_rpc_errors():
-            call = method(request, timeout=timeout, metadata=self._metadata)
+            call = method(request, timeout=check_timeout(timeout), metadata=self._metadata)
             try:
                 yield from call
             finally:
@@ -244,7 +248,7 @@ class Client:
 
     def _client_stream(self, method: Callable[..., T], requests: Iterator[Any], timeout: float | None) -> T:
         with translate_rpc_errors():
-            return method(requests, timeout=timeout, metadata=self._metadata)
+            return method(requests, timeout=check_timeout(timeout), metadata=self._metadata)
 
     def _pages(self, method: Callable[..., Any], request_type: type, field: str, **request_fields: Any) -> list[Any]:
         items: list[Any] = []
@@ -288,9 +292,10 @@ class Client:
         >>> data.example_count, data.feature_shape              # doctest: +SKIP
         (1797, (1, 8, 8))
         """
-        chunk_bytes = int(chunk_bytes)
-        if chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+        chunk_bytes = check_int("chunk_bytes", chunk_bytes, minimum=1)
+        check_str("name", name)
+        if class_names is not None:
+            class_names = check_strs("class_names", class_names)
         feats, labs, kind = _prepare_dataset(features, labels, label_kind, class_names)
         header = datasets_pb2.DatasetUploadHeader(
             display_name=name,
@@ -393,6 +398,10 @@ class Client:
         >>> job = client.train([gw.Dense(3)], data, optimizer=gw.Adam(), epochs=10,
         ...                    batching="full")                      # doctest: +SKIP
         """
+        check_str("name", name)
+        if request_id is not None:
+            check_str("request_id", request_id)
+        check_bool("channels_last", channels_last)
         config = training_config(
             optimizer=optimizer,
             loss=loss,
@@ -416,11 +425,11 @@ class Client:
             training=config,
             request_id=request_id if request_id is not None else uuid.uuid4().hex,
         )
-        if registered_model:
-            request.registered_model = _registered(registered_model)
-        request.aliases.extend(aliases)
+        if registered_model is not None and registered_model != "":  # a 0 or [] is refused, not taken for none
+            request.registered_model = _registered(registered_model, "registered_model")
+        request.aliases.extend(check_strs("aliases", aliases))
         if precision is not None or channels_last:
-            if precision is not None and precision not in _PRECISIONS:
+            if precision is not None and (not isinstance(precision, str) or precision not in _PRECISIONS):
                 raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
             request.performance.precision = _PRECISIONS[precision or "fp32"]
             request.performance.channels_last = channels_last
@@ -463,7 +472,7 @@ class Client:
             input_shape = input_shape.feature_shape
         if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
             raise TypeError(f"input_shape must be a sequence of ints such as (1, 8, 8), got {input_shape!r}")
-        shape = [check_int(f"input_shape[{i}]", d, minimum=1) for i, d in enumerate(input_shape)]
+        shape = [check_int(f"input_shape[{i}]", d, minimum=1, maximum=INT64_MAX) for i, d in enumerate(input_shape)]
         if not shape:
             raise ValueError("input_shape must name at least one axis, got ()")
         request = network_pb2.SummarizeNetworkRequest(network=network_proto(network), input_shape=shape)
@@ -550,7 +559,7 @@ class Client:
         """One Predict: ``decode`` turns the response into the result (``predict`` decodes only the
         output tensor), ``first`` drops the batch axis of a single example's result, ``fields`` is
         the request's read_mask (empty: every field)."""
-        name = _name(model)
+        name = _name(model, "model")
         feats = feature_array(features)  # compact integer and half-float features travel as they are
         try:
             return self._predict(name, feats, self._shapes_of(model) if isinstance(model, Model) else None, timeout,
@@ -609,7 +618,8 @@ class Client:
         >>> v.version, v.aliases                                              # doctest: +SKIP
         (1, ['latest', 'production'])
         """
-        request = models_pb2.PublishModelRequest(name=_name(model), registered_model=_registered(registered_model), aliases=aliases)
+        request = models_pb2.PublishModelRequest(name=_name(model, "model"), registered_model=_registered(registered_model, "registered_model"),
+                                                 aliases=check_strs("aliases", aliases))
         return Model(self, self._unary(self._models.PublishModel, request, timeout))
 
     def get_registered_model(self, name: str, *, timeout: float | None = DEFAULT) -> RegisteredModel:
@@ -632,13 +642,14 @@ class Client:
         """Points ``alias`` (e.g. ``"production"``) at ``version``, moving it if it exists. The
         server loads that version's session before the alias moves (0.17 s for a 76 MB model),
         so the first request by the alias after this returns does not wait for it."""
-        request = models_pb2.SetModelAliasRequest(name=_registered(name), alias=alias, version=version)
+        request = models_pb2.SetModelAliasRequest(name=_registered(name), alias=check_str("alias", alias),
+                                                  version=check_int("version", version, minimum=1, maximum=INT64_MAX))
         self._shapes.pop(f"{_registered(name)}@{alias}", None)
         return RegisteredModel(self, self._unary(self._models.SetModelAlias, request, timeout))
 
     def delete_alias(self, name: str, alias: str, *, timeout: float | None = DEFAULT) -> RegisteredModel:
         """Removes ``alias`` (``latest`` cannot be removed)."""
-        request = models_pb2.DeleteModelAliasRequest(name=_registered(name), alias=alias)
+        request = models_pb2.DeleteModelAliasRequest(name=_registered(name), alias=check_str("alias", alias))
         return RegisteredModel(self, self._unary(self._models.DeleteModelAlias, request, timeout))
 
     def delete_registered_model(self, name: str, *, force: bool = False, timeout: float | None = DEFAULT) -> None:
@@ -661,12 +672,13 @@ class Client:
     ) -> Model:
         """Overrides the server's dynamic batching for one model version (``clear=True``: back to
         the server's defaults). Zero / None keeps the server's default for that setting."""
-        request = models_pb2.UpdateModelBatchingRequest(name=_name(model))
-        if not clear:
-            request.dynamic_batching.max_batch_size = max_batch_size
-            request.dynamic_batching.max_delay_micros = round(max_delay_ms * 1000)
+        request = models_pb2.UpdateModelBatchingRequest(name=_name(model, "model"))
+        if not check_bool("clear", clear):
+            request.dynamic_batching.max_batch_size = check_int("max_batch_size", max_batch_size, minimum=0)
+            delay = check_float("max_delay_ms", max_delay_ms, low=0.0, high=INT64_MAX / 1000)
+            request.dynamic_batching.max_delay_micros = round(delay * 1000)
             if enabled is not None:
-                request.dynamic_batching.enabled = enabled
+                request.dynamic_batching.enabled = check_bool("enabled", enabled)
         return Model(self, self._unary(self._models.UpdateModelBatching, request, timeout))
 
     def statistics(self, model: str | Model | None = None, *, timeout: float | None = DEFAULT) -> list[ModelStatistics]:
@@ -686,7 +698,7 @@ class Client:
 
         request = grpc_service_pb2.ModelStatisticsRequest()
         if model is not None:
-            name = _name(model)
+            name = _name(model, "model")
             if name.startswith("models/"):
                 request.name = name.split("/", 1)[1]
             elif name.startswith("registeredModels/"):
@@ -722,11 +734,20 @@ class Client:
         >>> client.export_model(model, "digits.onnx")   # doctest: +SKIP
         PosixPath('digits.onnx')
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or a path (os.PathLike), got {path!r}")
+        if not os.fspath(path):
+            raise ValueError("path must name the file to write, such as 'model.onnx', got ''")
         path = pathlib.Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"path {str(path)!r} is a directory: name the file to write, such as "
+                                    f"{str(path / 'model.onnx')!r}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"path {str(path)!r}: its directory {str(path.parent)!r} does not exist")
         expected = model.onnx_sha256 if isinstance(model, Model) else ""
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
         digest = hashlib.sha256()
-        request = models_pb2.ExportModelRequest(name=_name(model))
+        request = models_pb2.ExportModelRequest(name=_name(model, "model"))
         try:
             with open(tmp, "wb") as f:
                 for response in self._server_stream(self._models.ExportModel, request, timeout):
@@ -748,6 +769,8 @@ class Client:
 # --- helpers ---------------------------------------------------------------------------
 
 
+MAX_CONNECTIONS = 256  # Client(connections=): each is a channel and a connection of its own
+
 _PRECISIONS = {
     "fp32": training_pb2.TrainingPerformance.PRECISION_FP32,
     "tf32": training_pb2.TrainingPerformance.PRECISION_TF32,
@@ -755,32 +778,48 @@ _PRECISIONS = {
 }
 
 
-def _registered(name: str) -> str:
-    """``"digits"`` -> ``"registeredModels/digits"`` (full names pass through)."""
+def _registered(name: str, field: str = "name") -> str:
+    """``"digits"`` -> ``"registeredModels/digits"`` (full names pass through). ``field``: the
+    argument's name, for the error."""
     if isinstance(name, RegisteredModel):
         return name.name
+    if not isinstance(name, str):
+        raise TypeError(f"{field} must be a registered model's name (a str such as 'digits') or a "
+                        f"gw.RegisteredModel, got {name!r}")
     return name if name.startswith("registeredModels/") else f"registeredModels/{name}"
 
 
-def _name(resource: str | _Resource[Any]) -> str:
+def _name(resource: str | _Resource[Any], field: str = "name") -> str:
+    """A resource's name, from the object or the name itself. ``field``: the argument's name, for the error."""
     if isinstance(resource, _Resource):
         return resource.name
     if isinstance(resource, str):
         return resource
-    raise TypeError(f"expected a resource name or object, got {type(resource).__name__}")
+    raise TypeError(f"{field} must be a resource name (a str) or a gradwire object such as gw.Model, got {resource!r}")
 
 
 def _prepare_dataset(
     features: Any, labels: Any, label_kind: LabelKindName | None, class_names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, LabelKindName]:
     """Features as C-contiguous '<f4'; labels as '<i8' (classes) or '<f4' (regression)."""
-    feats = as_wire_array(numeric_array(features, "features"), np.float32)
-    if feats.ndim < 2:
+    given = numeric_array(features, "features")
+    if given.ndim < 2:
         raise ValueError(
-            f"features must be [examples, ...] with at least 2 axes, got shape {feats.shape} "
+            f"features must be [examples, ...] with at least 2 axes, got shape {given.shape} "
             "(one feature per example? reshape(-1, 1))"
         )
-    labs = np.asarray(labels)
+    with np.errstate(over="ignore"):  # a float64 past float32's range: said below, by its value
+        feats = as_wire_array(given, np.float32)
+    if given.dtype.itemsize > 4 and given.dtype.kind == "f" and not np.isfinite(feats).all():
+        past = np.isinf(feats) & np.isfinite(given)
+        if past.any():
+            at = np.unravel_index(int(np.argmax(past)), given.shape)
+            raise ValueError(f"features: example {at[0]} holds {given[at]:g} at {list(at[1:])}, past float32's "
+                             f"range (+-3.4e38); features travel as float32")
+    try:
+        labs = np.asarray(labels)
+    except ValueError:  # numpy's own words name no argument
+        raise ValueError("labels must be an array: its rows differ in length or shape") from None
     if label_kind is None:
         if labs.dtype.kind in "biu" and labs.ndim == 2:
             label_kind = "multi_label"  # a 0 / 1 matrix: any number of labels per example
@@ -809,9 +848,10 @@ def _prepare_dataset(
         labs = as_wire_array(labs, np.int64)
     elif label_kind == "regression":
         if class_names:
-            raise ValueError("class_names only apply to label_kind='classes'")
+            raise ValueError(f"class_names only apply to class labels, and these labels (dtype {labs.dtype}) are "
+                             "regression targets: pass integer labels, or label_kind='classes'")
         if labs.ndim not in (1, 2):
-            raise ValueError(f"regression targets must be [examples] or [examples, targets], got shape {labs.shape}")
+            raise ValueError(f"labels (regression targets) must be [examples] or [examples, targets], got shape {labs.shape}")
         labs = as_wire_array(labs, np.float32)
     else:
         raise ValueError(f"label_kind must be 'classes', 'regression', 'multi_label' or None, got {label_kind!r}")

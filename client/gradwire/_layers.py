@@ -76,7 +76,7 @@ def check_activation(value: Any) -> str | None:
     if value == "softmax":
         raise ValueError("activation='softmax' is not an inline activation: classifiers get a softmax in the "
                          "exported graph anyway; add gw.Softmax() as the last layer if you want it explicit")
-    if value not in ACTIVATION_NAMES:
+    if not isinstance(value, str) or value not in ACTIVATION_NAMES:
         raise ValueError(f"activation must be one of {list(ACTIVATION_NAMES)} or None, got {value!r}")
     return value
 
@@ -115,8 +115,16 @@ def _check_padding(obj: Any) -> None:
 # --- argument checks shared with _training.py --------------------------------------------
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """``value`` as an int (numpy ints welcome, bools and floats not), >= minimum."""
+# The widths of the proto fields the checks below feed: a value past them would fail in
+# protobuf's own words ("Value out of range: 2147483648"), which name no argument.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int = INT32_MAX) -> int:
+    """``value`` as an int (numpy ints welcome, bools and floats not), within [minimum, maximum]
+    (by default what a 32-bit field holds)."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r}")
     try:
@@ -125,6 +133,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
         raise TypeError(f"{name} must be an int, got {value!r}") from None
     if minimum is not None and number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    if number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {number}")
     return number
 
 
@@ -137,12 +147,18 @@ def check_float(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """``value`` as a finite float within [low, high] (either end may be open)."""
+    """``value`` as a finite float within [low, high] (either end may be open) that a 32-bit
+    float field holds (past +-3.4e38 it would arrive as an infinity)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a double's range
+        raise ValueError(f"{name} must be finite, got {value}") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {number}")
+    if abs(number) > FLOAT32_MAX:
+        raise ValueError(f"{name} must be within a 32-bit float's range (+-3.4e38), got {number:g}")
     if low is not None and (number < low or (low_open and number == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {number}")
     if high is not None and (number > high or (high_open and number == high)):
@@ -154,6 +170,39 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+NO_DEADLINE_S = 1e9  # a timeout this long (31 years) or longer is none
+
+
+def check_timeout(value: Any, name: str = "timeout", *, zero_ok: bool = False) -> float | None:
+    """Seconds > 0 (>= 0 with ``zero_ok``), or None for no deadline. NO_DEADLINE_S or more (an
+    infinity too) is None: gRPC takes a deadline that far off (about 2**33 s) for one already
+    passed, and fails the call at once with DEADLINE_EXCEEDED."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past a double's range: for ever
+        return None
+    if not (seconds >= 0 if zero_ok else seconds > 0):
+        raise ValueError(f"{name} must be {'>=' if zero_ok else '>'} 0 seconds or None, got {value!r}")
+    return None if seconds >= NO_DEADLINE_S else seconds
+
+
+def check_str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {value!r}")
+    return value
+
+
+def check_strs(name: str, values: Any) -> list[str]:
+    """A list of str from any iterable of them (not from a str itself, which would be its letters)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of str, got {values!r}")
+    return [check_str(f"{name}[{i}]", v) for i, v in enumerate(values)]
 
 
 # --- layers ------------------------------------------------------------------------------
@@ -636,7 +685,7 @@ class TokenPooling(Layer):
     mode: Literal["class_token", "mean"] = "class_token"
 
     def __post_init__(self) -> None:
-        if self.mode not in _POOLING_MODES:
+        if not isinstance(self.mode, str) or self.mode not in _POOLING_MODES:
             raise ValueError(f"mode must be one of {list(_POOLING_MODES)}, got {self.mode!r}")
 
 
@@ -676,6 +725,8 @@ class Sequential:
     def __init__(self, layers: Iterable[Layer | network_pb2.Layer]) -> None:
         if isinstance(layers, (Layer, network_pb2.Layer)):
             raise TypeError("Sequential takes a list of layers, e.g. Sequential([gw.Dense(10)])")
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise TypeError(f"Sequential takes a list of layers, e.g. Sequential([gw.Dense(10)]), got {layers!r}")
         items: list[Layer] = []
         for i, layer in enumerate(layers):
             if isinstance(layer, network_pb2.Layer):
@@ -686,7 +737,7 @@ class Sequential:
                 raise TypeError(f"layers[{i}] must be a gradwire layer, got {layer!r}")
             items.append(layer)
         if not items:
-            raise ValueError("a network needs at least one layer")
+            raise ValueError("layers is empty: a network needs at least one layer")
         self.layers: tuple[Layer, ...] = tuple(items)
 
     @classmethod
@@ -731,4 +782,9 @@ def network_proto(network: Sequential | Iterable[Layer] | network_pb2.NetworkSpe
         return network.to_proto()
     if isinstance(network, Layer):
         raise TypeError("network must be a Sequential or a list of layers, got a single layer")
-    return Sequential(network).to_proto()
+    if isinstance(network, (str, bytes)) or not isinstance(network, Iterable):
+        raise TypeError(f"network must be a gw.Sequential, a list of layers or a NetworkSpec, got {network!r}")
+    try:
+        return Sequential(network).to_proto()
+    except (TypeError, ValueError) as exc:  # "layers[2] must be a gradwire layer": which argument's
+        raise type(exc)(f"network: {exc}") from None

@@ -28,7 +28,7 @@ from gradwire._errors import (
     UnavailableError,
     status_code,
 )
-from gradwire._layers import Sequential
+from gradwire._layers import Sequential, check_timeout
 from gradwire._summary import Evaluation
 from gradwire.v1 import datasets_pb2, models_pb2, network_pb2, training_pb2
 
@@ -574,6 +574,7 @@ class TrainingJob(_Resource[training_pb2.TrainingJob]):
             TrainingCancelledError: the job ended CANCELLED.
             DeadlineExceededError: ``timeout`` passed first (the job keeps running).
         """
+        timeout = check_timeout(timeout, zero_ok=True)  # 0: look once, without waiting
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar(self) if progress else None
         try:

@@ -208,7 +208,7 @@ class EarlyStopping:
         _check_monitor(self.monitor)
         _set(self, "min_delta", check_float("min_delta", self.min_delta, low=0.0))
         check_bool("restore_best_weights", self.restore_best_weights)
-        if self.mode is not None and self.mode not in MODES:
+        if self.mode is not None and (not isinstance(self.mode, str) or self.mode not in MODES):
             raise ValueError(f"mode must be 'min', 'max' or None, got {self.mode!r}")
 
     def __repr__(self) -> str:
@@ -228,7 +228,7 @@ class EarlyStopping:
 
 
 def _check_monitor(monitor: object) -> None:
-    if monitor is not None and monitor not in METRICS:
+    if monitor is not None and (not isinstance(monitor, str) or monitor not in METRICS):
         raise ValueError(f"monitor must be one of {sorted(METRICS)} or None, got {monitor!r}")
 
 
@@ -488,16 +488,13 @@ def training_config(
         l1_penalty=check_float("l1_penalty", l1_penalty, low=0.0),
     )
     if seed is not None:
-        seed = check_int("seed", seed, minimum=0)
-        if seed >= 2**64:
-            raise ValueError(f"seed must be < 2**64, got {seed}")
-        config.seed = seed
+        config.seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)  # a uint64 field
     if early_stopping is not None:
         if not isinstance(early_stopping, EarlyStopping):
             raise TypeError(f"early_stopping must be gw.EarlyStopping(...), got {early_stopping!r}")
         config.early_stopping.CopyFrom(early_stopping.to_proto())
     if input_normalization is not None:
-        if input_normalization not in NORMALIZATIONS:
+        if not isinstance(input_normalization, str) or input_normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"input_normalization must be one of {list(NORMALIZATIONS)} or None, got {input_normalization!r}"
             )
