@@ -154,6 +154,9 @@ def ort_session(path: pathlib.Path, *, off_workers: bool = False):
         return ort.InferenceSession(str(path), providers=chosen)
     with _worker_threads(idle=False, pinning=True) as workers:
         session = ort.InferenceSession(str(path), providers=chosen)
+    if workers.unsettled():  # pinned after the load stopped waiting: a busy moment of the machine
+        time.sleep(0.2)
+        workers.read_cpus()
     return OffWorkers(session, workers.caller_cpus())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 import time
 
 import numpy as np
@@ -283,6 +284,43 @@ def test_the_server_passes_its_idle_priority_setting_on(tmp_path):
 
 
 @linux_only
+def test_workers_pinned_after_the_load_are_found_by_the_calls(tmp_path, monkeypatch):
+    """A load waits PIN_WAIT_S for onnxruntime's workers to pin themselves; on a busy machine they
+    may start later (under a parallel test run, one load in some hundreds missed them, and its long
+    calls then never moved off the workers' CPUs). The session's calls look again, for
+    PIN_SETTLE_S after the load; then they stop looking."""
+    from gradwire_server import inference
+
+    _tiny_onnx(inference.model_path(tmp_path, "m1"))
+    loaded = SessionCache(tmp_path)._get("m1")
+    time.sleep(0.2)
+    own = os.sched_getaffinity(0)
+    pinned = set().union(*(os.sched_getaffinity(tid) for tid in loaded.workers.tids))
+    if not pinned or pinned >= own:
+        pytest.skip(f"onnxruntime pinned no worker off some CPU here ({len(own)} CPUs, workers on {sorted(pinned)})")
+    def unpinned(tids) -> inference._Workers:
+        """Workers as the load saw them before they pinned themselves."""
+        workers = inference._Workers()
+        workers.tids, workers.allowed, workers.pinning = tuple(tids), frozenset(own), True
+        return workers
+
+    again = inference._Loaded(loaded.session, inference.ModelStats(), unpinned(loaded.workers.tids))
+    assert again.caller_cpus is None and again._pin_pending
+    x = np.ones((3, 4), np.float32)
+    assert np.array_equal(again.run_now(x), loaded.session.run(None, {"features": x})[0])
+    assert again.caller_cpus == frozenset(own - pinned) and not again._pin_pending
+
+    # threads that stay unpinned (here: this one) stop being looked at
+    idle = inference._Loaded(loaded.session, inference.ModelStats(), unpinned([threading.get_native_id()]))
+    idle.run_now(x)
+    assert idle._pin_pending and idle.caller_cpus is None
+    monkeypatch.setattr(idle, "_loaded_at", time.monotonic() - inference.PIN_SETTLE_S - 1)
+    idle.run_now(x)
+    assert not idle._pin_pending and idle.caller_cpus is None
+    assert not inference._Loaded(loaded.session, inference.ModelStats(), unpinned(loaded.workers.tids),
+                                 move_callers=False)._pin_pending
+
+
 def test_a_long_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_path, monkeypatch):
     """With its default thread count onnxruntime pins its intra-op workers to CPUs 1.. and leaves
     CPU 0 to the caller; an RPC thread may sit anywhere. A call foreseen to take MOVE_CALLER_NS or
@@ -299,6 +337,9 @@ def test_a_long_call_runs_off_the_cpus_onnxruntime_pinned_its_workers_to(tmp_pat
     pinned = set().union(*(os.sched_getaffinity(tid) for tid in loaded.workers.tids))
     if not pinned or pinned >= own:  # one CPU: no worker at all
         pytest.skip(f"onnxruntime pinned no worker off some CPU here ({len(own)} CPUs, workers on {sorted(pinned)})")
+    if loaded.caller_cpus is None:  # pinned after the load stopped waiting (a busy machine): its first call looks again
+        loaded.run_now(np.zeros((1, 4), np.float32))
+        loaded._last = (0, 0)
     assert loaded.caller_cpus == frozenset(own - pinned)
     seen: list[set[int]] = []
     session = loaded.session

@@ -110,6 +110,16 @@ class _Workers:
         self.tids: tuple[int, ...] = ()
         self.cpus: frozenset[int] = frozenset()
         self.allowed: frozenset[int] = frozenset()
+        self.pinning = False  # onnxruntime was expected to pin them (its default thread count)
+
+    def read_cpus(self) -> frozenset[int]:
+        """The CPUs the workers are pinned to now (kept in ``cpus``); empty while none is."""
+        self.cpus = frozenset().union(*(cpus for cpus in map(_affinity, self.tids) if cpus is not None and cpus != self.allowed))
+        return self.cpus
+
+    def unsettled(self) -> bool:
+        """Workers that onnxruntime should pin and had not pinned yet when they were looked at."""
+        return self.pinning and bool(self.tids) and not self.cpus
 
     def caller_cpus(self) -> frozenset[int] | None:
         """Where a caller should run a long call: the allowed CPUs no worker is pinned to; None
@@ -119,6 +129,7 @@ class _Workers:
 
 
 PIN_WAIT_S = 0.1  # how long a load waits for onnxruntime's workers to pin themselves (they do it as they start)
+PIN_SETTLE_S = 5.0  # after that, how long a session's calls look again for workers pinned late (a busy machine)
 
 
 @contextlib.contextmanager
@@ -177,12 +188,9 @@ def _worker_threads(idle: bool, pinning: bool) -> Iterator[_Workers]:
                 tids.append(int(tid))
             except OSError as exc:  # a thread gone meanwhile
                 log.debug("thread %s stays as it started: %s", tid, exc)
-        found.tids, found.allowed = tuple(tids), allowed
+        found.tids, found.allowed, found.pinning = tuple(tids), allowed, pinning
         deadline = time.monotonic() + (PIN_WAIT_S if pinning and tids else 0)
-        while True:
-            found.cpus = frozenset().union(*(cpus for cpus in map(_affinity, tids) if cpus is not None and cpus != allowed))
-            if found.cpus or time.monotonic() >= deadline:
-                break
+        while not found.read_cpus() and time.monotonic() < deadline:
             time.sleep(0.001)
 
 
@@ -480,6 +488,10 @@ class _Loaded:
         self.on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"  # what it got, not what it asked
         # where a long call runs: off the workers' CPUs (_worker_threads); None: where it is
         self.caller_cpus = self.workers.caller_cpus() if move_callers else None
+        # Workers not pinned yet when the load stopped waiting for them (PIN_WAIT_S: on a busy
+        # machine they start late): the calls look again, for PIN_SETTLE_S (`_settle_pinning`).
+        self._pin_pending = move_callers and self.workers.unsettled()
+        self._loaded_at = time.monotonic()
         self._last = (0, 0)  # the last call's rows and nanoseconds
         self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
 
@@ -495,13 +507,26 @@ class _Loaded:
         1.99-2.38 ms against 2.55-3.07, onnxruntime's part 1.26-1.46 ms against 1.52-1.70. A one-row
         call of that CNN takes 17-60 us and stays where it is."""
         if self.caller_cpus is None:
-            (output,) = self.session.run([self.output_name], {self.input_name: features})
-            return output
+            if self._pin_pending:
+                self._settle_pinning()
+            if self.caller_cpus is None:
+                (output,) = self.session.run([self.output_name], {self.input_name: features})
+                return output
         rows, (last_rows, last_ns) = len(features), self._last
         if not last_rows or last_ns * rows < MOVE_CALLER_NS * last_rows:  # short: where it is, nothing counted
             return self._timed_run(features)
         with _long_call() as alone, on_cpus(self.caller_cpus if alone else None):
             return self._timed_run(features)
+
+    def _settle_pinning(self) -> None:
+        """Looks again for the workers' CPUs, until they are pinned or PIN_SETTLE_S has passed since
+        the load (then they stay as they are, and every call runs where its caller is). Racing
+        callers set the same values."""
+        if self.workers.read_cpus():
+            self.caller_cpus = self.workers.caller_cpus()
+            self._pin_pending = False
+        elif time.monotonic() - self._loaded_at > PIN_SETTLE_S:
+            self._pin_pending = False
 
     def _timed_run(self, features: np.ndarray) -> np.ndarray:
         """One call, its rows and nanoseconds kept to foresee the next one's."""
