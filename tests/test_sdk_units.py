@@ -582,6 +582,7 @@ def _client_calls(client: gw.Client, model: gw.Model, tmp_path) -> dict:
     """Each public Client method with arguments that are all valid: {method: (callable, kwargs)}."""
     X, y = np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])
     job = gw.TrainingJob(client, training_pb2.TrainingJob(name="trainingJobs/j", state=training_pb2.TrainingJob.RUNNING))
+    registered = gw.RegisteredModel(client, models_pb2.RegisteredModel(name="registeredModels/r"))
     return {
         "upload_dataset": (client.upload_dataset, {"features": X, "labels": y, "name": "d", "class_names": ["a", "b"], "chunk_bytes": 64}),
         "get_dataset": (client.get_dataset, {"name": "datasets/x"}),
@@ -593,7 +594,6 @@ def _client_calls(client: gw.Client, model: gw.Model, tmp_path) -> dict:
         "get_job": (client.get_job, {"name": "trainingJobs/x"}),
         "cancel_job": (client.cancel_job, {"name": "trainingJobs/x"}),
         "watch_job": (client.watch_job, {"name": "trainingJobs/x"}),
-        "job.wait": (job.wait, {"timeout": 0}),
         "get_model": (client.get_model, {"name": "models/x"}),
         "delete_model": (client.delete_model, {"name": "models/x"}),
         "predict": (client.predict, {"model": model, "features": X[:1]}),
@@ -607,6 +607,11 @@ def _client_calls(client: gw.Client, model: gw.Model, tmp_path) -> dict:
         "set_batching": (client.set_batching, {"model": model, "enabled": True, "max_batch_size": 8, "max_delay_ms": 0.5, "clear": False}),
         "statistics": (client.statistics, {"model": model}),
         "export_model": (client.export_model, {"model": model, "path": tmp_path / "m.onnx"}),
+        "Model.download": (model.download, {"path": tmp_path / "m.onnx"}),
+        "RegisteredModel.predict": (registered.predict, {"features": X[:1], "alias": "prod"}),
+        "RegisteredModel.set_alias": (registered.set_alias, {"alias": "prod", "version": 2}),
+        "RegisteredModel.delete": (registered.delete, {"force": True}),
+        "TrainingJob.wait": (job.wait, {"progress": False, "timeout": 0}),
     }
 
 
@@ -616,12 +621,12 @@ def test_every_client_argument_is_refused_by_name_or_sent(tmp_path):
         model._client = client
         calls = _client_calls(client, model, tmp_path)
         assert {name for name in dir(client) if not name.startswith("_") and callable(getattr(client, name))} - set(calls) == {
-            "close", "list_datasets", "list_jobs", "list_models", "list_registered_models", "wait_for_ready"}
+            "close", "list_datasets", "list_jobs", "list_models", "list_registered_models", "wait_for_ready"}  # no arguments; one that waits (below)
         wrong, refused = [], 0
         for method, (call, valid) in calls.items():
             for argument in [*valid, "timeout"]:
                 for value in BAD_ARGUMENTS:
-                    if method == "job.wait" and (value is None or isinstance(value, float | int) and value >= 0):
+                    if method.endswith(".wait") and argument == "timeout" and (value is None or isinstance(value, float | int) and value >= 0):
                         continue  # a valid timeout (None, inf: none): it would wait for the job
                     outcome = _argument_outcome(call, {**valid, argument: value}, argument)
                     refused += outcome == "refused"
@@ -649,6 +654,9 @@ def test_every_client_argument_is_refused_by_name_or_sent(tmp_path):
      TypeError, "aliases must be a list of str, got 'prod'"),
     (lambda c: c.upload_dataset(np.zeros((2, 3)), [[0, 1], [1]]), "labels", ValueError,
      "labels must be an array: its rows differ in length or shape"),
+    (lambda c: c.wait_for_ready(timeout="1"), "timeout", TypeError, "timeout must be a number of seconds or None, got '1'"),
+    (lambda c: gw.RegisteredModel(c, models_pb2.RegisteredModel(name="registeredModels/r")).predict([[1.0]], alias=None), "alias",
+     TypeError, "alias must be an alias (a str) or a version number (an int), got None"),
     (lambda c: c.export_model("models/m", "no-such-dir/m.onnx"), "path", FileNotFoundError,
      "path 'no-such-dir/m.onnx': its directory 'no-such-dir' does not exist"),
 ])

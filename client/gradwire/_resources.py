@@ -28,7 +28,7 @@ from gradwire._errors import (
     UnavailableError,
     status_code,
 )
-from gradwire._layers import Sequential, check_timeout
+from gradwire._layers import INT64_MAX, Sequential, check_bool, check_int, check_timeout
 from gradwire._summary import Evaluation
 from gradwire.v1 import datasets_pb2, models_pb2, network_pb2, training_pb2
 
@@ -462,7 +462,11 @@ class RegisteredModel(_Resource[models_pb2.RegisteredModel]):
         return self._client.list_model_versions(self.name)
 
     def predict(self, features: Any, *, alias: str = "latest", timeout: float | None = DEFAULT) -> np.ndarray:
-        """Runs the version ``alias`` points at (or a version number as a string)."""
+        """Runs the version ``alias`` points at (or a version number, as an int or a string)."""
+        if isinstance(alias, bool) or not isinstance(alias, (str, int, np.integer)):
+            raise TypeError(f"alias must be an alias (a str) or a version number (an int), got {alias!r}")
+        if not isinstance(alias, str):
+            alias = str(check_int("alias", alias, minimum=1, maximum=INT64_MAX))  # a version number
         return self._client.predict(f"{self.name}@{alias}", features, timeout=timeout)
 
     def set_alias(self, alias: str, version: int) -> RegisteredModel:
@@ -575,6 +579,7 @@ class TrainingJob(_Resource[training_pb2.TrainingJob]):
             DeadlineExceededError: ``timeout`` passed first (the job keeps running).
         """
         timeout = check_timeout(timeout, zero_ok=True)  # 0: look once, without waiting
+        check_bool("progress", progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar(self) if progress else None
         try:
