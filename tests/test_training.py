@@ -788,3 +788,39 @@ def test_any_training_config_the_validator_accepts_trains():
     check()
     print(f"training config fuzz: {dict(seen)}")
     assert seen["trained"] >= 20, seen  # 41-70 in runs here: hypothesis draws vary
+
+
+def test_evaluation_passes_are_bounded_by_memory_not_by_a_fixed_count():
+    """Evaluation ran 4,096 examples a pass whatever their size: for 1,500 (3, 128, 128) images
+    through a 32-filter convolution that is 3.1 GB an activation, and a server limited to 6 GB of
+    address space failed the job after training it. A pass now holds about EVAL_BYTES: four
+    float32 copies of one example's largest tensor, attention scores included."""
+    conv = net("layers { conv2d { filters: 32 kernel_size: 3 padding_mode: PADDING_MODE_SAME } } layers { relu {} }"
+               "layers { flatten {} } layers { dense { units: 2 } }")
+    assert train.eval_rows(spec.infer_network(conv, (3, 128, 128)), conv) == (256 << 20) // (16 * 32 * 128 * 128)  # 32
+    assert train.eval_rows(spec.infer_network(net(MLP), (4,)), net(MLP)) == train.EVAL_BATCH  # small: as before
+    attention = net("layers { transformer_encoder { depth: 1 heads: 4 } } layers { token_pooling { mode: TOKEN_POOLING_MODE_MEAN } } layers { dense { units: 2 } }")
+    assert train.eval_rows(spec.infer_network(attention, (512, 16)), attention) == (256 << 20) // (16 * 4 * 512 * 512)
+    residual = net("layers { residual_block { layers { dense { units: 100000 } } layers { dense { units: 4 } } } }"
+                   "layers { dense { units: 2 } }")
+    assert train.eval_rows(spec.infer_network(residual, (4,)), residual) == (256 << 20) // (16 * 100000)  # inside a block
+
+
+def test_evaluation_in_small_passes_scores_as_in_one(monkeypatch):
+    network = MLP
+    training = ("loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } } "
+                "batching { mini_batch { batch_size: 8 } } epochs: 3 validation_split: 0.25")
+    whole = run(network, training, blobs(90))
+    monkeypatch.setattr(train, "EVAL_BYTES", 7 * train.activation_bytes(spec.infer_network(net(network), (4,)), net(network)))
+    passes = []
+    original = train._evaluate
+    monkeypatch.setattr(train, "_evaluate", lambda *a, **k: passes.append(a[-1]) or original(*a, **k))
+    small = run(network, training, blobs(90))
+    assert set(passes) == {7}  # the validation split (22 examples) in passes of 7
+    assert_same_weights(weights(whole.model), weights(small.model))
+    for a, b in zip(whole.evaluations, small.evaluations, strict=True):
+        assert (a.split, a.example_count) == (b.split, b.example_count)
+        assert a.loss == pytest.approx(b.loss, rel=1e-6) and a.accuracy == b.accuracy
+        assert np.array_equal(a.confusion_matrix, b.confusion_matrix)
+    assert [h.validation_loss for h in whole.history] == pytest.approx([h.validation_loss for h in small.history], rel=1e-6)
+    assert len(small.holdout_features) == 7  # the parity check's examples: what a pass holds

@@ -32,6 +32,7 @@ import math
 import pathlib
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -46,7 +47,8 @@ from . import errors, files, nets, spec
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
-EVAL_BATCH = 4096  # examples per forward pass when evaluating (bounds memory, not results)
+EVAL_BATCH = 4096  # at most this many examples per forward pass when evaluating (bounds memory, not results)
+EVAL_BYTES = 256 << 20  # and at most about this much memory for one evaluation pass's activations (eval_rows)
 HOLDOUT_EXAMPLES = 64  # raw examples kept for export's ONNX-vs-PyTorch parity check
 DATA_ON_DEVICE_FRACTION = 0.5  # the training data moves to the GPU when it takes at most this share of its free memory
 
@@ -445,17 +447,46 @@ def _place(t: torch.Tensor, home: torch.device, device: torch.device) -> torch.T
 
 
 @torch.no_grad()
+def activation_bytes(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec) -> int:
+    """About the most memory one example's forward pass holds at once without gradients: four
+    float32 copies of its largest tensor (a layer's input and output, and a normalization's or
+    an activation's temporaries), counting a transformer block's attention scores (heads x tokens
+    x tokens) and MLP (tokens x hidden), which its output shape does not show."""
+    largest = math.prod(summary.input_shape)
+
+    def walk(layers: Iterable[spec.LayerSummary], specs) -> None:
+        nonlocal largest
+        for layer, p in zip(layers, specs, strict=True):
+            largest = max(largest, math.prod(layer.output_shape))
+            kind = p.WhichOneof("kind")
+            if kind == "residual_block":
+                walk(layer.children, p.residual_block.layers)
+            elif kind == "transformer_encoder" and len(layer.output_shape) == 2:
+                (tokens, width), t = layer.output_shape, p.transformer_encoder
+                largest = max(largest, t.heads * tokens * tokens, tokens * spec.mlp_hidden(t, width))
+
+    walk(summary.layers, network.layers)
+    return 4 * 4 * largest
+
+
+def eval_rows(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec) -> int:
+    """Examples per evaluation pass: EVAL_BATCH, or fewer where EVAL_BYTES holds fewer (a network
+    on large images: a fixed 4,096 (128, 256, 256) activations would take 137 GB)."""
+    return max(1, min(EVAL_BATCH, EVAL_BYTES // activation_bytes(summary, network)))
+
+
 def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-              classifier: bool, device: torch.device | None = None) -> tuple[float, float | None]:
+              classifier: bool, device: torch.device | None = None, rows: int = EVAL_BATCH) -> tuple[float, float | None]:
     """Mean loss (and accuracy for classifiers) in eval mode, computed on ``device``
-    (default: where ``x`` lives; data kept in host memory is copied a batch at a time)."""
+    (default: where ``x`` lives; data kept in host memory is copied a batch at a time), ``rows``
+    examples at a time."""
     model.eval()
     device = device or x.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, len(x), EVAL_BATCH):
-        out = model(x[start:start + EVAL_BATCH].to(device))  # (batch, output_size)
-        target = y[start:start + EVAL_BATCH].to(device)
+    for start in range(0, len(x), rows):
+        out = model(x[start:start + rows].to(device))  # (batch, output_size)
+        target = y[start:start + rows].to(device)
         loss_sum += loss_fn(out, target).double() * len(target)
         if classifier:
             correct += _correct(out, target)
@@ -465,13 +496,14 @@ def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Te
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, *, split: str,
-             classifier: bool, classes: int = 0, top_k: int = 1, device: torch.device | None = None) -> Evaluation:
+             classifier: bool, classes: int = 0, top_k: int = 1, device: torch.device | None = None,
+             rows: int = EVAL_BATCH) -> Evaluation:
     """Scores ``model`` (logits out) on (x, y) in eval mode: loss, and accuracy,
     top-k accuracy, per-class precision / recall / F1 and the confusion matrix
     for classifiers, or MSE, MAE and R² (mean over targets) for regression."""
     model.eval()
     device = device or x.device
-    outs = [model(x[s:s + EVAL_BATCH].to(device)) for s in range(0, len(x), EVAL_BATCH)]
+    outs = [model(x[s:s + rows].to(device)) for s in range(0, len(x), rows)]
     out = torch.cat(outs) if outs else torch.zeros((0, 1))
     y = y.to(out.device)
     n = len(x)
@@ -929,7 +961,8 @@ def train(
     norm_kind = (training.input_normalization if training.HasField("input_normalization")
                  else network_pb2.INPUT_NORMALIZATION_NONE)
     normalization = fit_normalization(data.features[train_idx.numpy()], norm_kind)
-    holdout_idx = (val_idx if n_val else train_idx)[:HOLDOUT_EXAMPLES].numpy()
+    rows = eval_rows(spec.infer_network(network, feature_shape), network)  # per evaluation pass
+    holdout_idx = (val_idx if n_val else train_idx)[:min(HOLDOUT_EXAMPLES, max(2, rows))].numpy()
 
     features = torch.from_numpy(normalization.apply(data.features))
     labels = _labels_tensor(data)
@@ -1000,7 +1033,7 @@ def train(
 
             val_loss = val_acc = None
             if n_val:
-                val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier, device)
+                val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier, device, rows)
             result = EpochResult(
                 epoch=epoch,
                 iterations=iterations,
@@ -1035,7 +1068,7 @@ def train(
             best_epoch = stopper.best_epoch
         binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
         top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
-        score = dict(classifier=classifier, classes=data.output_size, top_k=top_k, device=device)
+        score = dict(classifier=classifier, classes=data.output_size, top_k=top_k, device=device, rows=rows)
         evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
         if n_val:
             evaluations.append(evaluate(forward, loss_fn, x_val, y_val, split="validation", **score))
