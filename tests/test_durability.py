@@ -40,10 +40,20 @@ def serve_env(data_dir: pathlib.Path, port: int, device: str = "auto", **setting
 
 
 class ServeProcess:
-    def __init__(self, data_dir: pathlib.Path, port: int, device: str = "auto", **settings: str) -> None:
+    def __init__(self, data_dir: pathlib.Path, port: int, device: str = "auto", *, address_space: int | None = None,
+                 **settings: str) -> None:
+        """``address_space``: a limit on each of the server's processes' virtual memory, in bytes
+        (RLIMIT_AS, which its children inherit): allocations past it fail as on a full machine."""
         env = serve_env(data_dir, port, device, **settings)
         self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")
-        self.proc = subprocess.Popen([GRADWIRE, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+        def limit() -> None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+        self.proc = subprocess.Popen([GRADWIRE, "serve"], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit if address_space else None)
         self.target = f"127.0.0.1:{port}"
         self.channel = grpc.insecure_channel(self.target)
         health = health_pb2_grpc.HealthStub(self.channel)
@@ -192,7 +202,8 @@ def test_a_killed_worker_is_replaced_its_job_resumed_and_its_leftovers_removed(t
 
         events = watch_to_end(server.jobs, job.name)
         assert events[-1].state == State.SUCCEEDED, events[-1]
-        requeued = [i for i, e in enumerate(events) if e.message == "requeued: the worker process died"]
+        requeued = [i for i, e in enumerate(events) if e.message.startswith("requeued: the worker process died (killed by "
+                                                                              "SIGKILL, which the kernel's out-of-memory killer sends")]
         assert requeued, [e.message for e in events]
         rerun = [e.epoch.epoch for e in events[requeued[-1]:] if e.HasField("epoch")]
         assert rerun[0] > 1 and rerun == list(range(rerun[0], 13)), rerun  # from its checkpoint, not from epoch 1

@@ -5,6 +5,7 @@ Servers here run without a worker unless a test needs one, so queued jobs stay q
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -379,3 +380,58 @@ def test_failure_messages_carry_no_paths_or_tracebacks():
     assert "/srv" not in msg and "features.bin" not in msg and msg.startswith("training failed: FileNotFoundError")
     msg = safe_message(RuntimeError("line one\nTraceback (most recent call last):\n  File \"/x/y.py\", line 3" + "z" * 900))
     assert "\n" not in msg and "/x/y.py" not in msg and len(msg) < 600
+
+
+def test_a_job_that_runs_out_of_memory_fails_naming_its_batching(tmp_path):
+    """An allocation that fails (here a 4 GiB convolution output, past the server's 4 GB address
+    space) ends the job RESOURCE_EXHAUSTED naming training.batching, the allocation and the batch
+    size; it read INTERNAL and torch's `[enforce fail at alloc_cpu.cpp:127] err == 0.
+    DefaultCPUAllocator: ...` before. The server lives on."""
+    import resource
+
+    from test_durability import ServeProcess, free_port
+
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4_000_000_000:
+        pytest.skip(f"this process's address space is limited to {hard} bytes already")
+    server = ServeProcess(tmp_path / "data", free_port(), device="cpu", address_space=4_000_000_000)
+    try:
+        rng = np.random.default_rng(0)
+        X, y = rng.normal(size=(8, 1, 512, 512)).astype(np.float32), np.arange(8) % 2
+        net = [gw.Conv2d(512, 3, padding="same"), gw.GlobalAvgPool(), gw.Dense(2)]  # (512, 512, 512) a row: 512 MiB
+        with gw.Client(server.target, timeout=60) as client:
+            job = client.train(net, (X, y), optimizer=gw.SGD(0.01), epochs=1, batch_size=8)
+            with pytest.raises(gw.TrainingFailedError) as info:
+                job.wait(timeout=120)
+            assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert str(info.value).endswith(
+                "training.batching: training ran out of memory on cpu (an allocation of 4.00 GiB failed): a step holds "
+                "every layer's activations for mini-batches of 8; use smaller batches (mini_batch.batch_size) or a "
+                "smaller network")
+            model = client.train([gw.Flatten(), gw.Dense(2)], (X[:, :, :8, :8], y), optimizer=gw.SGD(0.01), epochs=1,
+                                 batch_size=8).wait(timeout=120)  # the worker trains on
+            assert client.predict(model, X[:2, :, :8, :8]).shape == (2, 2)
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_out_of_memory_errors_are_told_from_others():
+    import torch
+    from gradwire.v1 import network_pb2
+    from gradwire_server.server import exit_description
+    from gradwire_server.worker import out_of_memory
+
+    mini = network_pb2.Batching(mini_batch=network_pb2.MiniBatch(batch_size=64))
+    cuda = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    got = out_of_memory(cuda("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB"),
+                        mini, "cuda:0")
+    assert got.message == ("training.batching: training ran out of memory on cuda:0 (an allocation of 20.00 GiB failed): "
+                           "a step holds every layer's activations for mini-batches of 64; use smaller batches "
+                           "(mini_batch.batch_size) or a smaller network")
+    full = network_pb2.Batching(full_batch=network_pb2.FullBatch())
+    assert "(every example)" in out_of_memory(MemoryError(), full, "cpu").message
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), mini, "cpu") is None
+    assert out_of_memory(ValueError("can't allocate memory"), mini, "cpu") is None
+    assert exit_description(-signal.SIGKILL).startswith("killed by SIGKILL, which the kernel's out-of-memory killer sends")
+    assert exit_description(-signal.SIGSEGV) == "killed by SIGSEGV"
+    assert exit_description(3) == "exit code 3"

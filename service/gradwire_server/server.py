@@ -309,12 +309,28 @@ class WorkerPool(_Children):
         log.error("worker %s exited with code %s; restarting it", name, proc.exitcode)
         del self._procs[name]
         _clean_leftovers(self.settings, f"worker {name}", proc.pid)
-        self._store.requeue_orphan(name, worker.MAX_ATTEMPTS)
+        self._store.requeue_orphan(name, worker.MAX_ATTEMPTS, exit_description(proc.exitcode))
         self._spawn(int(name.rsplit("-w", 1)[1].split(".")[0]))
 
     def stop(self, timeout: float) -> None:
         super().stop(timeout)
         self._store.close()
+
+
+def exit_description(code: int | None) -> str:
+    """How a child process ended, for a job's error: its exit code or the signal that killed it.
+    SIGKILL is what the kernel's out-of-memory killer sends: a job that needs more memory than the
+    machine (or the container's limit) has ends this way when no allocation fails first."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return (f"killed by {name}, which the kernel's out-of-memory killer sends: the job may need more memory "
+                "than the machine has; smaller batches (training.batching) or a smaller network need less")
+    return f"killed by {name}"
 
 
 def _setup_logging(settings: Settings) -> None:

@@ -643,20 +643,22 @@ class Store:
                 self._event(db, job_id, State.CANCELLED, "cancelled (the server restarted while stopping)", now=now)
         return running
 
-    def requeue_orphan(self, worker: str, max_attempts: int) -> list[str]:
-        """A worker process died: requeue its running job, or fail it after `max_attempts` tries."""
+    def requeue_orphan(self, worker: str, max_attempts: int, how: str = "") -> list[str]:
+        """A worker process died (``how``: e.g. "killed by SIGKILL"): requeue its running job, or
+        fail it after `max_attempts` tries."""
+        why = f" ({how})" if how else ""
         rows = self._query("SELECT id, state, attempts FROM jobs WHERE worker = ? AND state IN (?, ?)", (worker, State.RUNNING, State.CANCELLING))
         out = []
         for job_id, state, attempts in rows:
             if state == State.CANCELLING:
                 self.finish_job(job_id, State.CANCELLED, "cancelled")
             elif attempts >= max_attempts:
-                err = status_pb2.Status(code=13, message=f"the worker process died {attempts} times while training this job")
+                err = status_pb2.Status(code=13, message=f"the worker process died {attempts} times while training this job{why}")
                 self.finish_job(job_id, State.FAILED, err.message, error=err)
             else:
                 with self._tx() as db:
                     db.execute("UPDATE jobs SET state = ?, worker = '' WHERE id = ?", (State.QUEUED, job_id))
-                    self._event(db, job_id, State.QUEUED, "requeued: the worker process died")
+                    self._event(db, job_id, State.QUEUED, f"requeued: the worker process died{why}")
             out.append(job_id)
         return out
 

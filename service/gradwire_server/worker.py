@@ -42,6 +42,32 @@ def safe_message(exc: BaseException) -> str:
     return f"training failed: {type(exc).__name__}: {text}" if text else f"training failed: {type(exc).__name__}"
 
 
+_ALLOCATION_RE = re.compile(r"tried to allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]?i?B)")
+
+
+def out_of_memory(exc: BaseException, batching: network_pb2.Batching, device) -> errors.ResourceExhausted | None:
+    """The job's error when ``exc`` is an allocation that failed (torch's CPU allocator, CUDA, or
+    Python's MemoryError), naming the allocation and the batch size to lower; None otherwise.
+    The same failure, left as it was, read `INTERNAL: training failed: RuntimeError: [enforce fail
+    at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: ...`."""
+    import torch
+
+    cuda_oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    text = str(exc)
+    if not (isinstance(exc, (MemoryError, cuda_oom)) or
+            (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))):
+        return None
+    found = _ALLOCATION_RE.search(text)
+    size = (f"{int(found.group(1)) / 2**30:.2f} GiB" if found.group(1) else found.group(2)) if found else None
+    kind = batching.WhichOneof("mode")
+    steps = {"mini_batch": f"mini-batches of {batching.mini_batch.batch_size}", "full_batch": "the full batch (every example)",
+             "online": "one example"}.get(kind, "its batches")
+    return errors.ResourceExhausted(
+        f"training ran out of memory on {device}{f' (an allocation of {size} failed)' if size else ''}: a step holds every "
+        f"layer's activations for {steps}; use smaller batches (mini_batch.batch_size) or a smaller network",
+        field="training.batching")
+
+
 def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> None:
     """Ask Linux to send ``sig`` to this process when the server process dies (even by kill -9).
 
@@ -287,8 +313,12 @@ class Worker:
             files.remove_tree(checkpoint.parent)
             log.info("job %s: cancelled", job.name)
         except Exception as exc:  # a failure after acceptance is data: the job goes FAILED
+            oom = None if isinstance(exc, errors.GradwireError) else out_of_memory(exc, job.training.batching, device)
             if isinstance(exc, errors.GradwireError):
                 fail(exc, exc.message)
+            elif oom is not None:
+                log.warning("job %s: %s (%s)", job.name, oom.message, safe_message(exc))
+                fail(oom, oom.message)
             else:
                 log.exception("job %s failed", job.name)
                 fail(exc, safe_message(exc))
