@@ -212,3 +212,30 @@ def test_model_override_and_disabled_batching(channel, model):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dynamic_batching.max_batch_size" in err.value.details()
     cleared = stub.UpdateModelBatching(models_pb2.UpdateModelBatchingRequest(name=model))
     assert not cleared.HasField("dynamic_batching")
+
+
+def test_a_call_runs_at_most_call_rows_rows_and_answers_as_one():
+    """A request with more rows than the model's call_rows runs as several onnxruntime calls, one
+    after another, joined in order: a large request to a model with large activations never holds
+    them all at once."""
+    seen: list[int] = []
+    batcher = Batcher(lambda x: seen.append(len(x)) or x * 2)
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    assert np.array_equal(batcher(x, BatchingPolicy(call_rows=3)), x * 2)
+    assert seen == [3, 3, 3, 1]
+    seen.clear()
+    assert np.array_equal(batcher(x, BatchingPolicy()), x * 2) and seen == [10]  # 0: no bound
+
+
+def test_call_rows_follow_the_models_activations():
+    from google.protobuf import text_format
+    from gradwire.v1 import network_pb2
+    from gradwire_server.serving import INFER_BYTES, call_rows
+
+    def model(network: str, shape) -> models_pb2.Model:
+        return models_pb2.Model(name="models/m", input_shape=shape, network=text_format.Parse(network, network_pb2.NetworkSpec()))
+
+    conv = "layers { conv2d { filters: 32 kernel_size: 3 padding_mode: PADDING_MODE_SAME } } layers { flatten {} } layers { dense { units: 2 } }"
+    assert call_rows(model(conv, [3, 128, 128])) == INFER_BYTES // (16 * 32 * 128 * 128) == 32
+    assert call_rows(model(conv, [1, 8, 8])) == INFER_BYTES // (16 * 32 * 8 * 8)
+    assert call_rows(model("layers { dense { units: 0 } }", [4])) == 0  # a network this server cannot read: unbounded

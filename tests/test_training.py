@@ -811,7 +811,7 @@ def test_evaluation_in_small_passes_scores_as_in_one(monkeypatch):
     training = ("loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } } "
                 "batching { mini_batch { batch_size: 8 } } epochs: 3 validation_split: 0.25")
     whole = run(network, training, blobs(90))
-    monkeypatch.setattr(train, "EVAL_BYTES", 7 * train.activation_bytes(spec.infer_network(net(network), (4,)), net(network)))
+    monkeypatch.setattr(train, "EVAL_BYTES", 7 * spec.activation_bytes(spec.infer_network(net(network), (4,)), net(network)))
     passes = []
     original = train._evaluate
     monkeypatch.setattr(train, "_evaluate", lambda *a, **k: passes.append(a[-1]) or original(*a, **k))

@@ -14,6 +14,7 @@ Shapes are per example, without the batch axis: ``(features,)`` for vectors,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable
@@ -541,6 +542,29 @@ def output_width(loss_kind: str | None, output_size: int, label_kind: int = CLAS
 
 def top_k_of(training: network_pb2.TrainingConfig, classes: int) -> int:
     return training.top_k if training.HasField("top_k") else min(DEFAULT_TOP_K, classes)
+
+
+def activation_bytes(summary: NetworkSummary, network: network_pb2.NetworkSpec) -> int:
+    """About the most memory one example's forward pass holds at once without gradients (in
+    bytes; evaluation passes and onnxruntime calls are sized by it): four
+    float32 copies of its largest tensor (a layer's input and output, and a normalization's or
+    an activation's temporaries), counting a transformer block's attention scores (heads x tokens
+    x tokens) and MLP (tokens x hidden), which its output shape does not show."""
+    largest = math.prod(summary.input_shape)
+
+    def walk(layers: Iterable[LayerSummary], specs) -> None:
+        nonlocal largest
+        for layer, p in zip(layers, specs, strict=True):
+            largest = max(largest, math.prod(layer.output_shape))
+            kind = p.WhichOneof("kind")
+            if kind == "residual_block":
+                walk(layer.children, p.residual_block.layers)
+            elif kind == "transformer_encoder" and len(layer.output_shape) == 2:
+                (tokens, width), t = layer.output_shape, p.transformer_encoder
+                largest = max(largest, t.heads * tokens * tokens, tokens * mlp_hidden(t, width))
+
+    walk(summary.layers, network.layers)
+    return 4 * 4 * largest
 
 
 def validate_job(

@@ -32,7 +32,6 @@ import math
 import pathlib
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -447,32 +446,10 @@ def _place(t: torch.Tensor, home: torch.device, device: torch.device) -> torch.T
 
 
 @torch.no_grad()
-def activation_bytes(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec) -> int:
-    """About the most memory one example's forward pass holds at once without gradients: four
-    float32 copies of its largest tensor (a layer's input and output, and a normalization's or
-    an activation's temporaries), counting a transformer block's attention scores (heads x tokens
-    x tokens) and MLP (tokens x hidden), which its output shape does not show."""
-    largest = math.prod(summary.input_shape)
-
-    def walk(layers: Iterable[spec.LayerSummary], specs) -> None:
-        nonlocal largest
-        for layer, p in zip(layers, specs, strict=True):
-            largest = max(largest, math.prod(layer.output_shape))
-            kind = p.WhichOneof("kind")
-            if kind == "residual_block":
-                walk(layer.children, p.residual_block.layers)
-            elif kind == "transformer_encoder" and len(layer.output_shape) == 2:
-                (tokens, width), t = layer.output_shape, p.transformer_encoder
-                largest = max(largest, t.heads * tokens * tokens, tokens * spec.mlp_hidden(t, width))
-
-    walk(summary.layers, network.layers)
-    return 4 * 4 * largest
-
-
 def eval_rows(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec) -> int:
     """Examples per evaluation pass: EVAL_BATCH, or fewer where EVAL_BYTES holds fewer (a network
     on large images: a fixed 4,096 (128, 256, 256) activations would take 137 GB)."""
-    return max(1, min(EVAL_BATCH, EVAL_BYTES // activation_bytes(summary, network)))
+    return max(1, min(EVAL_BATCH, EVAL_BYTES // spec.activation_bytes(summary, network)))
 
 
 def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
