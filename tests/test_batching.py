@@ -233,7 +233,8 @@ def test_call_rows_follow_the_models_activations():
     from gradwire_server.serving import INFER_BYTES, call_rows
 
     def model(network: str, shape) -> models_pb2.Model:
-        return models_pb2.Model(name="models/m", input_shape=shape, network=text_format.Parse(network, network_pb2.NetworkSpec()))
+        return models_pb2.Model(name=f"models/{network}{shape}", input_shape=shape,
+                                network=text_format.Parse(network, network_pb2.NetworkSpec()))
 
     conv = "layers { conv2d { filters: 32 kernel_size: 3 padding_mode: PADDING_MODE_SAME } } layers { flatten {} } layers { dense { units: 2 } }"
     assert call_rows(model(conv, [3, 128, 128])) == INFER_BYTES // (16 * 32 * 128 * 128) == 32
