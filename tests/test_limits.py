@@ -435,3 +435,37 @@ def test_out_of_memory_errors_are_told_from_others():
     assert exit_description(-signal.SIGKILL).startswith("killed by SIGKILL, which the kernel's out-of-memory killer sends")
     assert exit_description(-signal.SIGSEGV) == "killed by SIGSEGV"
     assert exit_description(3) == "exit code 3"
+
+
+def test_a_job_whose_step_cannot_fit_is_refused_at_once(tmp_path):
+    """A job whose training step needs more than the worker can have (here a 4 GB address space)
+    ends RESOURCE_EXHAUSTED before it allocates anything, naming the bound, the limit and the
+    batch size; without the check it ran until an allocation failed, or on a machine without
+    such a limit until the kernel's out-of-memory killer ended its worker, three times."""
+    import resource
+
+    from test_durability import ServeProcess, free_port
+
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4_000_000_000:
+        pytest.skip(f"this process's address space is limited to {hard} bytes already")
+    server = ServeProcess(tmp_path / "data", free_port(), device="cpu", address_space=4_000_000_000)
+    try:
+        X = np.random.default_rng(0).normal(size=(256, 1, 128, 128)).astype(np.float32)
+        y = np.arange(256) % 2
+        net = [gw.Conv2d(64, 3, padding="same"), gw.ReLU()] * 6 + [gw.GlobalAvgPool(), gw.Dense(2)]  # 5.0 GiB kept at 256
+        with gw.Client(server.target, timeout=60) as client:
+            started = time.monotonic()
+            job = client.train(net, (X, y), optimizer=gw.SGD(0.01), epochs=1, batch_size=256)
+            with pytest.raises(gw.TrainingFailedError) as info:
+                job.wait(timeout=120)
+            assert time.monotonic() - started < 30  # refused, not trained until something gave way
+            assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "training.batching: a training step of 256 examples needs at least 5.03 GiB on cpu" in str(info.value)
+            assert "more than this process's address-space limit (RLIMIT_AS), less what it maps already" in str(info.value)
+            assert not list((tmp_path / "data" / "checkpoints").glob("*/*"))  # nothing left behind
+            model = client.train([gw.Flatten(), gw.Dense(2)], (X[:, :, :8, :8], y), optimizer=gw.SGD(0.01), epochs=1,
+                                 batch_size=8).wait(timeout=120)  # the worker trains on
+            assert client.predict(model, X[:2, :, :8, :8]).shape == (2, 2)
+    finally:
+        assert server.stop(signal.SIGTERM) == 0

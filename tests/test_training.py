@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 import time
 
@@ -824,3 +825,33 @@ def test_evaluation_in_small_passes_scores_as_in_one(monkeypatch):
         assert np.array_equal(a.confusion_matrix, b.confusion_matrix)
     assert [h.validation_loss for h in whole.history] == pytest.approx([h.validation_loss for h in small.history], rel=1e-6)
     assert len(small.holdout_features) == 7  # the parity check's examples: what a pass holds
+
+
+def test_a_training_steps_memory_has_a_lower_bound():
+    """spec.step_bytes: the inputs that dense, convolution and normalization layers keep for the
+    backward pass, a batch of them, and the float32 weights with their gradients."""
+    network = net("layers { conv2d { filters: 8 kernel_size: 3 padding_mode: PADDING_MODE_SAME } } layers { relu {} }"
+                  "layers { flatten {} } layers { dense { units: 3 } }")
+    summary = spec.infer_network(network, (1, 4, 4))
+    assert summary.parameter_count == (8 * 9 + 8) + (8 * 16 * 3 + 3)
+    kept = 1 * 4 * 4 + 8 * 4 * 4  # the convolution's input, the dense layer's
+    assert spec.step_bytes(summary, network, 10) == 10 * kept * 4 + 2 * 4 * summary.parameter_count
+    assert spec.step_bytes(summary, network, 10, 2) == 10 * kept * 2 + 2 * 4 * summary.parameter_count  # bf16
+    residual = net("layers { residual_block { layers { dense { units: 6 } } layers { relu {} } layers { dense { units: 4 } } } }"
+                   "layers { dense { units: 2 } }")
+    summary = spec.infer_network(residual, (4,))
+    assert spec.step_bytes(summary, residual, 5) == 5 * (4 + 6 + 4) * 4 + 2 * 4 * summary.parameter_count
+
+
+def test_a_job_that_cannot_fit_is_refused_before_it_allocates(monkeypatch):
+    monkeypatch.setattr(train, "memory_budget", lambda device: (10_000, "the machine's memory"))
+    with pytest.raises(errors.ResourceExhausted) as info:
+        run(MLP, "loss { cross_entropy {} } optimizer { sgd { learning_rate: 0.1 } } batching { full_batch {} } epochs: 1",
+            blobs(300))
+    need = 300 * (4 + 8) * 4 + 2 * 4 * (4 * 8 + 8 + 8 * 3 + 3) + 300 * 4 * 4
+    assert info.value.message == (
+        f"training.batching: a training step of 300 examples needs at least {need / 2**30:.2f} GiB on cpu (the inputs its "
+        "layers keep for the backward pass, the weights and their gradients, the training data), more than the "
+        "machine's memory: 0.00 GiB; use smaller batches (mini_batch.batch_size) or a smaller network")
+    budget, what = train.memory_budget(CPU)  # the real one: this machine's, or less
+    assert 0 < budget <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") and what

@@ -29,7 +29,9 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import pathlib
+import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -450,6 +452,53 @@ def eval_rows(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec) ->
     """Examples per evaluation pass: EVAL_BATCH, or fewer where EVAL_BYTES holds fewer (a network
     on large images: a fixed 4,096 (128, 256, 256) activations would take 137 GB)."""
     return max(1, min(EVAL_BATCH, EVAL_BYTES // spec.activation_bytes(summary, network)))
+
+
+def memory_budget(device: torch.device) -> tuple[int, str]:
+    """The most memory a job on ``device`` can have, and what sets it: a GPU's memory; on the CPU
+    the smallest of the machine's memory, the container's limit (cgroup v2 or v1) and this
+    process's address-space limit (RLIMIT_AS) less what it maps already."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"{device}'s memory"
+    limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the machine's memory")]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = pathlib.Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max", or v1's "unlimited" (a huge number)
+            limits.append((int(text), "the container's memory limit"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            mapped = 0
+        limits.append((soft - mapped, "this process's address-space limit (RLIMIT_AS), less what it maps already"))
+    return min(limits)
+
+
+def check_memory(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec, training: network_pb2.TrainingConfig,
+                 performance, n_train: int, feature_shape: tuple[int, ...], device: torch.device) -> None:
+    """Refuses, before anything is allocated, a job whose training step cannot fit the device: its
+    lower bound (spec.step_bytes, and on the CPU the training split's float32 copy) past
+    memory_budget. Left to run, such a job was killed by the kernel's out-of-memory killer (three
+    times, then failed), which may pick another process first, or failed after minutes."""
+    from gradwire.v1 import training_pb2
+
+    batch = min(spec.batch_size_of(training.batching, n_train), n_train)
+    bf16 = performance is not None and performance.precision == training_pb2.TrainingPerformance.PRECISION_BF16
+    need = spec.step_bytes(summary, network, batch, 2 if bf16 else 4)
+    if device.type != "cuda":  # on a GPU the data may stay in host memory
+        need += n_train * math.prod(feature_shape) * 4
+    budget, what = memory_budget(device)
+    if need > budget:
+        raise errors.ResourceExhausted(
+            f"a training step of {batch} examples needs at least {need / 2**30:.2f} GiB on {device} (the inputs its "
+            f"layers keep for the backward pass, the weights and their gradients"
+            f"{'' if device.type == 'cuda' else ', the training data'}), more than {what}: {budget / 2**30:.2f} GiB; "
+            "use smaller batches (mini_batch.batch_size) or a smaller network", field="training.batching")
 
 
 def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -938,7 +987,9 @@ def train(
     norm_kind = (training.input_normalization if training.HasField("input_normalization")
                  else network_pb2.INPUT_NORMALIZATION_NONE)
     normalization = fit_normalization(data.features[train_idx.numpy()], norm_kind)
-    rows = eval_rows(spec.infer_network(network, feature_shape), network)  # per evaluation pass
+    summary = spec.infer_network(network, feature_shape)
+    rows = eval_rows(summary, network)  # per evaluation pass
+    check_memory(summary, network, training, performance, n_train, feature_shape, device)
     holdout_idx = (val_idx if n_val else train_idx)[:min(HOLDOUT_EXAMPLES, max(2, rows))].numpy()
 
     features = torch.from_numpy(normalization.apply(data.features))
