@@ -855,3 +855,18 @@ def test_a_job_that_cannot_fit_is_refused_before_it_allocates(monkeypatch):
         "machine's memory: 0.00 GiB; use smaller batches (mini_batch.batch_size) or a smaller network")
     budget, what = train.memory_budget(CPU)  # the real one: this machine's, or less
     assert 0 < budget <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") and what
+
+
+def test_evaluation_builds_no_autograd_graph():
+    """Both evaluation paths run without gradients (a graph would keep every pass's activations)."""
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return x
+
+    x = torch.zeros(5, 3)
+    train._evaluate(Probe(), nn.MSELoss(), x, x, classifier=False, rows=2)
+    train.evaluate(Probe(), nn.MSELoss(), x, x, split="train", classifier=False, rows=2)
+    assert seen == [False] * 6

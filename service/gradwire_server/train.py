@@ -447,7 +447,6 @@ def _place(t: torch.Tensor, home: torch.device, device: torch.device) -> torch.T
     return t.to(home)
 
 
-@torch.no_grad()
 def eval_rows(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec) -> int:
     """Examples per evaluation pass: EVAL_BATCH, or fewer where EVAL_BYTES holds fewer (a network
     on large images: a fixed 4,096 (128, 256, 256) activations would take 137 GB)."""
@@ -501,6 +500,7 @@ def check_memory(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec,
             "use smaller batches (mini_batch.batch_size) or a smaller network", field="training.batching")
 
 
+@torch.no_grad()
 def _evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
               classifier: bool, device: torch.device | None = None, rows: int = EVAL_BATCH) -> tuple[float, float | None]:
     """Mean loss (and accuracy for classifiers) in eval mode, computed on ``device``
