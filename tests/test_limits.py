@@ -308,6 +308,9 @@ def test_settings_refuse_bad_limits():
         parse_settings(["--rpc-threads", "8", "--max-watch-streams", "4", "--max-infer-streams", "4"], {})
     with pytest.raises(ValueError, match="GRADWIRE_INFER_STREAM_IN_FLIGHT"):
         parse_settings([], {"GRADWIRE_INFER_STREAM_IN_FLIGHT": "0"})
+    with pytest.raises(ValueError, match="GRADWIRE_MAX_SESSION_BYTES"):
+        parse_settings([], {"GRADWIRE_MAX_SESSION_BYTES": "-1"})
+    assert parse_settings(["--max-session-bytes", "1000000"], {}).max_session_bytes == 1_000_000
     assert (parse_settings(["--rpc-threads", "8", "--max-infer-streams", "5"], {}).infer_streams,
             parse_settings(["--rpc-threads", "2"], {}).infer_streams) == (5, 1)  # the default bends to few threads
     with pytest.raises(ValueError, match="GRADWIRE_TLS_KEY_FILE"):

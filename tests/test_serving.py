@@ -539,3 +539,29 @@ def test_inference_device_apart_from_the_training_device(tmp_path, monkeypatch):
     assert sessions_of(device="cpu", inference_device="cuda:1")[0][1]["device_id"] == 1
     assert sessions_of(device="cuda")[0][0] == "CUDAExecutionProvider"  # unset: as the training device
     assert sessions_of(device="cpu") == cpu
+
+
+def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
+    """With max_bytes, the least recently used sessions go while the loaded ONNX files take more
+    than that; the most recent one stays whatever its size."""
+    from gradwire_server import inference
+
+    for name in ("m1", "m2", "m3"):
+        _tiny_onnx(inference.model_path(tmp_path, name))
+    size = inference.model_path(tmp_path, "m1").stat().st_size
+    cache = SessionCache(tmp_path, max_bytes=2 * size)
+    x = np.ones((2, 4), np.float32)
+    for name in ("m1", "m2"):
+        cache.run(name, x)
+    assert cache.loaded() == ["m1", "m2"]
+    cache.run("m1", x)  # now the most recent
+    cache.run("m3", x)
+    assert cache.loaded() == ["m1", "m3"]  # m2, the least recently used, went
+    tiny = SessionCache(tmp_path, max_bytes=1)  # smaller than any file: one session stays
+    tiny.run("m1", x)
+    tiny.run("m2", x)
+    assert tiny.loaded() == ["m2"]
+    unbounded = SessionCache(tmp_path)  # max_bytes 0: no bound but max_sessions
+    for name in ("m1", "m2", "m3"):
+        unbounded.run(name, x)
+    assert unbounded.loaded() == ["m1", "m2", "m3"]

@@ -83,6 +83,9 @@ class Settings:
     or more and left p50 as it was. No effect off Linux."""
     max_sessions: int = 32
     """onnxruntime sessions kept loaded (least recently used are evicted)."""
+    max_session_bytes: int = 0
+    """And at most this many bytes of ONNX files loaded as sessions, in each RPC process (least
+    recently used evicted; one model stays loaded whatever its size). 0: no bound but max_sessions."""
     warm_aliases: bool = True
     """At start-up, each RPC process loads (and runs once) the models that aliases point at, up to
     max_sessions, while it serves: a restart is no cold start. False: each loads at its first
@@ -170,6 +173,7 @@ class Settings:
             "inference_threads": self.inference_threads >= 0,
             "inference_spin_us": self.inference_spin_us >= -1,
             "max_sessions": self.max_sessions >= 1,
+            "max_session_bytes": self.max_session_bytes >= 0,
             "inference_optimization": self.inference_optimization in {"disable", "basic", "extended", "all"},
             "batch_max_size": self.batch_max_size >= 1,
             "batch_max_delay_us": self.batch_max_delay_us >= 0,

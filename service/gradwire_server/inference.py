@@ -501,6 +501,7 @@ class _Loaded:
         self._pin_pending = move_callers and self.workers.unsettled()
         self._loaded_at = time.monotonic()
         self._last = (0, 0)  # the last call's rows and nanoseconds
+        self.file_bytes = 0  # its ONNX file's size (SessionCache's max_bytes)
         self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
@@ -580,13 +581,16 @@ _moving_calls = 0
 
 
 class SessionCache:
-    """Loaded onnxruntime sessions keyed by model id; at most `max_sessions` stay loaded."""
+    """Loaded onnxruntime sessions keyed by model id; at most `max_sessions` stay loaded, and with
+    `max_bytes` at most that many bytes of their ONNX files (a session holds about its file's
+    weights, prepacked; its arena comes on top), the most recent one whatever its size."""
 
     def __init__(
         self,
         data_dir: pathlib.Path,
         *,
         max_sessions: int = 32,
+        max_bytes: int = 0,
         intra_op_threads: int = 0,
         spin_us: int = -1,
         idle_priority: bool = True,
@@ -597,6 +601,7 @@ class SessionCache:
     ) -> None:
         self._data_dir = data_dir
         self._max = max_sessions
+        self._max_bytes = max_bytes  # 0: no bound
         self._threads = intra_op_threads
         self._spin_us = spin_us  # -1: onnxruntime's default; 0: no spinning
         self._idle_priority = idle_priority  # onnxruntime's CPU threads in the idle class (_worker_threads)
@@ -643,7 +648,12 @@ class SessionCache:
                         model_id, asked, got)
         else:
             log.info("model %s loaded on %s", model_id, got)
-        return _Loaded(session, self.model_stats(model_id), workers, move_callers=self._move_callers)
+        loaded = _Loaded(session, self.model_stats(model_id), workers, move_callers=self._move_callers)
+        try:
+            loaded.file_bytes = path.stat().st_size
+        except OSError:  # deleted since it loaded: the next request finds it gone
+            pass
+        return loaded
 
     def _get(self, model_id: str) -> _Loaded:
         with self._lock:
@@ -660,7 +670,9 @@ class SessionCache:
                     loaded = self._load(model_id)
                     with self._lock:
                         self._loaded[model_id] = loaded
-                        while len(self._loaded) > self._max:
+                        while len(self._loaded) > self._max or (
+                                self._max_bytes and len(self._loaded) > 1
+                                and sum(s.file_bytes for s in self._loaded.values()) > self._max_bytes):
                             self._loaded.popitem(last=False)
         except errors.ModelGone:
             self.evict(model_id)  # the statistics a request just started for it go, as a deletion's did

@@ -178,6 +178,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     sessions = SessionCache(
         settings.data_dir,
         max_sessions=settings.max_sessions,
+        max_bytes=settings.max_session_bytes,
         intra_op_threads=settings.session_threads(),
         spin_us=settings.inference_spin_us,
         idle_priority=settings.inference_idle_priority,
