@@ -156,6 +156,14 @@ def test_fixed_rows_pads_every_small_execution_to_max_batch_size():
     batcher(np.ones((2, 3), dtype=np.float32), BatchingPolicy(enabled=False, max_batch_size=8))
     assert seen[4] == (8, 2)  # with batching off too: the same answer as with it on
     assert batcher.stats.rows == 1 + 3 + 12 + 8 + 2  # the real rows, not the padding
+    # A model whose call_rows (3) is under max_batch_size: its calls are never padded past it, and
+    # every call runs at exactly that many rows, larger requests' last part included.
+    del seen[:]
+    bounded = BatchingPolicy(enabled=False, max_batch_size=8, call_rows=3)
+    assert np.array_equal(batcher(np.ones((1, 3), dtype=np.float32), bounded), np.full((1, 3), 2.0))
+    assert np.array_equal(batcher(np.arange(21, dtype=np.float32).reshape(7, 3) + 1, bounded),
+                          (np.arange(21, dtype=np.float32).reshape(7, 3) + 1) * 2)
+    assert seen == [(3, 1), (3, 3), (3, 3), (3, 1)]
 
 
 def test_one_call_at_a_time_and_max_delay_gathers_when_idle():

@@ -338,12 +338,18 @@ class _Pending:
         self.timing = timing
 
 
+def padded_rows(policy: BatchingPolicy) -> int:
+    """The rows every smaller execution is padded to on the CUDA provider: max_batch_size, or the
+    model's call_rows where that is fewer (padding must not take a call past its memory bound)."""
+    return min(policy.max_batch_size, policy.call_rows) if policy.call_rows else policy.max_batch_size
+
+
 class Batcher:
     """Merges concurrent requests to one session into one run (see the module docstring)."""
 
     def __init__(self, run, model_stats: ModelStats | None = None, *, fixed_rows: bool = False) -> None:
         self._run = run  # features [batch, ...] -> output [batch, ...]
-        self._fixed_rows = fixed_rows  # pad executions of fewer rows to max_batch_size (module docstring)
+        self._fixed_rows = fixed_rows  # pad executions of fewer rows to padded_rows (module docstring)
         self._model_stats = model_stats if model_stats is not None else ModelStats()
         self._cv = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -382,18 +388,18 @@ class Batcher:
         return self._lead(me, policy)
 
     def _execute(self, features: np.ndarray, policy: BatchingPolicy) -> np.ndarray:
-        """One onnxruntime call; with `fixed_rows`, at max_batch_size rows when it has fewer. More
+        """One onnxruntime call; with `fixed_rows`, at padded_rows(policy) rows when it has fewer. More
         rows than `policy.call_rows` run as several calls, one after another, so that a large
         request to a model with large activations never holds them all at once (onnxruntime's
         arena keeps what a call took: a 64 MB request of (3, 256, 256) images through a 128-filter
         convolution would take 2.8 GB a tensor)."""
-        rows = len(features)
-        if policy.call_rows and rows > policy.call_rows:
-            step = policy.call_rows
+        rows, step = len(features), policy.call_rows
+        if step and rows > step:
             return np.concatenate([self._execute(features[i:i + step], policy) for i in range(0, rows, step)])
-        if not self._fixed_rows or rows >= policy.max_batch_size:
+        fixed = padded_rows(policy)
+        if not self._fixed_rows or rows >= fixed:
             return self._run(features)
-        padded = np.zeros((policy.max_batch_size, *features.shape[1:]), dtype=features.dtype)
+        padded = np.zeros((fixed, *features.shape[1:]), dtype=features.dtype)
         padded[:rows] = features
         return self._run(padded)[:rows]
 
@@ -689,10 +695,11 @@ class SessionCache:
         """Loads the model's session now and runs it once on zeros (its first run sets up
         onnxruntime's buffers: 10 ms against 3 for a 76 MB MLP; on the CUDA provider cuDNN picks its
         algorithms for the shape, 6-9 ms), so that its first request finds it ready. One row, or on
-        the CUDA provider the model's max_batch_size rows, the shape its small requests run at. The
+        the CUDA provider padded_rows (max_batch_size, or call_rows where fewer), the shape its small
+        requests run at. The
         run is not counted in the model's statistics."""
         loaded = self._get(model_id)
-        rows = (policy or self.default_policy).max_batch_size if loaded.on_cuda else 1
+        rows = padded_rows(policy or self.default_policy) if loaded.on_cuda else 1
         loaded.run_now(np.zeros((rows, *input_shape), dtype=np.float32))
 
     def placement(self, model_id: str) -> int | None:
