@@ -43,8 +43,14 @@ class ServeProcess:
     def __init__(self, data_dir: pathlib.Path, port: int, device: str = "auto", *, address_space: int | None = None,
                  **settings: str) -> None:
         """``address_space``: a limit on each of the server's processes' virtual memory, in bytes
-        (RLIMIT_AS, which its children inherit): allocations past it fail as on a full machine."""
+        (RLIMIT_AS, which its children inherit): allocations past it fail as on a full machine. The
+        server then runs with MALLOC_ARENA_MAX=2: glibc reserves 64 MB of address space for each
+        thread's malloc arena (up to 8 a core), and under a 4 GB limit on a loaded machine those
+        reservations, not a job, could take what a thread of gRPC's needed at start (it aborted,
+        'epoll_wait error: Bad file descriptor', once in some six parallel runs of the suite)."""
         env = serve_env(data_dir, port, device, **settings)
+        if address_space:
+            env["MALLOC_ARENA_MAX"] = "2"
         self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")
 
         def limit() -> None:
@@ -58,15 +64,22 @@ class ServeProcess:
         self.channel = grpc.insecure_channel(self.target)
         health = health_pb2_grpc.HealthStub(self.channel)
         deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, pathlib.Path(self.log.name).read_text()
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.1)
+        try:
+            while True:
+                assert self.proc.poll() is None, pathlib.Path(self.log.name).read_text()
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "server did not become healthy"
+                time.sleep(0.1)
+        except BaseException:  # a server that did not start leaves no process, channel or open log behind
+            self.proc.kill()
+            self.proc.wait(timeout=60)
+            self.channel.close()
+            self.log.close()
+            raise
         self.datasets = datasets_pb2_grpc.DatasetServiceStub(self.channel)
         self.jobs = training_pb2_grpc.TrainingJobServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
