@@ -298,6 +298,7 @@ def test_workers_pinned_after_the_load_are_found_by_the_calls(tmp_path, monkeypa
     pinned = set().union(*(os.sched_getaffinity(tid) for tid in loaded.workers.tids))
     if not pinned or pinned >= own:
         pytest.skip(f"onnxruntime pinned no worker off some CPU here ({len(own)} CPUs, workers on {sorted(pinned)})")
+
     def unpinned(tids) -> inference._Workers:
         """Workers as the load saw them before they pinned themselves."""
         workers = inference._Workers()

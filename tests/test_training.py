@@ -835,12 +835,12 @@ def test_a_training_steps_memory_has_a_lower_bound():
     summary = spec.infer_network(network, (1, 4, 4))
     assert summary.parameter_count == (8 * 9 + 8) + (8 * 16 * 3 + 3)
     kept = 1 * 4 * 4 + 8 * 4 * 4  # the convolution's input, the dense layer's
-    assert spec.step_bytes(summary, network, 10) == 10 * kept * 4 + 2 * 4 * summary.parameter_count
-    assert spec.step_bytes(summary, network, 10, 2) == 10 * kept * 2 + 2 * 4 * summary.parameter_count  # bf16
+    assert spec.step_bytes(summary, 10) == 10 * kept * 4 + 2 * 4 * summary.parameter_count
+    assert spec.step_bytes(summary, 10, 2) == 10 * kept * 2 + 2 * 4 * summary.parameter_count  # bf16
     residual = net("layers { residual_block { layers { dense { units: 6 } } layers { relu {} } layers { dense { units: 4 } } } }"
                    "layers { dense { units: 2 } }")
     summary = spec.infer_network(residual, (4,))
-    assert spec.step_bytes(summary, residual, 5) == 5 * (4 + 6 + 4) * 4 + 2 * 4 * summary.parameter_count
+    assert spec.step_bytes(summary, 5) == 5 * (4 + 6 + 4) * 4 + 2 * 4 * summary.parameter_count
 
 
 def test_a_job_that_cannot_fit_is_refused_before_it_allocates(monkeypatch):

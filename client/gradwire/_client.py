@@ -47,8 +47,8 @@ from gradwire._resources import (
     _Resource,
 )
 from gradwire._summary import NetworkSummary
-from gradwire._tensors import (DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, non_finite, numeric_array, to_tensor,
-                               with_tensor)
+from gradwire._tensors import (DTYPES, as_wire_array, feature_array, fill_tensor, from_tensor, non_finite, numeric_array,
+                               rectangular_array, to_tensor, with_tensor)
 from gradwire._training import (
     BatchingName,
     EarlyStopping,
@@ -644,7 +644,7 @@ class Client:
         so the first request by the alias after this returns does not wait for it."""
         request = models_pb2.SetModelAliasRequest(name=_registered(name), alias=check_str("alias", alias),
                                                   version=check_int("version", version, minimum=1, maximum=INT64_MAX))
-        self._shapes.pop(f"{_registered(name)}@{alias}", None)
+        self._shapes.pop(f"{request.name}@{alias}", None)
         return RegisteredModel(self, self._unary(self._models.SetModelAlias, request, timeout))
 
     def delete_alias(self, name: str, alias: str, *, timeout: float | None = DEFAULT) -> RegisteredModel:
@@ -816,10 +816,7 @@ def _prepare_dataset(
             at = np.unravel_index(int(np.argmax(past)), given.shape)
             raise ValueError(f"features: example {at[0]} holds {given[at]:g} at {list(at[1:])}, past float32's "
                              f"range (+-3.4e38); features travel as float32")
-    try:
-        labs = np.asarray(labels)
-    except ValueError:  # numpy's own words name no argument
-        raise ValueError("labels must be an array: its rows differ in length or shape") from None
+    labs = rectangular_array(labels, "labels")
     if label_kind is None:
         if labs.dtype.kind in "biu" and labs.ndim == 2:
             label_kind = "multi_label"  # a 0 / 1 matrix: any number of labels per example

@@ -59,6 +59,15 @@ _KINDS = {"c": "complex numbers", "M": "datetimes", "m": "timedeltas", "U": "str
           "O": "Python objects"}
 
 
+def rectangular_array(values: ArrayLike, what: str) -> np.ndarray:
+    """``np.asarray(values)``, or a ValueError naming ``what`` where nested sequences do not make a
+    rectangle (numpy's own words name nothing)."""
+    try:
+        return np.asarray(values)
+    except ValueError:
+        raise ValueError(f"{what} must be an array: its rows differ in length or shape") from None
+
+
 def numeric_array(values: ArrayLike, what: str) -> np.ndarray:
     """``values`` as a numpy array of numbers (bool, integer or float), or a ValueError or
     TypeError that says what ``what`` held instead. numpy alone would cast complex numbers (dropping
@@ -76,10 +85,7 @@ def numeric_array(values: ArrayLike, what: str) -> np.ndarray:
     """
     if values is None:
         raise TypeError(f"{what} must be an array of numbers, got None")
-    try:
-        arr = np.asarray(values)
-    except ValueError:  # nested sequences that do not make a rectangle
-        raise ValueError(f"{what} must be an array: its rows differ in length or shape") from None
+    arr = rectangular_array(values, what)
     if arr.dtype.kind == "O":
         try:
             arr = arr.astype(np.float64)

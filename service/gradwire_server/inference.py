@@ -494,7 +494,7 @@ class _Loaded:
     to a fixed number of rows on the CUDA provider: see the module docstring)."""
 
     def __init__(self, session: ort.InferenceSession, model_stats: ModelStats, workers: _Workers | None = None, *,
-                 move_callers: bool = True) -> None:
+                 move_callers: bool = True, file_bytes: int = 0) -> None:
         self.session = session
         self.workers = workers or _Workers()
         self.input_name = session.get_inputs()[0].name
@@ -507,7 +507,7 @@ class _Loaded:
         self._pin_pending = move_callers and self.workers.unsettled()
         self._loaded_at = time.monotonic()
         self._last = (0, 0)  # the last call's rows and nanoseconds
-        self.file_bytes = 0  # its ONNX file's size (SessionCache's max_bytes)
+        self.file_bytes = file_bytes  # its ONNX file's size (SessionCache's max_bytes)
         self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
@@ -626,8 +626,10 @@ class SessionCache:
     def _load(self, model_id: str) -> _Loaded:
         path = model_path(self._data_dir, model_id)
         gone = f"model 'models/{model_id}' is gone: its ONNX file was deleted"
-        if not path.exists():  # a model's file is written before its row: only a deletion takes it away
-            raise errors.ModelGone(gone)
+        try:
+            file_bytes = path.stat().st_size
+        except FileNotFoundError:  # a model's file is written before its row: only a deletion takes it away
+            raise errors.ModelGone(gone) from None
         options = ort.SessionOptions()
         options.graph_optimization_level = self._optimization
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a Sequential network: nothing to run in parallel
@@ -654,12 +656,7 @@ class SessionCache:
                         model_id, asked, got)
         else:
             log.info("model %s loaded on %s", model_id, got)
-        loaded = _Loaded(session, self.model_stats(model_id), workers, move_callers=self._move_callers)
-        try:
-            loaded.file_bytes = path.stat().st_size
-        except OSError:  # deleted since it loaded: the next request finds it gone
-            pass
-        return loaded
+        return _Loaded(session, self.model_stats(model_id), workers, move_callers=self._move_callers, file_bytes=file_bytes)
 
     def _get(self, model_id: str) -> _Loaded:
         with self._lock:

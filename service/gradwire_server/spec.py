@@ -574,25 +574,13 @@ KEEPS_INPUT = frozenset({"dense", "conv1d", "conv2d", "maxout", "patch_embedding
                          "instance_norm", "group_norm", "transformer_encoder"})
 
 
-def step_bytes(summary: NetworkSummary, network: network_pb2.NetworkSpec, batch: int, value_bytes: int = 4) -> int:
+def step_bytes(summary: NetworkSummary, batch: int, value_bytes: int = 4) -> int:
     """A lower bound on the memory one training step of ``batch`` examples holds at its peak: the
     inputs that the layers in KEEPS_INPUT keep for the backward pass (``value_bytes`` each: 2
     under bf16 autocast), and the weights with their gradients (float32). Activations, a
     layer's temporaries and the optimizer's state come on top; a step that needs more than this
     cannot run, however the allocator packs it."""
-    kept = 0
-
-    def walk(layers: Iterable[LayerSummary], specs, shape: Shape) -> None:
-        nonlocal kept
-        for layer, p in zip(layers, specs, strict=True):
-            kind = p.WhichOneof("kind")
-            if kind in KEEPS_INPUT:
-                kept += math.prod(shape)
-            elif kind == "residual_block":
-                walk(layer.children, p.residual_block.layers, shape)
-            shape = layer.output_shape
-
-    walk(summary.layers, network.layers, summary.input_shape)
+    kept = sum(math.prod(shape) for s, shape in _with_inputs(summary.layers, summary.input_shape) if s.kind in KEEPS_INPUT)
     return batch * kept * value_bytes + 2 * 4 * summary.parameter_count
 
 

@@ -488,7 +488,7 @@ def check_memory(summary: spec.NetworkSummary, network: network_pb2.NetworkSpec,
 
     batch = min(spec.batch_size_of(training.batching, n_train), n_train)
     bf16 = performance is not None and performance.precision == training_pb2.TrainingPerformance.PRECISION_BF16
-    need = spec.step_bytes(summary, network, batch, 2 if bf16 else 4)
+    need = spec.step_bytes(summary, batch, 2 if bf16 else 4)
     if device.type != "cuda":  # on a GPU the data may stay in host memory
         need += n_train * math.prod(feature_shape) * 4
     budget, what = memory_budget(device)

@@ -313,10 +313,9 @@ class Worker:
             files.remove_tree(checkpoint.parent)
             log.info("job %s: cancelled", job.name)
         except Exception as exc:  # a failure after acceptance is data: the job goes FAILED
-            oom = None if isinstance(exc, errors.GradwireError) else out_of_memory(exc, job.training.batching, device)
             if isinstance(exc, errors.GradwireError):
                 fail(exc, exc.message)
-            elif oom is not None:
+            elif (oom := out_of_memory(exc, job.training.batching, device)) is not None:
                 log.warning("job %s: %s (%s)", job.name, oom.message, safe_message(exc))
                 fail(oom, oom.message)
             else:
