@@ -472,3 +472,21 @@ def test_a_job_whose_step_cannot_fit_is_refused_at_once(tmp_path):
             assert client.predict(model, X[:2, :, :8, :8]).shape == (2, 2)
     finally:
         assert server.stop(signal.SIGTERM) == 0
+
+
+def test_the_session_byte_budget_reaches_the_servers_session_cache(tmp_path):
+    """GRADWIRE_MAX_SESSION_BYTES is the running server's: under a budget smaller than any model,
+    predicting with two models keeps one session loaded (without it, both stay)."""
+    X, y = iris()
+    for budget, kept in ((1, 1), (0, 2)):
+        running, pool = start(tmp_path / f"data-{budget}", max_session_bytes=budget)
+        try:
+            with gw.Client(f"127.0.0.1:{running.port}") as client:
+                models = [client.train([gw.Dense(4), gw.Dense(3)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=30,
+                                       seed=seed).wait(timeout=120) for seed in (1, 2)]
+                for model in models + models:
+                    assert client.predict(model, X[:2]).shape == (2, 3)
+            assert len(running.state.sessions.loaded()) == kept
+        finally:
+            pool.stop(timeout=5)
+            running.stop(grace=1)
