@@ -13,7 +13,7 @@ import pytest
 from gradwire.kserve import grpc_service_pb2 as pb
 from gradwire.kserve import grpc_service_pb2_grpc
 from gradwire.v1 import models_pb2, models_pb2_grpc
-from gradwire_server.inference import Batcher, BatchingPolicy
+from gradwire_server.inference import Batcher, BatchingPolicy, ModelStats
 from helpers import mlp, on_threads, raw_tensor
 
 from conftest import train_iris, wait_for
@@ -227,12 +227,47 @@ def test_a_call_runs_at_most_call_rows_rows_and_answers_as_one():
     after another, joined in order: a large request to a model with large activations never holds
     them all at once."""
     seen: list[int] = []
-    batcher = Batcher(lambda x: seen.append(len(x)) or x * 2)
+    stats = ModelStats()
+    batcher = Batcher(lambda x: seen.append(len(x)) or x * 2, stats)
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     assert np.array_equal(batcher(x, BatchingPolicy(call_rows=3)), x * 2)
     assert seen == [3, 3, 3, 1]
+    # Each call is an execution in the statistics, with its own rows.
+    assert stats.execution_count == 4 and {rows: b[0] for rows, b in stats.batches.items()} == {3: 3, 1: 1}
+    assert (batcher.stats.calls, batcher.stats.rows, batcher.stats.requests, batcher.stats.max_rows) == (4, 10, 1, 3)
     seen.clear()
     assert np.array_equal(batcher(x, BatchingPolicy()), x * 2) and seen == [10]  # 0: no bound
+    assert stats.execution_count == 5 and stats.batches[10][0] == 1
+
+    # A merged batch past call_rows splits too: three 2-row requests queued behind a running
+    # call run as one execution of 6 rows, in calls of 4 and 2.
+    seen.clear()
+    gate, running = threading.Event(), threading.Event()
+
+    def held(x):
+        if not running.is_set():
+            running.set()
+            gate.wait(10)
+        seen.append(len(x))
+        return x * 2
+
+    stats = ModelStats()
+    batcher = Batcher(held, stats)
+    policy = BatchingPolicy(max_batch_size=64, call_rows=4)
+    out: dict[int, np.ndarray] = {}
+
+    def call(i):
+        out[i] = batcher(np.full((2, 1), i, dtype=np.float32), policy)
+
+    first, rest = _behind_a_running_call(call, 0, [1, 2, 3], running.is_set)
+    wait_for(lambda: batcher._queued_rows == 6)
+    gate.set()
+    for t in [first, *rest]:
+        t.join()
+    assert seen == [2, 4, 2], seen
+    assert {i: o.ravel().tolist() for i, o in out.items()} == {i: [2 * i] * 2 for i in range(4)}
+    assert stats.execution_count == 3 and {rows: b[0] for rows, b in stats.batches.items()} == {2: 2, 4: 1}
+    assert (batcher.stats.calls, batcher.stats.requests, batcher.stats.max_rows, batcher.stats.max_requests) == (3, 4, 4, 3)
 
 
 def test_call_rows_follow_the_models_activations():

@@ -225,7 +225,8 @@ class BatchStats:
 
 class ModelStats:
     """What one model version served, as Triton's statistics extension reports it (KServe's
-    ModelStatistics): requests and their rows, executions (merged batches) by batch size, and
+    ModelStatistics): requests and their rows, executions (onnxruntime calls: a merged batch, or
+    each part of one that ran in several calls, `BatchingPolicy.call_rows`) by batch size, and
     the cumulative nanoseconds of each stage. Per request: compute_input from the call's
     arrival until it reaches the batcher (decoding, checks), queue until its execution starts,
     compute_infer the execution (its whole batch's), compute_output until its response is built."""
@@ -387,21 +388,38 @@ class Batcher:
                 return self._result(me)
         return self._lead(me, policy)
 
-    def _execute(self, features: np.ndarray, policy: BatchingPolicy) -> np.ndarray:
+    def _execute(self, features: np.ndarray, policy: BatchingPolicy, calls: list[tuple[int, int]]) -> np.ndarray:
         """One onnxruntime call; with `fixed_rows`, at padded_rows(policy) rows when it has fewer. More
         rows than `policy.call_rows` run as several calls, one after another, so that a large
         request to a model with large activations never holds them all at once (onnxruntime's
         arena keeps what a call took: a 64 MB request of (3, 256, 256) images through a 128-filter
-        convolution would take 2.8 GB a tensor)."""
+        convolution would take 2.8 GB a tensor). Each call's rows (the real ones, not the padding)
+        and nanoseconds are appended to ``calls``: each is an execution in the statistics."""
         rows, step = len(features), policy.call_rows
         if step and rows > step:
-            return np.concatenate([self._execute(features[i:i + step], policy) for i in range(0, rows, step)])
+            return np.concatenate([self._execute(features[i:i + step], policy, calls) for i in range(0, rows, step)])
         fixed = padded_rows(policy)
+        start = time.perf_counter_ns()
         if not self._fixed_rows or rows >= fixed:
-            return self._run(features)
-        padded = np.zeros((fixed, *features.shape[1:]), dtype=features.dtype)
-        padded[:rows] = features
-        return self._run(padded)[:rows]
+            out = self._run(features)
+        else:
+            padded = np.zeros((fixed, *features.shape[1:]), dtype=features.dtype)
+            padded[:rows] = features
+            out = self._run(padded)[:rows]
+        calls.append((rows, time.perf_counter_ns() - start))
+        return out
+
+    def _count(self, calls: list[tuple[int, int]], requests: int, input_ns: int = 0, output_ns: int = 0) -> None:
+        """One execution's calls into the model's statistics (the merge's and the split's
+        nanoseconds go to its first and last call) and the batcher's; the caller holds ``_cv``."""
+        s, last = self.stats, len(calls) - 1
+        for i, (rows, ns) in enumerate(calls):
+            self._model_stats.executed(rows, input_ns if i == 0 else 0, ns, output_ns if i == last else 0)
+            s.rows += rows
+            s.max_rows = max(s.max_rows, rows)
+        s.calls += len(calls)
+        s.requests += requests
+        s.max_requests = max(s.max_requests, requests)
 
     def _direct(self, features: np.ndarray, policy: BatchingPolicy, timing: Timing | None,
                 counted: bool = False) -> np.ndarray:
@@ -409,19 +427,16 @@ class Batcher:
         if not counted:
             with self._cv:
                 self._running += 1
+        calls: list[tuple[int, int]] = []
         start = time.perf_counter_ns()
         try:
-            out = self._execute(features, policy)
-            end = time.perf_counter_ns()
-            self._model_stats.executed(len(features), 0, end - start, 0)
+            out = self._execute(features, policy, calls)
             if timing is not None:
-                timing.start, timing.end = start, end
+                timing.start, timing.end = start, time.perf_counter_ns()
         finally:
             with self._cv:
                 self._running -= 1
-                self.stats.calls += 1
-                self.stats.rows += len(features)
-                self.stats.requests += 1
+                self._count(calls, 1)
                 self._cv.notify_all()
         return out
 
@@ -449,11 +464,13 @@ class Batcher:
                 self._has_leader = False
             self._running += 1
         assert batch[0] is me
+        calls: list[tuple[int, int]] = []
+        input_ns = output_ns = 0
         try:
             started = time.perf_counter_ns()
             merged = batch[0].features if len(batch) == 1 else np.concatenate([p.features for p in batch])
             ran = time.perf_counter_ns()
-            out = self._execute(merged, policy)
+            out = self._execute(merged, policy, calls)
             ended = time.perf_counter_ns()
         except BaseException as exc:  # every caller of the batch sees the failure
             for p in batch:
@@ -465,16 +482,11 @@ class Batcher:
                 start += len(p.features)
                 if p.timing is not None:
                     p.timing.start, p.timing.end = started, ended
-            self._model_stats.executed(rows, ran - started, ended - ran, time.perf_counter_ns() - ended)
+            input_ns, output_ns = ran - started, time.perf_counter_ns() - ended
         finally:
             with self._cv:
                 self._running -= 1
-                s = self.stats
-                s.calls += 1
-                s.rows += rows
-                s.requests += len(batch)
-                s.max_rows = max(s.max_rows, rows)
-                s.max_requests = max(s.max_requests, len(batch))
+                self._count(calls, len(batch), input_ns, output_ns)
                 self._cv.notify_all()
         for p in batch[1:]:
             p.lead = False
