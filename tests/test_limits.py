@@ -435,6 +435,22 @@ def test_out_of_memory_errors_are_told_from_others():
     assert "(every example)" in out_of_memory(MemoryError(), full, "cpu").message
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), mini, "cpu") is None
     assert out_of_memory(ValueError("can't allocate memory"), mini, "cpu") is None
+    # Outside a training step, the message names what ran out and the field to change, not the batch size.
+    alloc = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 3145728000 bytes. Error code 12 (Cannot allocate memory)")
+    got = {phase: out_of_memory(alloc, mini, "cpu", phase).message
+           for phase in ("loading", "training", "validation", "evaluation", "export")}
+    assert got["export"] == (
+        "network: exporting the trained network to ONNX ran out of memory on cpu (an allocation of 2.93 GiB failed): "
+        "the export holds several copies of the weights (PyTorch's, the ONNX file's, and onnxruntime's for the parity "
+        "check); use a smaller network, or give the server more memory")
+    assert got["evaluation"] == (
+        "network: the final evaluation ran out of memory on cpu (an allocation of 2.93 GiB failed): a pass scores about "
+        "256 MiB of activations beside the training data; use a smaller network or dataset, or give the server more memory")
+    assert got["validation"].startswith("network: an epoch's validation ran out of memory on cpu (an allocation of 2.93 GiB")
+    assert got["loading"].startswith("dataset: loading the dataset ran out of memory on cpu (an allocation of 2.93 GiB")
+    assert got["training"].startswith("training.batching: training ran out of memory on cpu")
+    assert all("mini_batch" not in m for phase, m in got.items() if phase != "training")
     assert exit_description(-signal.SIGKILL).startswith("killed by SIGKILL, which the kernel's out-of-memory killer sends")
     assert exit_description(-signal.SIGSEGV) == "killed by SIGSEGV"
     assert exit_description(3) == "exit code 3"

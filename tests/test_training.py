@@ -870,3 +870,11 @@ def test_evaluation_builds_no_autograd_graph():
     train._evaluate(Probe(), nn.MSELoss(), x, x, classifier=False, rows=2)
     train.evaluate(Probe(), nn.MSELoss(), x, x, split="train", classifier=False, rows=2)
     assert seen == [False] * 6
+
+
+def test_on_phase_hears_each_epochs_steps_and_validation_then_the_final_evaluation():
+    """What the run is doing, for a worker's message when an allocation fails (worker.out_of_memory)."""
+    phases: list[str] = []
+    run(MLP, "epochs: 2 validation_split: 0.25 batching { mini_batch { batch_size: 16 } } "
+        "optimizer { sgd { learning_rate: 0.1 } } loss { cross_entropy {} }", blobs(), on_phase=phases.append)
+    assert phases == ["training", "validation", "training", "validation", "evaluation"]

@@ -951,6 +951,7 @@ def train(
     cancelled_for_good: Callable[[], bool] = lambda: False,
     checkpoint_budget: float = 1.0,
     on_notice: Callable[[str], None] = lambda message: None,
+    on_phase: Callable[[str], None] = lambda phase: None,
 ) -> TrainResult:
     """Trains ``network`` on ``data`` as ``training`` says. Assumes
     ``spec.validate_job`` accepted the job. Calls ``on_epoch`` after each epoch
@@ -972,7 +973,9 @@ def train(
     a checkpoint snapshot still waiting is not saved and every finished epoch
     is reported; False for a shutdown (epochs no save covers stay unreported).
     Any other exception ends the job for good too. A checkpoint that cannot be read (damaged on
-    disk) is removed and the run starts over from its first epoch, saying so to ``on_notice``."""
+    disk) is removed and the run starts over from its first epoch, saying so to ``on_notice``.
+    ``on_phase`` hears what the run goes on to do: "training" (each epoch's steps), "validation"
+    (each epoch's) and "evaluation" (the final scores)."""
     classifier = data.label_kind != datasets_pb2.LABEL_KIND_REGRESSION  # classes or multi-label
     multi_label = data.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL
     n = len(data.features)
@@ -1047,6 +1050,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             model.train()
+            on_phase("training")
             order = torch.randperm(n_train, generator=generator) if shuffle else torch.arange(n_train)
             order = order[:stepped].to(x_train.device)  # drop_last: the examples of full batches only
             train_loss, train_acc, grad_norm = _train_epoch(
@@ -1061,6 +1065,7 @@ def train(
 
             val_loss = val_acc = None
             if n_val:
+                on_phase("validation")
                 val_loss, val_acc = _evaluate(forward, loss_fn, x_val, y_val, classifier, device, rows)
             result = EpochResult(
                 epoch=epoch,
@@ -1097,6 +1102,7 @@ def train(
         binary = training.loss.WhichOneof("kind") == "binary_cross_entropy"
         top_k = spec.top_k_of(training, data.output_size) if classifier and not multi_label else 0
         score = dict(classifier=classifier, classes=data.output_size, top_k=top_k, device=device, rows=rows)
+        on_phase("evaluation")
         evaluations = [evaluate(forward, loss_fn, x_train, y_train, split="train", **score)]
         if n_val:
             evaluations.append(evaluate(forward, loss_fn, x_val, y_val, split="validation", **score))

@@ -45,12 +45,33 @@ def safe_message(exc: BaseException) -> str:
 _ALLOCATION_RE = re.compile(r"tried to allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]?i?B)")
 
 
-def out_of_memory(exc: BaseException, batching: network_pb2.Batching, device) -> errors.ResourceExhausted | None:
+# What a job was doing when an allocation failed (`out_of_memory`): the part of the message after
+# "{what} ran out of memory on {device} (...): ", and the field to change.
+_OOM_PHASES = {
+    "loading": ("loading the dataset", (
+        "the job holds its features as float32 beside the stored ones; use a smaller dataset, or give the server more memory"),
+        "dataset"),
+    "validation": ("an epoch's validation", (
+        "a pass scores about {eval_mib} MiB of activations beside what training holds; use a smaller network or "
+        "validation split, or give the server more memory"), "network"),
+    "evaluation": ("the final evaluation", (
+        "a pass scores about {eval_mib} MiB of activations beside the training data; use a smaller network or dataset, "
+        "or give the server more memory"), "network"),
+    "export": ("exporting the trained network to ONNX", (
+        "the export holds several copies of the weights (PyTorch's, the ONNX file's, and onnxruntime's for the parity "
+        "check); use a smaller network, or give the server more memory"), "network"),
+}
+
+
+def out_of_memory(exc: BaseException, batching: network_pb2.Batching, device, phase: str = "training") -> errors.ResourceExhausted | None:
     """The job's error when ``exc`` is an allocation that failed (torch's CPU allocator, CUDA, or
-    Python's MemoryError), naming the allocation and the batch size to lower; None otherwise.
+    Python's MemoryError), naming the allocation and what to change: the batch size when it
+    failed in a training step, else what that ``phase`` holds (`_OOM_PHASES`); None otherwise.
     The same failure, left as it was, read `INTERNAL: training failed: RuntimeError: [enforce fail
     at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: ...`."""
     import torch
+
+    from .train import EVAL_BYTES
 
     cuda_oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     text = str(exc)
@@ -59,11 +80,16 @@ def out_of_memory(exc: BaseException, batching: network_pb2.Batching, device) ->
         return None
     found = _ALLOCATION_RE.search(text)
     size = (f"{int(found.group(1)) / 2**30:.2f} GiB" if found.group(1) else found.group(2)) if found else None
+    failed = f" (an allocation of {size} failed)" if size else ""
+    if phase in _OOM_PHASES:
+        what, advice, field = _OOM_PHASES[phase]
+        return errors.ResourceExhausted(f"{what} ran out of memory on {device}{failed}: {advice.format(eval_mib=EVAL_BYTES >> 20)}",
+                                        field=field)
     kind = batching.WhichOneof("mode")
     steps = {"mini_batch": f"mini-batches of {batching.mini_batch.batch_size}", "full_batch": "the full batch (every example)",
              "online": "one example"}.get(kind, "its batches")
     return errors.ResourceExhausted(
-        f"training ran out of memory on {device}{f' (an allocation of {size} failed)' if size else ''}: a step holds every "
+        f"training ran out of memory on {device}{failed}: a step holds every "
         f"layer's activations for {steps}; use smaller batches (mini_batch.batch_size) or a smaller network",
         field="training.batching")
 
@@ -217,6 +243,7 @@ class Worker:
             cancelled[0] = self.store.job_state(job_id) == State.CANCELLING
             return cancelled[0]
 
+        phase = ["loading"]  # what the job is doing, for an allocation that fails (out_of_memory)
         try:
             dataset, features, labels = datasets.load_arrays(self.store, self.settings.data_dir, job.dataset.split("/", 1)[1])
             output_size = dataset.class_count or dataset.target_count
@@ -243,7 +270,9 @@ class Worker:
                 cancelled_for_good=lambda: cancelled[0] or over_time[0],  # its checkpoint goes: no save waited for
                 checkpoint_budget=self.settings.checkpoint_budget,
                 on_notice=lambda message: self.store.note(job_id, message),
+                on_phase=lambda now: phase.__setitem__(0, now),
             )
+            phase[0] = "export"
             model_id = new_id()
             path = model_path(self.settings.data_dir, model_id)
             try:
@@ -315,7 +344,7 @@ class Worker:
         except Exception as exc:  # a failure after acceptance is data: the job goes FAILED
             if isinstance(exc, errors.GradwireError):
                 fail(exc, exc.message)
-            elif (oom := out_of_memory(exc, job.training.batching, device)) is not None:
+            elif (oom := out_of_memory(exc, job.training.batching, device, phase[0])) is not None:
                 log.warning("job %s: %s (%s)", job.name, oom.message, safe_message(exc))
                 fail(oom, oom.message)
             else:
