@@ -506,3 +506,27 @@ def test_the_session_byte_budget_reaches_the_servers_session_cache(tmp_path):
         finally:
             pool.stop(timeout=5)
             running.stop(grace=1)
+
+
+def test_serve_help_describes_every_setting():
+    """`gradwire serve --help`, as a user runs it: each flag with the first sentence of its
+    setting's description, its variable and its default."""
+    import dataclasses
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    from gradwire_server.config import first_sentence, setting_docs
+
+    docs = setting_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(Settings)}  # every setting has its description
+    exe = shutil.which("gradwire", path=str(pathlib.Path(sys.executable).parent)) or "gradwire"
+    out = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
+    text = " ".join(out.split())  # argparse wraps the lines
+    for field in dataclasses.fields(Settings):
+        sentence = first_sentence(docs[field.name])
+        assert sentence.endswith(".") and len(sentence) > 10, (field.name, sentence)
+        assert f"--{field.name.replace('_', '-')}" in text and f"{sentence} (env GRADWIRE_{field.name.upper()}, default" in text, field.name
+    assert first_sentence("Largest upload, e.g. 2 GB. More after.") == "Largest upload, e.g. 2 GB."
+    assert first_sentence("no full stop") == "no full stop"

@@ -273,6 +273,33 @@ def _coerce(field: dataclasses.Field, raw: str) -> Any:
         raise ValueError(f"invalid setting {field.name} ({_env_name(field.name)}): {raw!r} is not a valid {kind.__name__}") from None
 
 
+def setting_docs() -> dict[str, str]:
+    """Each Settings field's docstring (the string under it in this file), for `--help`; empty
+    where the source cannot be read."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(Settings))
+    except (OSError, TypeError):  # no source shipped
+        return {}
+    body = tree.body[0].body
+    docs = {}
+    for field, after in zip(body, body[1:]):
+        if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[field.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first full stop that ends a sentence (not one inside "e.g." or a number)."""
+    for i, ch in enumerate(text):
+        if ch == "." and (i + 1 == len(text) or text[i + 1] == " ") and not text[max(0, i - 3):i + 1].endswith(("e.g.", "i.e.")):
+            return text[:i + 1]
+    return text
+
+
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from command-line flags, then GRADWIRE_* variables, then defaults.
 
@@ -285,13 +312,16 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known_env))}")
 
-    parser = argparse.ArgumentParser(prog="gradwire serve", description="Run the gradwire server and its training worker.")
+    parser = argparse.ArgumentParser(prog="gradwire serve", description="Run the gradwire server and its training worker.",
+                                     epilog="Every setting's whole description: README.md, Configuration.")
+    docs = setting_docs()
     for name, field in fields.items():
+        default = field.default if field.default != "" else "unset"
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
-            help=f"(env {_env_name(name)}, default {field.default if field.default != '' else 'unset'!s})",
+            help=f"{first_sentence(docs.get(name, ''))} (env {_env_name(name)}, default {default!s})".lstrip().replace("%", "%%"),
         )
     args = parser.parse_args(list(argv) if argv is not None else [])
 
