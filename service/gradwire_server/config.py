@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import pathlib
 import typing
@@ -285,7 +286,7 @@ def setting_docs() -> dict[str, str]:
         return {}
     body = tree.body[0].body
     docs = {}
-    for field, after in zip(body, body[1:]):
+    for field, after in itertools.pairwise(body):
         if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(after, ast.Expr)
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
             docs[field.target.id] = " ".join(after.value.value.split())
