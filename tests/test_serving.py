@@ -13,7 +13,7 @@ import pytest
 
 from gradwire.v1 import datasets_pb2, models_pb2
 from gradwire_server import errors
-from gradwire_server.inference import SessionCache
+from gradwire_server.inference import BatchingPolicy, SessionCache
 from gradwire_server.serving import ServingCache
 from gradwire_server.store import Store
 from helpers import on_threads
@@ -566,3 +566,14 @@ def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
     for name in ("m1", "m2", "m3"):
         unbounded.run(name, x)
     assert unbounded.loaded() == ["m1", "m2", "m3"]
+    # What a session's arena kept of its largest call counts too: rows times the policy's row_bytes.
+    arenas = SessionCache(tmp_path, max_bytes=3 * size)
+    small, large = BatchingPolicy(row_bytes=size // 4), np.ones((8, 4), np.float32)
+    arenas.run("m1", x, small)  # 2 rows: half a file's bytes
+    arenas.run("m2", x, small)
+    assert arenas._loaded["m1"].held_bytes() == size + 2 * (size // 4)  # (read without touching its place)
+    arenas.run("m3", x, small)  # 3 files and 3 half-files: m1, the least recent, goes
+    assert arenas.loaded() == ["m2", "m3"]
+    arenas.run("m2", large, small)  # m2's arena now holds 8 rows, two files' worth
+    arenas.run("m1", x, small)  # m3 goes, then m2 too: alone it holds three files' worth
+    assert arenas.loaded() == ["m1"]

@@ -85,8 +85,9 @@ class Settings:
     max_sessions: int = 32
     """onnxruntime sessions kept loaded (least recently used are evicted)."""
     max_session_bytes: int = 0
-    """And at most this many bytes of ONNX files loaded as sessions, in each RPC process (least
-    recently used evicted; one model stays loaded whatever its size). 0: no bound but max_sessions."""
+    """And at most about this many bytes of loaded sessions in each RPC process: their ONNX files', and
+    what their arenas kept of their largest call, as estimated from the network (least recently
+    used evicted when a session loads; one stays whatever its size). 0: no bound but max_sessions."""
     warm_aliases: bool = True
     """At start-up, each RPC process loads (and runs once) the models that aliases point at, up to
     max_sessions, while it serves: a restart is no cold start. False: each loads at its first

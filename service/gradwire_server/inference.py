@@ -210,6 +210,7 @@ class BatchingPolicy:
     max_batch_size: int = 64
     max_delay_s: float = 0.0
     call_rows: int = 0  # the most rows one onnxruntime call runs (more run as several calls); 0: no bound
+    row_bytes: int = 0  # about the activation memory one row of a call holds (the session's arena); 0: unknown
 
 
 @dataclasses.dataclass
@@ -520,7 +521,15 @@ class _Loaded:
         self._loaded_at = time.monotonic()
         self._last = (0, 0)  # the last call's rows and nanoseconds
         self.file_bytes = file_bytes  # its ONNX file's size (SessionCache's max_bytes)
+        self.row_bytes = 0  # its policy's row_bytes (SessionCache.run keeps it current)
         self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
+
+    def held_bytes(self) -> int:
+        """About what the session holds: its ONNX file's bytes (the weights, prepacked), and what its
+        arena kept of its largest call, that call's rows times row_bytes (onnxruntime's arena keeps
+        its peak: after a 1,024-row call of the 4096-wide MLP, 64 MB; after calls of call_rows rows,
+        about INFER_BYTES, 256 MiB)."""
+        return self.file_bytes + self.batcher.stats.max_rows * self.row_bytes
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
         """One onnxruntime call. A long one runs with its caller moved off the CPUs onnxruntime
@@ -600,8 +609,9 @@ _moving_calls = 0
 
 class SessionCache:
     """Loaded onnxruntime sessions keyed by model id; at most `max_sessions` stay loaded, and with
-    `max_bytes` at most that many bytes of their ONNX files (a session holds about its file's
-    weights, prepacked; its arena comes on top), the most recent one whatever its size."""
+    `max_bytes` at most about that many bytes (`_Loaded.held_bytes`: their ONNX files' and, as
+    estimated, their arenas'), the most recent one whatever its size. The bound is applied when a
+    session loads, so a request to a loaded model pays nothing for it."""
 
     def __init__(
         self,
@@ -687,7 +697,7 @@ class SessionCache:
                         self._loaded[model_id] = loaded
                         while len(self._loaded) > self._max or (
                                 self._max_bytes and len(self._loaded) > 1
-                                and sum(s.file_bytes for s in self._loaded.values()) > self._max_bytes):
+                                and sum(s.held_bytes() for s in self._loaded.values()) > self._max_bytes):
                             self._loaded.popitem(last=False)
         except errors.ModelGone:
             self.evict(model_id)  # the statistics a request just started for it go, as a deletion's did
@@ -775,4 +785,6 @@ class SessionCache:
             timing: Timing | None = None) -> np.ndarray:
         """features: float32 [batch, ...input_shape] -> the graph's single output [batch, outputs]."""
         loaded = self._get(model_id)
-        return loaded.batcher(features, policy or self.default_policy, timing)
+        policy = policy or self.default_policy
+        loaded.row_bytes = policy.row_bytes
+        return loaded.batcher(features, policy, timing)

@@ -66,31 +66,38 @@ class Serving:
             class_names=tuple(model.class_names),
             regression=model.label_kind == datasets_pb2.LABEL_KIND_REGRESSION,
             multi_label=model.label_kind == datasets_pb2.LABEL_KIND_MULTI_LABEL,
-            policy=dataclasses.replace(sessions.policy(override), call_rows=call_rows(model)),
+            policy=dataclasses.replace(sessions.policy(override), call_rows=call_rows(model), row_bytes=row_bytes(model)),
         )
 
 
 def call_rows(model: models_pb2.Model) -> int:
     """The most rows one onnxruntime call of ``model`` runs: about INFER_BYTES of activations
-    (spec.activation_bytes, from the network it was trained from); 0 (no bound) where its network
-    cannot be read. The digits CNN: 16,384 rows; (3, 128, 128) images through 32 filters: 32.
-    Kept by model name (a model's network never changes): the shape inference takes 40-70 us, and
-    a name is resolved again after every commit, a training job's epochs included."""
-    rows = _call_rows.get(model.name)
-    if rows is None:
+    (`row_bytes`); 0 (no bound) where its network cannot be read. The digits CNN: 16,384 rows;
+    (3, 128, 128) images through 32 filters: 32."""
+    per_row = row_bytes(model)
+    return max(1, INFER_BYTES // per_row) if per_row else 0
+
+
+def row_bytes(model: models_pb2.Model) -> int:
+    """About the activation memory one row of a call of ``model`` holds (spec.activation_bytes, from
+    the network it was trained from); 0 where its network cannot be read. Kept by model name (a
+    model's network never changes): the shape inference takes 40-70 us, and a name is resolved
+    again after every commit, a training job's epochs included."""
+    per_row = _row_bytes.get(model.name)
+    if per_row is None:
         try:
             summary = spec.infer_network(model.network, tuple(model.input_shape))
-            rows = max(1, INFER_BYTES // spec.activation_bytes(summary, model.network))
+            per_row = spec.activation_bytes(summary, model.network)
         except (errors.GradwireError, ValueError) as exc:  # not a network this server can read: unbounded
             log.debug("model %s: no bound on the rows of a call (%s)", model.name, exc)
-            rows = 0
-        if len(_call_rows) >= MAX_ENTRIES:
-            _call_rows.clear()
-        _call_rows[model.name] = rows
-    return rows
+            per_row = 0
+        if len(_row_bytes) >= MAX_ENTRIES:
+            _row_bytes.clear()
+        _row_bytes[model.name] = per_row
+    return per_row
 
 
-_call_rows: dict[str, int] = {}  # call_rows by model name
+_row_bytes: dict[str, int] = {}  # row_bytes by model name
 
 
 class ServingCache:
