@@ -169,6 +169,19 @@ def main() -> None:
         compact[datatype] = client.infer(model, [one], model_version=version).as_numpy(out.name)
     report["compact_datatypes_equal"] = [k for k in ("UINT8", "FP16") if np.array_equal(compact[k], compact["FP32"])]
     report["repository_index"] = [[m.name, m.version, m.state] for m in client.get_model_repository_index().models]
+    # Model control, and methods gradwire does not serve: tritonclient's own calls, and what each raised.
+    report["model_control"] = {}
+    for what, call in (("load", lambda: client.load_model(model)),
+                       ("load_config", lambda: client.load_model(model, config='{"max_batch_size": 8}')),
+                       ("unload", lambda: client.unload_model(model)),
+                       ("log_settings", client.get_log_settings),
+                       ("cuda_shared_memory", client.get_cuda_shared_memory_status)):
+        try:
+            call()
+            report["model_control"][what] = None
+        except grpcclient.InferenceServerException as exc:
+            report["model_control"][what] = [exc.status(), exc.message()]
+    report["model_control"]["ready_after"] = client.is_model_ready(model, model_version=version)
     # System shared memory: the same request, its tensors through regions tritonclient made.
     shared = ShmRequests(client, model, version, inp, out, X, probs.size)
     answer = shared.infer()

@@ -687,3 +687,61 @@ def test_the_number_of_regions_is_bounded(kserve, shm_object, monkeypatch):
     kserve.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="a"))
     kserve.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="c", key=obj.key, byte_size=64))
     assert sorted(kserve.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions) == ["b", "c"]
+
+
+def test_tritonclient_loads_and_is_told_what_is_not_served(target, published, tmp_path):
+    """Triton's model control through tritonclient: a load loads the model's sessions (its latest
+    version and those its aliases point at); one with a config, and an unload, are refused saying
+    why, and so are the methods gradwire does not serve (not gRPC's bare "Method not found!")."""
+    py, why = triton_env.ensure()
+    if py is None:
+        pytest.skip(why)
+    X, _ = iris()
+    np.save(tmp_path / "x.npy", X[:2])
+    run = subprocess.run([str(py), str(triton_env.CLIENT), target, "iris-kserve", "production", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    control = json.loads(run.stdout)["model_control"]
+    assert control["load"] is None and control["ready_after"] is True
+    assert control["load_config"][0] == "StatusCode.INVALID_ARGUMENT"
+    assert "parameters['config']: gradwire's models come from its training jobs" in control["load_config"][1]
+    assert control["unload"][0] == "StatusCode.FAILED_PRECONDITION"
+    assert "there is no unload" in control["unload"][1] and "DeleteModel" in control["unload"][1]
+    assert control["log_settings"] == ["StatusCode.UNIMPLEMENTED", "inference.GRPCInferenceService/LogSettings is not "
+                                       "served: gradwire's logging is a server setting (GRADWIRE_LOG_LEVEL), fixed while it runs"]
+    assert control["cuda_shared_memory"][0] == "StatusCode.UNIMPLEMENTED"
+    assert "SystemSharedMemoryRegister" in control["cuda_shared_memory"][1]
+
+
+def test_repository_load_loads_the_models_sessions(server, published, channel_module):
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_module)
+    model_id = published.model.split("/")[1]
+    server.state.sessions.evict(model_id)
+    assert model_id not in server.state.sessions.loaded()
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="iris-kserve"))
+    assert model_id in server.state.sessions.loaded()  # latest and production: the same version here
+    server.state.sessions.evict(model_id)
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=model_id))  # a model id
+    assert model_id in server.state.sessions.loaded()
+    for request, code, text in (
+        (pb.RepositoryModelLoadRequest(model_name="no-such-model"), grpc.StatusCode.NOT_FOUND, "no-such-model"),
+        (pb.RepositoryModelLoadRequest(), grpc.StatusCode.INVALID_ARGUMENT, "model_name: required"),
+        (pb.RepositoryModelLoadRequest(repository_name="r", model_name="iris-kserve"), grpc.StatusCode.NOT_FOUND,
+         "repository_name: gradwire serves one model repository"),
+        (pb.RepositoryModelLoadRequest(model_name="iris-kserve", parameters={"file:1/model.onnx": pb.ModelRepositoryParameter(
+            bytes_param=b"x")}), grpc.StatusCode.INVALID_ARGUMENT, "parameters['file:1/model.onnx']"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RepositoryModelLoad(request)
+        assert err.value.code() == code and text in err.value.details(), (request, err.value.details())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="no-such-model"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="iris-kserve"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # The methods not served answer UNIMPLEMENTED, whatever their request bytes.
+    trace = channel_module.unary_unary("/inference.GRPCInferenceService/TraceSetting")
+    with pytest.raises(grpc.RpcError) as err:
+        trace(b"\x0a\x01x")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "ModelStatistics" in err.value.details()

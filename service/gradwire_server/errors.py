@@ -57,6 +57,10 @@ class Unauthenticated(GradwireError):
     """The call carries no valid credentials."""
 
 
+class Unimplemented(GradwireError):
+    """A method of a protocol gradwire speaks that it does not serve; the message says what does."""
+
+
 class Cancelled(GradwireError):
     """The operation was cancelled (used inside the worker)."""
 
@@ -98,6 +102,7 @@ CODES: dict[type[GradwireError], int] = {
     AlreadyExists: 6,
     ResourceExhausted: 8,
     FailedPrecondition: 9,
+    Unimplemented: 12,
     Internal: 13,
     Unauthenticated: 16,
 }

@@ -29,7 +29,7 @@ from .inference import BatchingPolicy, SessionCache
 from .interceptors import AuthInterceptor, ErrorInterceptor
 from .servicers.context import ServerState
 from .servicers.datasets import DatasetServicer
-from .servicers.kserve import KServeServicer
+from .servicers.kserve import KServeServicer, unserved_methods
 from .servicers.models import ModelServicer
 from .servicers.network import NetworkServicer
 from .servicers import wire
@@ -215,6 +215,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     kserve = KServeServicer(state)
     _add_servicer(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, kserve,
                   {"ModelInfer": wire.model_infer_request, "ModelStreamInfer": wire.model_infer_request})
+    server.add_generic_rpc_handlers((unserved_methods(),))  # Triton's methods gradwire does not serve, with why
     network_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServicer(state), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 
+import grpc
 import numpy as np
 
 from gradwire.kserve import grpc_service_pb2 as pb
@@ -70,6 +71,42 @@ def _version() -> str:
         return importlib.metadata.version("gradwire")
     except importlib.metadata.PackageNotFoundError:
         return "0"
+
+
+# Methods of Triton's GRPCInferenceService that gradwire does not serve, and what a client does
+# instead. Answered UNIMPLEMENTED with these words (`unserved_methods`) rather than gRPC's bare
+# "Method not found!".
+UNSERVED = {
+    "CudaSharedMemoryStatus": "gradwire serves Triton's system shared memory extension, not CUDA shared memory: "
+                              "register a POSIX shared memory region (SystemSharedMemoryRegister) instead",
+    "CudaSharedMemoryRegister": "gradwire serves Triton's system shared memory extension, not CUDA shared memory: "
+                                "register a POSIX shared memory region (SystemSharedMemoryRegister) instead",
+    "CudaSharedMemoryUnregister": "gradwire serves Triton's system shared memory extension, not CUDA shared memory: "
+                                  "register a POSIX shared memory region (SystemSharedMemoryRegister) instead",
+    "TraceSetting": "gradwire has no Triton trace settings: ModelStatistics gives each model's time by stage "
+                    "(queue, compute_input, compute_infer, compute_output)",
+    "LogSettings": "gradwire's logging is a server setting (GRADWIRE_LOG_LEVEL), fixed while it runs",
+}
+
+
+def unserved_methods() -> grpc.GenericRpcHandler:
+    """A handler for `UNSERVED`'s methods: each call fails UNIMPLEMENTED, saying why."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+    def refuse(why: str) -> Callable:
+        def handler(request: bytes, context) -> bytes:
+            raise errors.Unimplemented(why)
+
+        return handler
+
+    return grpc.method_handlers_generic_handler(service, {
+        name: grpc.unary_unary_rpc_method_handler(refuse(f"{service}/{name} is not served: {why}"))
+        for name, why in UNSERVED.items()})
+
+
+def _one_repository(name: str) -> None:
+    if name:
+        raise errors.NotFound(f"gradwire serves one model repository, named \"\"; got {name!r}", field="repository_name")
 
 
 def serialize_bytes(items: list[bytes]) -> bytes:
@@ -205,9 +242,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
         """Triton's model repository index: every model version, under the name and version a
         request uses for it (a registered model's name and version number, or a bare model id)."""
-        if request.repository_name:
-            raise errors.NotFound(f"gradwire serves one model repository, named \"\"; got {request.repository_name!r}",
-                                  field="repository_name")
+        _one_repository(request.repository_name)
         Index = pb.RepositoryIndexResponse.ModelIndex
         entries: list[tuple[str, int, Index]] = []
         for model in every(self.s.store.list_models):
@@ -220,6 +255,46 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 name=name, version=str(model.version) if model.registered_model else "",
                 state="READY" if ready else "UNAVAILABLE", reason="" if ready else "its ONNX file is missing")))
         return pb.RepositoryIndexResponse(models=[index for _, _, index in sorted(entries, key=lambda e: e[:2])])
+
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        """Triton's explicit load, as gradwire can mean it: the model's session is loaded (and run
+        once) now, in this RPC process, instead of at its first request. A registered model's name
+        loads its latest version and the versions its aliases point at; a model id, that model."""
+        _one_repository(request.repository_name)
+        for key in sorted(request.parameters):
+            raise errors.InvalidArgument(
+                f"gradwire's models come from its training jobs: a load takes no model configuration or files, got {key!r}",
+                field=f"parameters[{key!r}]")
+        name = request.model_name
+        if not name:
+            raise errors.InvalidArgument("required: a registered model's name or a model id", field="model_name")
+        try:
+            registered = self.s.store.get_registered_model(f"registeredModels/{name}")
+        except (errors.NotFound, errors.InvalidArgument):
+            names = [("", "")]  # a model id, or NOT_FOUND below
+        else:
+            names = [("", "")] + [(alias, str(version)) for alias, version in sorted(registered.aliases.items())]
+        warmed: set[str] = set()
+        for _, version in names:
+            served = self._served(name, version, "model_name")
+            if served.model_id not in warmed:
+                if not model_path(self.s.settings.data_dir, served.model_id).exists():
+                    raise errors.FailedPrecondition(f"model {served.model.name} cannot load: its ONNX file is missing",
+                                                    field="model_name")
+                self.s.sessions.warm(served.model_id, served.input_shape, served.policy)
+                warmed.add(served.model_id)
+        log.info("loaded %s on request (RepositoryModelLoad): %s", name, ", ".join(sorted(warmed)))
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context) -> pb.RepositoryModelUnloadResponse:
+        _one_repository(request.repository_name)
+        if request.model_name:
+            self._resolve(request.model_name, "", "model_name")  # NOT_FOUND first, for a name that means nothing
+        raise errors.FailedPrecondition(
+            "gradwire serves every model version it holds, each loaded at its first request: there is no unload. To take "
+            "a version out of service, delete it (gradwire.v1.ModelService/DeleteModel) or move its aliases "
+            "(SetModelAlias); GRADWIRE_MAX_SESSIONS and GRADWIRE_MAX_SESSION_BYTES bound what stays loaded",
+            field="model_name")
 
     # ---- system shared memory ------------------------------------------
 
