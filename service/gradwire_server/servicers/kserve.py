@@ -76,13 +76,12 @@ def _version() -> str:
 # Methods of Triton's GRPCInferenceService that gradwire does not serve, and what a client does
 # instead. Answered UNIMPLEMENTED with these words (`unserved_methods`) rather than gRPC's bare
 # "Method not found!".
+_NO_CUDA_SHM = ("gradwire serves Triton's system shared memory extension, not CUDA shared memory: register a POSIX "
+                "shared memory region (SystemSharedMemoryRegister) instead")
 UNSERVED = {
-    "CudaSharedMemoryStatus": "gradwire serves Triton's system shared memory extension, not CUDA shared memory: "
-                              "register a POSIX shared memory region (SystemSharedMemoryRegister) instead",
-    "CudaSharedMemoryRegister": "gradwire serves Triton's system shared memory extension, not CUDA shared memory: "
-                                "register a POSIX shared memory region (SystemSharedMemoryRegister) instead",
-    "CudaSharedMemoryUnregister": "gradwire serves Triton's system shared memory extension, not CUDA shared memory: "
-                                  "register a POSIX shared memory region (SystemSharedMemoryRegister) instead",
+    "CudaSharedMemoryStatus": _NO_CUDA_SHM,
+    "CudaSharedMemoryRegister": _NO_CUDA_SHM,
+    "CudaSharedMemoryUnregister": _NO_CUDA_SHM,
     "TraceSetting": "gradwire has no Triton trace settings: ModelStatistics gives each model's time by stage "
                     "(queue, compute_input, compute_infer, compute_output)",
     "LogSettings": "gradwire's logging is a server setting (GRADWIRE_LOG_LEVEL), fixed while it runs",
@@ -271,16 +270,13 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             registered = self.s.store.get_registered_model(f"registeredModels/{name}")
         except (errors.NotFound, errors.InvalidArgument):
-            names = [("", "")]  # a model id, or NOT_FOUND below
+            versions = [""]  # a model id, or NOT_FOUND below
         else:
-            names = [("", "")] + [(alias, str(version)) for alias, version in sorted(registered.aliases.items())]
+            versions = ["", *sorted({str(version) for version in registered.aliases.values()})]
         warmed: set[str] = set()
-        for _, version in names:
+        for version in versions:
             served = self._served(name, version, "model_name")
-            if served.model_id not in warmed:
-                if not model_path(self.s.settings.data_dir, served.model_id).exists():
-                    raise errors.FailedPrecondition(f"model {served.model.name} cannot load: its ONNX file is missing",
-                                                    field="model_name")
+            if served.model_id not in warmed:  # a missing ONNX file: NOT_FOUND, as for a prediction
                 self.s.sessions.warm(served.model_id, served.input_shape, served.policy)
                 warmed.add(served.model_id)
         log.info("loaded %s on request (RepositoryModelLoad): %s", name, ", ".join(sorted(warmed)))
