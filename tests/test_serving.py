@@ -577,3 +577,8 @@ def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
     arenas.run("m2", large, small)  # m2's arena now holds 8 rows, two files' worth
     arenas.run("m1", x, small)  # m3 goes, then m2 too: alone it holds three files' worth
     assert arenas.loaded() == ["m1"]
+    # On the CUDA provider every call runs at least padded_rows rows (max_batch_size, or call_rows
+    # where fewer), and its arena holds them.
+    m1 = arenas._loaded["m1"]
+    m1.on_cuda, m1.policy = True, BatchingPolicy(max_batch_size=16, call_rows=12, row_bytes=100)
+    assert m1.held_bytes() == size + 12 * 100  # 2 real rows, padded to 12

@@ -521,15 +521,19 @@ class _Loaded:
         self._loaded_at = time.monotonic()
         self._last = (0, 0)  # the last call's rows and nanoseconds
         self.file_bytes = file_bytes  # its ONNX file's size (SessionCache's max_bytes)
-        self.row_bytes = 0  # its policy's row_bytes (SessionCache.run keeps it current)
+        self.policy = BatchingPolicy()  # the one its last request ran with (SessionCache.run): for held_bytes
         self.batcher = Batcher(self.run_now, model_stats, fixed_rows=self.on_cuda)
 
     def held_bytes(self) -> int:
         """About what the session holds: its ONNX file's bytes (the weights, prepacked), and what its
-        arena kept of its largest call, that call's rows times row_bytes (onnxruntime's arena keeps
-        its peak: after a 1,024-row call of the 4096-wide MLP, 64 MB; after calls of call_rows rows,
-        about INFER_BYTES, 256 MiB)."""
-        return self.file_bytes + self.batcher.stats.max_rows * self.row_bytes
+        arena kept of its largest call, that call's rows times the policy's row_bytes (onnxruntime's
+        arena keeps its peak: after a 1,024-row call of the 4096-wide MLP, 64 MB; after calls of
+        call_rows rows, about INFER_BYTES, 256 MiB). On the CUDA provider a call runs at least
+        padded_rows rows."""
+        rows = self.batcher.stats.max_rows
+        if rows and self.on_cuda:
+            rows = max(rows, padded_rows(self.policy))
+        return self.file_bytes + rows * self.policy.row_bytes
 
     def run_now(self, features: np.ndarray) -> np.ndarray:
         """One onnxruntime call. A long one runs with its caller moved off the CPUs onnxruntime
@@ -786,5 +790,5 @@ class SessionCache:
         """features: float32 [batch, ...input_shape] -> the graph's single output [batch, outputs]."""
         loaded = self._get(model_id)
         policy = policy or self.default_policy
-        loaded.row_bytes = policy.row_bytes
+        loaded.policy = policy
         return loaded.batcher(features, policy, timing)
