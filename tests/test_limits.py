@@ -530,3 +530,70 @@ def test_serve_help_describes_every_setting():
         assert f"--{field.name.replace('_', '-')}" in text and f"{sentence} (env GRADWIRE_{field.name.upper()}, default" in text, field.name
     assert first_sentence("Largest upload, e.g. 2 GB. More after.") == "Largest upload, e.g. 2 GB."
     assert first_sentence("no full stop") == "no full stop"
+
+
+ORT_OUT_OF_MEMORY = '''
+import resource, sys, pathlib, numpy as np, onnx
+from onnx import helper, TensorProto, numpy_helper
+from gradwire_server import inference, errors
+from gradwire_server.inference import SessionCache, BatchingPolicy
+tmp = pathlib.Path(sys.argv[1])
+def model(name, k, n):  # features [b, k] @ ones [k, n]
+    w = numpy_helper.from_array(np.ones((k, n), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["features", "w"], ["out"])], "g",
+                          [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["b", k])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", n])], [w])
+    path = inference.model_path(tmp, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+model("small", 4, 4096)
+model("big", 4096, 4096)  # 64 MiB of weights
+cache = SessionCache(tmp)
+assert cache.run("small", np.ones((2, 4), np.float32)).shape == (2, 4096)
+mapped = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (mapped + (48 << 20), mapped + (48 << 20)))  # 48 MiB more, no further
+for call in (lambda: cache.run("small", np.ones((200_000, 4), np.float32), BatchingPolicy(enabled=False)),  # 3.05 GiB out
+             lambda: cache.get("big")):
+    try:
+        call()
+        print("no error")
+    except errors.ResourceExhausted as exc:
+        print(exc.message)
+print(cache.run("small", np.ones((1, 4), np.float32)).sum())  # and it serves on
+'''
+
+
+def test_onnxruntime_out_of_memory_is_resource_exhausted(tmp_path):
+    """An onnxruntime call or session load that cannot get its memory (a process with 48 MiB of
+    address space to spare) fails RESOURCE_EXHAUSTED, saying what to change; it was an INTERNAL
+    error (onnxruntime's `Fail: ... std::bad_alloc`, or its arena's `Failed to allocate memory for
+    requested buffer of size ...`). The session cache serves on after both."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ort_oom.py"
+    script.write_text(ORT_OUT_OF_MEMORY)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ran_out = ("the model ran out of memory on a call of 200000 rows (an allocation of 3.05 GiB failed): send fewer rows a "
+               "request, or give the server more memory")
+    load = ("loading model 'models/big' (64.0 MiB of ONNX) ran out of memory: keep fewer sessions loaded "
+            "(GRADWIRE_MAX_SESSIONS, GRADWIRE_MAX_SESSION_BYTES), or give the server more memory")
+    assert run.stdout.splitlines() == [ran_out, load, "16384.0"]
+
+
+def test_failed_allocations_are_told_from_other_errors():
+    from gradwire_server.errors import failed_allocation
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+    assert failed_allocation(MemoryError()) == ""
+    assert failed_allocation(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes")) == \
+        " (an allocation of 1.00 GiB failed)"
+    assert failed_allocation(RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB.")) == " (an allocation of 20.00 GiB failed)"
+    assert failed_allocation(Fail("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:std::bad_alloc")) == ""
+    assert failed_allocation(Fail("Failed to allocate memory for requested buffer of size 327680000")) == \
+        " (an allocation of 0.31 GiB failed)"
+    assert failed_allocation(InvalidArgument("Got invalid dimensions for input: features")) is None
+    assert failed_allocation(ValueError("out of memory")) is None  # not an allocator's exception type
+    assert failed_allocation(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -8,6 +8,8 @@ traceback and answered INTERNAL with a generic message.
 
 from __future__ import annotations
 
+import re
+
 
 class GradwireError(Exception):
     """Base class of every error a client may see."""
@@ -67,6 +69,30 @@ class Cancelled(GradwireError):
 
 class Internal(GradwireError):
     """A bug or an unexpected failure; the message is safe to show."""
+
+
+# What a failed allocation says: torch's CPU allocator ("can't allocate memory"), CUDA's ("out of
+# memory"), onnxruntime's (std::bad_alloc while it loads a model; "Failed to allocate memory for
+# requested buffer of size N" from its arena while it runs one).
+_ALLOCATION_TEXTS = ("can't allocate memory", "out of memory", "bad_alloc", "failed to allocate memory")
+_ALLOCATION_SIZE_RE = re.compile(r"tried to allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]?i?B)|buffer of size (\d+)")
+
+
+def failed_allocation(exc: BaseException) -> str | None:
+    """When ``exc`` is an allocation that failed (Python's MemoryError; a RuntimeError of torch's
+    CPU allocator or of CUDA; onnxruntime's own exception types), what failed, as
+    " (an allocation of 2.93 GiB failed)", or "" when the message does not say; None for any other
+    exception."""
+    if not isinstance(exc, MemoryError):
+        if not (isinstance(exc, RuntimeError) or type(exc).__module__.startswith("onnxruntime")):
+            return None
+        if not any(text in str(exc).lower() for text in _ALLOCATION_TEXTS):
+            return None
+    found = _ALLOCATION_SIZE_RE.search(str(exc))
+    if found is None:
+        return ""
+    size = found.group(2) or f"{int(found.group(1) or found.group(3)) / 2**30:.2f} GiB"
+    return f" (an allocation of {size} failed)"
 
 
 def enum_name(enum_type, value: int) -> str:

@@ -401,12 +401,19 @@ class Batcher:
             return np.concatenate([self._execute(features[i:i + step], policy, calls) for i in range(0, rows, step)])
         fixed = padded_rows(policy)
         start = time.perf_counter_ns()
-        if not self._fixed_rows or rows >= fixed:
-            out = self._run(features)
-        else:
-            padded = np.zeros((fixed, *features.shape[1:]), dtype=features.dtype)
-            padded[:rows] = features
-            out = self._run(padded)[:rows]
+        try:
+            if not self._fixed_rows or rows >= fixed:
+                out = self._run(features)
+            else:
+                padded = np.zeros((fixed, *features.shape[1:]), dtype=features.dtype)
+                padded[:rows] = features
+                out = self._run(padded)[:rows]
+        except Exception as exc:
+            if (failed := errors.failed_allocation(exc)) is None:
+                raise
+            raise errors.ResourceExhausted(
+                f"the model ran out of memory on a call of {max(rows, fixed) if self._fixed_rows else rows} rows{failed}: send "
+                "fewer rows a request, or give the server more memory") from exc
         calls.append((rows, time.perf_counter_ns() - start))
         return out
 
@@ -672,9 +679,14 @@ class SessionCache:
         try:
             with _worker_threads(self._idle_priority, pinning) if on_cpu else contextlib.nullcontext(_Workers()) as workers:
                 session = ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
-        except Exception:
+        except Exception as exc:
             if not path.exists():  # deleted while it loaded
                 raise errors.ModelGone(gone) from None
+            if (failed := errors.failed_allocation(exc)) is not None:
+                raise errors.ResourceExhausted(
+                    f"loading model 'models/{model_id}' ({file_bytes / 2**20:.1f} MiB of ONNX) ran out of memory{failed}: "
+                    "keep fewer sessions loaded (GRADWIRE_MAX_SESSIONS, GRADWIRE_MAX_SESSION_BYTES), or give the server "
+                    "more memory") from exc
             raise
         got = session.get_providers()[0]
         if got != asked:  # onnxruntime falls back to the CPU when a provider does not load: say so

@@ -42,9 +42,6 @@ def safe_message(exc: BaseException) -> str:
     return f"training failed: {type(exc).__name__}: {text}" if text else f"training failed: {type(exc).__name__}"
 
 
-_ALLOCATION_RE = re.compile(r"tried to allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]?i?B)")
-
-
 # What a job was doing when an allocation failed (`out_of_memory`): the part of the message after
 # "{what} ran out of memory on {device} (...): ", and the field to change.
 _OOM_PHASES = {
@@ -64,8 +61,8 @@ _OOM_PHASES = {
 
 
 def out_of_memory(exc: BaseException, batching: network_pb2.Batching, device, phase: str = "training") -> errors.ResourceExhausted | None:
-    """The job's error when ``exc`` is an allocation that failed (torch's CPU allocator, CUDA, or
-    Python's MemoryError), naming the allocation and what to change: the batch size when it
+    """The job's error when ``exc`` is an allocation that failed (`errors.failed_allocation`: torch's
+    CPU allocator, CUDA, onnxruntime's in the export's parity check, Python's MemoryError), naming the allocation and what to change: the batch size when it
     failed in a training step, else what that ``phase`` holds (`_OOM_PHASES`); None otherwise.
     The same failure, left as it was, read `INTERNAL: training failed: RuntimeError: [enforce fail
     at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: ...`."""
@@ -74,13 +71,11 @@ def out_of_memory(exc: BaseException, batching: network_pb2.Batching, device, ph
     from .train import EVAL_BYTES
 
     cuda_oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    text = str(exc)
-    if not (isinstance(exc, (MemoryError, cuda_oom)) or
-            (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))):
-        return None
-    found = _ALLOCATION_RE.search(text)
-    size = (f"{int(found.group(1)) / 2**30:.2f} GiB" if found.group(1) else found.group(2)) if found else None
-    failed = f" (an allocation of {size} failed)" if size else ""
+    failed = errors.failed_allocation(exc)
+    if failed is None:
+        if not isinstance(exc, cuda_oom):
+            return None
+        failed = ""
     if phase in _OOM_PHASES:
         what, advice, field = _OOM_PHASES[phase]
         return errors.ResourceExhausted(f"{what} ran out of memory on {device}{failed}: {advice.format(eval_mib=EVAL_BYTES >> 20)}",
