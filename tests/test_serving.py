@@ -582,3 +582,34 @@ def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
     m1 = arenas._loaded["m1"]
     m1.on_cuda, m1.policy = True, BatchingPolicy(max_batch_size=16, call_rows=12, row_bytes=100)
     assert m1.held_bytes() == size + 12 * 100  # 2 real rows, padded to 12
+
+
+def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, target):
+    """A model whose ONNX file was damaged on disk (here cut in half) answers DATA_LOSS, saying
+    what happened and what to do, without the server's paths; it was INTERNAL, with onnxruntime's
+    `INVALID_PROTOBUF` in the log. The file restored, the model serves again."""
+    import grpc
+    from conftest import train_iris
+    from gradwire.v1 import models_pb2_grpc
+    from gradwire_server.inference import model_path
+    from helpers import iris, mlp, raw_tensor
+
+    name = train_iris(target, mlp(4, 3))
+    model_id = name.split("/")[1]
+    path = model_path(server.state.settings.data_dir, model_id)
+    whole = path.read_bytes()
+    server.state.sessions.evict(model_id)  # loaded afresh from the file below
+    path.write_bytes(whole[: len(whole) // 2])
+    X, _ = iris()
+    request = models_pb2.PredictRequest(name=name, features=raw_tensor(X[:2]))
+    with grpc.insecure_channel(target) as ch:
+        stub = models_pb2_grpc.ModelServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request)
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS, err.value.details()
+        details = err.value.details()
+        assert details.startswith(f"model '{name}' cannot load: onnxruntime ") and "cannot read its ONNX file" in details
+        assert f"({len(whole) // 2} bytes)" in details and "Train the model again, or restore the file" in details
+        assert str(server.state.settings.data_dir) not in details
+        path.write_bytes(whole)
+        assert stub.Predict(request).probabilities.shape == [2, 3]

@@ -63,6 +63,10 @@ class Unimplemented(GradwireError):
     """A method of a protocol gradwire speaks that it does not serve; the message says what does."""
 
 
+class DataLoss(GradwireError):
+    """Stored data can no longer be read (a file damaged on disk)."""
+
+
 class Cancelled(GradwireError):
     """The operation was cancelled (used inside the worker)."""
 
@@ -130,6 +134,7 @@ CODES: dict[type[GradwireError], int] = {
     FailedPrecondition: 9,
     Unimplemented: 12,
     Internal: 13,
+    DataLoss: 15,
     Unauthenticated: 16,
 }
 INTERNAL_CODE = 13

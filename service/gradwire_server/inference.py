@@ -687,6 +687,12 @@ class SessionCache:
                     f"loading model 'models/{model_id}' ({file_bytes / 2**20:.1f} MiB of ONNX) ran out of memory{failed}: "
                     "keep fewer sessions loaded (GRADWIRE_MAX_SESSIONS, GRADWIRE_MAX_SESSION_BYTES), or give the server "
                     "more memory") from exc
+            if type(exc).__module__.startswith("onnxruntime"):  # the file, not this code: say so, not INTERNAL
+                said = " ".join(str(exc).replace(str(path), "<its file>").split())
+                raise errors.DataLoss(
+                    f"model 'models/{model_id}' cannot load: onnxruntime {ort.__version__} cannot read its ONNX file "
+                    f"({file_bytes} bytes), which passed the parity check when it was exported; it was damaged since, or "
+                    f"this onnxruntime cannot run it. Train the model again, or restore the file: {said}") from exc
             raise
         got = session.get_providers()[0]
         if got != asked:  # onnxruntime falls back to the CPU when a provider does not load: say so
