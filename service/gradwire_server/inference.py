@@ -687,7 +687,8 @@ class SessionCache:
                     f"loading model 'models/{model_id}' ({file_bytes / 2**20:.1f} MiB of ONNX) ran out of memory{failed}: "
                     "keep fewer sessions loaded (GRADWIRE_MAX_SESSIONS, GRADWIRE_MAX_SESSION_BYTES), or give the server "
                     "more memory") from exc
-            if type(exc).__module__.startswith("onnxruntime"):  # the file, not this code: say so, not INTERNAL
+            # onnxruntime refused the file (not this code, nor its execution provider): say so, not INTERNAL
+            if type(exc).__module__.startswith("onnxruntime") and type(exc).__name__ != "EPFail":
                 said = " ".join(str(exc).replace(str(path), "<its file>").split())
                 raise errors.DataLoss(
                     f"model 'models/{model_id}' cannot load: onnxruntime {ort.__version__} cannot read its ONNX file "
