@@ -597,3 +597,33 @@ def test_failed_allocations_are_told_from_other_errors():
     assert failed_allocation(InvalidArgument("Got invalid dimensions for input: features")) is None
     assert failed_allocation(ValueError("out of memory")) is None  # not an allocator's exception type
     assert failed_allocation(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_a_dataset_damaged_on_disk_fails_its_job_with_data_loss(server, target):
+    """A dataset file cut short (or removed) since its upload: the job fails DATA_LOSS naming the
+    dataset, the file and the sizes; it was `INTERNAL: training failed: ValueError: cannot
+    reshape array of size ...`. The worker trains on."""
+    from gradwire_server import files
+    from gradwire_server.datasets import FEATURES_FILE, LABELS_FILE
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+    with gw.Client(target, timeout=60) as client:
+        data = client.upload_dataset(X, y, name="to-damage")
+        root = files.inside(server.state.settings.data_dir, "datasets", data.name.split("/", 1)[1])
+        features = root / FEATURES_FILE
+        whole = features.read_bytes()
+        features.write_bytes(whole[:100])
+        job = client.train([gw.Dense(2)], data, optimizer=gw.SGD(0.1), epochs=1, batch_size=8)
+        with pytest.raises(gw.TrainingFailedError) as info:
+            job.wait(timeout=60)
+        assert info.value.code is grpc.StatusCode.DATA_LOSS
+        assert str(info.value).endswith(
+            f"dataset: dataset '{data.name}': its features file holds 100 bytes, where its upload wrote 640 ([40, 4] float32); "
+            "it was damaged since: upload the dataset again")
+        (root / LABELS_FILE).unlink()
+        features.write_bytes(whole)
+        with pytest.raises(gw.TrainingFailedError) as info:
+            client.train([gw.Dense(2)], data, optimizer=gw.SGD(0.1), epochs=1, batch_size=8).wait(timeout=60)
+        assert "its labels file is missing, where its upload wrote" in str(info.value)
+        assert client.train([gw.Dense(2)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=8).wait(timeout=60)

@@ -293,17 +293,35 @@ def save_arrays(
         writer.abort()
 
 
-def load_arrays(store: Store, data_dir: pathlib.Path, dataset_id: str) -> tuple[datasets_pb2.Dataset, np.ndarray, np.ndarray]:
-    """Read a stored dataset into memory: (metadata, features [n, ...] float32, labels)."""
+def load_arrays(store: Store, data_dir: pathlib.Path, dataset_id: str,
+                field: str = "dataset") -> tuple[datasets_pb2.Dataset, np.ndarray, np.ndarray]:
+    """Read a stored dataset into memory: (metadata, features [n, ...] float32, labels). A file gone
+    or of the wrong size is DATA_LOSS, naming ``field`` (the job's field that names the dataset)."""
     dataset, fdt, ldt, lshape = store.dataset_storage(dataset_id)
     root = files.inside(data_dir, "datasets", dataset_id)
-    features = np.fromfile(root / FEATURES_FILE, dtype=NUMPY_DTYPES[fdt]).reshape(dataset.example_count, *dataset.feature_shape)
-    labels = np.fromfile(root / LABELS_FILE, dtype=NUMPY_DTYPES[ldt]).reshape(json.loads(lshape))
+    features_shape, labels_shape = (dataset.example_count, *dataset.feature_shape), tuple(json.loads(lshape))
+    features = _read(root / FEATURES_FILE, NUMPY_DTYPES[fdt], features_shape, dataset.name, "features", field)
+    labels = _read(root / LABELS_FILE, NUMPY_DTYPES[ldt], labels_shape, dataset.name, "labels", field)
     if dataset.label_kind == LabelKind.LABEL_KIND_CLASSES:
         labels = labels.astype(np.int64, copy=False)
     elif dataset.label_kind == LabelKind.LABEL_KIND_MULTI_LABEL:
         labels = labels.astype(np.float32, copy=False)  # (n, labels) of 0 / 1
     return dataset, features.astype(np.float32, copy=False), labels
+
+
+def _read(path: pathlib.Path, dtype: np.dtype, shape: tuple[int, ...], dataset: str, what: str, field: str) -> np.ndarray:
+    """One of a dataset's files as an array of ``shape``; DATA_LOSS when it is gone or not of the size
+    its upload wrote (damaged on disk since, or removed by hand)."""
+    expected = math.prod(shape) * dtype.itemsize
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    if size != expected:
+        found = "is missing" if size is None else f"holds {size} bytes"
+        raise errors.DataLoss(f"dataset '{dataset}': its {what} file {found}, where its upload wrote {expected} "
+                              f"({list(shape)} {dtype.name}); it was damaged since: upload the dataset again", field=field)
+    return np.fromfile(path, dtype=dtype).reshape(shape)
 
 
 def delete(store: Store, data_dir: pathlib.Path, dataset_id: str) -> None:

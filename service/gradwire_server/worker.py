@@ -246,7 +246,7 @@ class Worker:
             test_data = None
             if job.test_dataset:  # scored once at the end, never trained on
                 _, test_features, test_labels = datasets.load_arrays(
-                    self.store, self.settings.data_dir, job.test_dataset.split("/", 1)[1])
+                    self.store, self.settings.data_dir, job.test_dataset.split("/", 1)[1], "test_dataset")
                 test_data = TrainingData(features=test_features, labels=test_labels, label_kind=dataset.label_kind,
                                          output_size=output_size)
             result = train(
