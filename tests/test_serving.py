@@ -584,10 +584,11 @@ def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
     assert m1.held_bytes() == size + 12 * 100  # 2 real rows, padded to 12
 
 
-def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, target):
+def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, target, tmp_path):
     """A model whose ONNX file was damaged on disk (here cut in half) answers DATA_LOSS, saying
     what happened and what to do, without the server's paths; it was INTERNAL, with onnxruntime's
     `INVALID_PROTOBUF` in the log. The file restored, the model serves again."""
+    import gradwire as gw
     import grpc
     from conftest import train_iris
     from gradwire.v1 import models_pb2_grpc
@@ -611,5 +612,15 @@ def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, targ
         assert details.startswith(f"model '{name}' cannot load: onnxruntime ") and "cannot read its ONNX file" in details
         assert f"({len(whole) // 2} bytes)" in details and "Train the model again, or restore the file" in details
         assert str(server.state.settings.data_dir) not in details
+    # Its download ends DATA_LOSS too (the bytes' sha256 is not the export's), and leaves no file,
+    # even to a client that asks by name and cannot check the bytes itself.
+    out = tmp_path / "damaged.onnx"
+    with gw.Client(target, timeout=30) as client:
+        with pytest.raises(gw.GradwireError) as info:
+            client.export_model(name, out)
+        assert info.value.code is grpc.StatusCode.DATA_LOSS
+        assert f"its ONNX file was damaged on disk since its export ({len(whole) // 2} bytes with sha256" in str(info.value)
+        assert not out.exists() and not list(tmp_path.glob(".damaged.onnx.*"))
         path.write_bytes(whole)
-        assert stub.Predict(request).probabilities.shape == [2, 3]
+        assert client.predict(name, X[:2]).shape == (2, 3)
+        assert client.export_model(name, out).read_bytes() == whole

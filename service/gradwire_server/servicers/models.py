@@ -8,6 +8,7 @@ Every RPC that names a model accepts `models/{id}`, `registeredModels/{name}` (l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -100,14 +101,26 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         files.remove_tree(model_path(self.s.settings.data_dir, model_id).parent)
 
     def ExportModel(self, request: models_pb2.ExportModelRequest, context) -> Iterator[models_pb2.ExportModelResponse]:
-        model_id = self._model(request.name).name.split("/", 1)[1]
+        """The model's ONNX file in chunks, hashed as it goes: a file damaged on disk since its export
+        (another sha256 than the one recorded) ends the stream DATA_LOSS, so that no client keeps
+        it (the SDK writes to a temporary file, and removes it on an error)."""
+        model = self._model(request.name)
+        model_id = model.name.split("/", 1)[1]
         try:
             f = open(model_path(self.s.settings.data_dir, model_id), "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
             raise errors.NotFound(f"model 'models/{model_id}' was deleted") from None
+        digest, size = hashlib.sha256(), 0
         with f:
             while chunk := f.read(EXPORT_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
                 yield models_pb2.ExportModelResponse(chunk_data=chunk)
+        if model.onnx_sha256 and digest.hexdigest() != model.onnx_sha256:
+            raise errors.DataLoss(
+                f"model '{model.name}': its ONNX file was damaged on disk since its export ({size} bytes with sha256 "
+                f"{digest.hexdigest()}, where the export wrote {model.onnx_size_bytes} bytes with sha256 "
+                f"{model.onnx_sha256}): train the model again, or restore the file")
 
     def Predict(self, request: models_pb2.PredictRequest | Decoded, context) -> models_pb2.PredictResponse:
         arrived = time.perf_counter_ns()
