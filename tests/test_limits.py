@@ -627,3 +627,83 @@ def test_a_dataset_damaged_on_disk_fails_its_job_with_data_loss(server, target):
             client.train([gw.Dense(2)], data, optimizer=gw.SGD(0.1), epochs=1, batch_size=8).wait(timeout=60)
         assert "its labels file is missing, where its upload wrote" in str(info.value)
         assert client.train([gw.Dense(2)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=8).wait(timeout=60)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 24 MiB file system (tmpfs) for a data directory; skipped where this process may not mount."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(mount)], capture_output=True, text=True,
+                          check=False) if shutil.which("mount") else None
+    if made is None or made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip() if made else 'no mount command'}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+def test_a_full_disk_is_resource_exhausted_and_nothing_is_left_half_written(small_disk):
+    """On a data directory whose file system fills up: an upload larger than the free space is
+    refused before a byte is written; a job whose checkpoint does not fit fails RESOURCE_EXHAUSTED
+    and its checkpoint goes; calls whose database commit fails say the disk is full. They were
+    INTERNAL (`OSError: [Errno 28]`, SQLite's `database or disk is full`, torch's `unexpected pos
+    ...` while saving). Space freed, the same server trains and serves."""
+    import shutil
+
+    from test_durability import ServeProcess, free_port
+
+    server = ServeProcess(small_disk / "data", free_port(), device="cpu")
+    full = "the server's disk is full ("
+    try:
+        rng = np.random.default_rng(0)
+        X, y = rng.normal(size=(8000, 1000)).astype(np.float32), np.arange(8000) % 2
+        with gw.Client(server.target, timeout=60) as client:
+            with pytest.raises(gw.ResourceExhaustedError) as info:
+                client.upload_dataset(X, y, name="too-big")  # 30.6 MiB
+            assert "the dataset takes 30.6 MiB (32064000 bytes), and the server's disk has" in str(info.value)
+            data = client.upload_dataset(X[:2000], y[:2000], name="fits")  # 7.6 MiB
+            # 2M parameters with Adam's two moments: a 24 MB checkpoint, more than is left
+            job = client.train([gw.Dense(2000), gw.ReLU(), gw.Dense(2)], data, optimizer=gw.Adam(1e-3), epochs=2, batch_size=256)
+            with pytest.raises(gw.TrainingFailedError) as info:
+                job.wait(timeout=120)
+            assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and full in str(info.value), str(info.value)
+            leftover = small_disk / "data" / "checkpoints" / job.name.split("/")[1]
+            assert not leftover.exists() and not list((small_disk / "data").rglob("*.pt*")), "the failed job's checkpoint stayed"
+            filler = small_disk / "filler"
+            with open(filler, "wb") as f:
+                f.write(b"\0" * (shutil.disk_usage(small_disk).free - 4096))
+            with pytest.raises(gw.ResourceExhaustedError) as info:
+                client.train([gw.Dense(2)], data, optimizer=gw.SGD(0.1), epochs=1, batch_size=64)  # its row's commit
+            assert full in str(info.value)
+            filler.unlink()
+            model = client.train([gw.Dense(2)], data, optimizer=gw.SGD(0.1), epochs=1, batch_size=64).wait(timeout=120)
+            assert client.predict(model, X[:2]).shape == (2, 2)
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+def test_a_full_disk_is_told_from_other_errors():
+    import errno
+    import sqlite3
+
+    from gradwire_server.errors import disk_full
+
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert disk_full(sqlite3.OperationalError("database or disk is full"))
+    try:  # torch's zip writer: a RuntimeError raised while handling the OSError
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8027136 vs 8027028") from None
+    except RuntimeError as exc:
+        assert exc.__context__ is not None and disk_full(exc)
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(sqlite3.OperationalError("database is locked"))
+    assert not disk_full(RuntimeError("unexpected pos 1 vs 2"))
+    assert not disk_full(None)

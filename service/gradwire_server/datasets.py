@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -64,6 +65,7 @@ class DatasetWriter:
         self._store, self._data_dir, self._field = store, data_dir, field
         self.header = header
         self._check_header(max_bytes)
+        self._check_disk()
         if quota_bytes is None:
             self._open()
         else:
@@ -142,6 +144,18 @@ class DatasetWriter:
         total = sum(self.expected.values())
         if total > max_bytes:
             raise errors.ResourceExhausted(f"dataset of {total} bytes exceeds the server's limit of {max_bytes} bytes (GRADWIRE_MAX_UPLOAD_BYTES)")
+
+    def _check_disk(self) -> None:
+        """Refuse, before a byte is written, a dataset larger than the data directory's file system has
+        free (the scratch files are sparse: they take their space as the bytes arrive). Uploads at
+        once may still fill it together; the interceptor then says so (errors.disk_full)."""
+        total = sum(self.expected.values())
+        free = shutil.disk_usage(self._data_dir).free
+        if total > free:
+            raise errors.ResourceExhausted(
+                f"the dataset takes {total / 2**20:.1f} MiB ({total} bytes), and the server's disk has {free / 2**20:.1f} MiB "
+                "free where it keeps its data: free "
+                "some (delete datasets, models or finished jobs) or give it a larger disk, then try again")
 
     def _check_quota(self, quota_bytes: int) -> None:
         """Refuse, before a byte is written, a dataset that would push the data directory past its quota

@@ -8,7 +8,10 @@ traceback and answered INTERNAL with a generic message.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
 
 
 class GradwireError(Exception):
@@ -97,6 +100,32 @@ def failed_allocation(exc: BaseException) -> str | None:
         return ""
     size = found.group(2) or f"{int(found.group(1) or found.group(3)) / 2**30:.2f} GiB"
     return f" (an allocation of {size} failed)"
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it came from or was raised while handling, is a file system
+    out of space: ENOSPC or EDQUOT, or SQLite's "database or disk is full". (torch's checkpoint
+    writer reports a full disk as `RuntimeError: ... unexpected pos ...`, raised while handling the
+    OSError.)"""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if type(exc).__module__ == "sqlite3" and "database or disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(data_dir: str | os.PathLike[str]) -> ResourceExhausted:
+    """What a client hears when the data directory's file system is full (`disk_full`)."""
+    try:
+        free = f"{shutil.disk_usage(data_dir).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "its free space unknown"
+    return ResourceExhausted(f"the server's disk is full ({free} where it keeps its data): free some (delete datasets, "
+                             "models or finished jobs) or give it a larger disk, then try again")
 
 
 def enum_name(enum_type, value: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import pathlib
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
@@ -39,14 +40,17 @@ def rich_status(exc: errors.GradwireError) -> status_pb2.Status:
     return status
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str, data_dir: pathlib.Path | None) -> None:
+    if data_dir is not None and not isinstance(exc, errors.GradwireError) and errors.disk_full(exc):
+        log.warning("%s: the disk is full (%s)", method, exc)
+        exc = errors.disk_full_error(data_dir)  # not the server's bug: what to do about it
     if isinstance(exc, errors.GradwireError):
         context.abort_with_status(rpc_status.to_status(rich_status(exc)))
     log.exception("unexpected error in %s", method)
     context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-def _wrap_unary(behavior: Callable, method: str) -> Callable:
+def _wrap_unary(behavior: Callable, method: str, data_dir: pathlib.Path | None) -> Callable:
     @functools.wraps(behavior)
     def wrapper(request, context):
         try:
@@ -54,12 +58,12 @@ def _wrap_unary(behavior: Callable, method: str) -> Callable:
         except Exception as exc:
             if isinstance(exc, grpc.RpcError) and not isinstance(exc, errors.GradwireError):
                 raise  # context.abort() raised it: already answered
-            _abort(context, exc, method)
+            _abort(context, exc, method, data_dir)
 
     return wrapper
 
 
-def _wrap_stream(behavior: Callable, method: str) -> Callable:
+def _wrap_stream(behavior: Callable, method: str, data_dir: pathlib.Path | None) -> Callable:
     @functools.wraps(behavior)
     def wrapper(request, context) -> Iterator:
         try:
@@ -67,7 +71,7 @@ def _wrap_stream(behavior: Callable, method: str) -> Callable:
         except Exception as exc:
             if isinstance(exc, grpc.RpcError) and not isinstance(exc, errors.GradwireError):
                 raise
-            _abort(context, exc, method)
+            _abort(context, exc, method, data_dir)
 
     return wrapper
 
@@ -85,7 +89,12 @@ def _replace_behavior(handler: grpc.RpcMethodHandler, make: Callable[[str, Calla
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    def __init__(self) -> None:
+    """Answers a domain error with its status (and field violations), a full disk under
+    ``data_dir`` with RESOURCE_EXHAUSTED saying so, anything else INTERNAL with a generic message
+    (logged with its traceback)."""
+
+    def __init__(self, data_dir: pathlib.Path | None = None) -> None:
+        self._data_dir = data_dir
         # method -> (registered handler, wrapped handler): wrap once, not on every call
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -101,15 +110,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    @staticmethod
-    def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if method.startswith(OPEN_PREFIXES):
             # grpcio-health's Watch is "experimental_non_blocking" (called with a callback, returns
             # None): wrapping it as a generator broke it (UNKNOWN). It raises no domain errors.
             return handler
         def wrap(kind: str, behavior: Callable) -> Callable:
             # a unary response is returned by the behavior, a streamed one is yielded by it
-            return (_wrap_stream if kind.endswith("_stream") else _wrap_unary)(behavior, method)
+            return (_wrap_stream if kind.endswith("_stream") else _wrap_unary)(behavior, method, self._data_dir)
 
         return _replace_behavior(handler, wrap)
 

@@ -191,7 +191,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     regions = SharedMemoryRegions(settings.data_dir) if settings.system_shared_memory and shm.available() else None
     state = ServerState(settings=settings, store=store, sessions=sessions, serving=ServingCache(store, sessions, follow=True),
                         shared_stats=shared, shm=regions)
-    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(settings.data_dir)]
     if settings.auth_enabled:
         interceptors.insert(0, AuthInterceptor(settings.tokens()))  # outermost: refused before anything runs
     server = grpc.server(

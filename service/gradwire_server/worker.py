@@ -216,10 +216,11 @@ class Worker:
             self.store.record_epoch(job_id, epoch_proto(r), run_seconds=lap())
 
         def fail(exc: BaseException, message: str) -> None:
-            """The job ends FAILED with `exc`'s status code and `message`; its checkpoint goes."""
+            """The job ends FAILED with `exc`'s status code and `message`; its checkpoint goes (first: on a
+            full disk, that makes room for the commit)."""
             status = status_pb2.Status(code=errors.code_of(exc), message=message)
-            self.store.finish_job(job_id, State.FAILED, message, error=status)
             files.remove_tree(checkpoint.parent)
+            self.store.finish_job(job_id, State.FAILED, message, error=status)
 
         next_look, cancelled = [0.0], [False]
 
@@ -342,6 +343,10 @@ class Worker:
             elif (oom := out_of_memory(exc, job.training.batching, device, phase[0])) is not None:
                 log.warning("job %s: %s (%s)", job.name, oom.message, safe_message(exc))
                 fail(oom, oom.message)
+            elif errors.disk_full(exc):
+                full = errors.disk_full_error(self.settings.data_dir)
+                log.warning("job %s: %s (%s)", job.name, full.message, safe_message(exc))
+                fail(full, full.message)
             else:
                 log.exception("job %s failed", job.name)
                 fail(exc, safe_message(exc))
