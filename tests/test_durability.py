@@ -355,3 +355,40 @@ def test_cancels_racing_the_end_of_jobs_leave_every_job_whole(tmp_path):
     finally:
         pool.stop(timeout=5)
         running.stop(grace=1)
+
+
+@pytest.mark.parametrize("damage", ["not a database", "a damaged table page"])
+def test_a_damaged_database_stops_start_up_and_removes_nothing(tmp_path, damage):
+    """Start-up recovery removes the models and datasets the database does not list: on a database
+    that lost rows it would delete them. A database SQLite cannot open, or whose quick check finds
+    damage, stops `gradwire serve` with a message saying what to do, and every file stays (it was
+    a traceback, or a server that started and recovered on it)."""
+    import sqlite3
+
+    from gradwire_server.store import Store
+
+    data_dir = tmp_path / "data"
+    store = Store(data_dir / "gradwire.db")
+    store.close()
+    db = sqlite3.connect(data_dir / "gradwire.db", isolation_level=None)  # a table spanning pages, to damage one
+    db.execute("CREATE TABLE filler (x TEXT)")
+    db.executemany("INSERT INTO filler VALUES (?)", [("x" * 200,) for _ in range(200)])
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'filler'").fetchone()[0]
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    db.close()
+    model = data_dir / "models" / "0123456789abcdef" / "model.onnx"  # listed nowhere: recovery would remove it
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"onnx")
+    with open(data_dir / "gradwire.db", "r+b") as f:
+        if damage == "not a database":
+            f.write(b"garbage" * 10)
+        else:  # the table's root page: its type byte (SQLite still opens the file)
+            f.seek((root - 1) * 4096)
+            f.write(b"\x00")
+    run = subprocess.run([GRADWIRE, "serve"], env=serve_env(data_dir, free_port()), capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert f"gradwire serve: the database '{data_dir / 'gradwire.db'}' is damaged (SQLite: " in run.stderr
+    assert "The server does not start, and removes nothing: restore the database from a backup" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert model.read_bytes() == b"onnx"

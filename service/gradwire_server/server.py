@@ -9,6 +9,7 @@ import pathlib
 import select
 import signal
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -17,22 +18,29 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from gradwire.kserve import grpc_service_pb2, grpc_service_pb2_grpc
-from gradwire.v1 import datasets_pb2, datasets_pb2_grpc, models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
-from gradwire.v1 import network_pb2, network_pb2_grpc
+from gradwire.v1 import (
+    datasets_pb2,
+    datasets_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    network_pb2,
+    network_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import datasets, files, reflection, shm, worker
 from .config import Settings
 from .inference import BatchingPolicy, SessionCache
 from .interceptors import AuthInterceptor, ErrorInterceptor
+from .servicers import wire
 from .servicers.context import ServerState
 from .servicers.datasets import DatasetServicer
 from .servicers.kserve import KServeServicer, unserved_methods
 from .servicers.models import ModelServicer
 from .servicers.network import NetworkServicer
-from .servicers import wire
 from .servicers.training import TrainingJobServicer
 from .serving import ServingCache
 from .shared_stats import SharedStats
@@ -165,6 +173,25 @@ def check_data_dir(settings: Settings) -> None:
                          f"{exc.strerror or exc}") from None
 
 
+def open_store(settings: Settings, *, check: bool) -> Store:
+    """The store, or the server does not start, saying so: a database that SQLite cannot read, or
+    (with ``check``, before start-up recovery) one whose quick check finds damage. Recovery removes
+    the datasets and models the database does not list, so it must not run on one that may have
+    lost rows. (A few ms for a database of a few thousand jobs.)"""
+    path = settings.database_path
+    try:
+        store = Store(path)
+        verdict = store.quick_check() if check else "ok"
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        first = " ".join(verdict.split())[:300]
+        raise SystemExit(f"gradwire serve: the database {str(path)!r} is damaged (SQLite: {first}). The server does "
+                         f"not start, and removes nothing: restore the database from a backup (with its -wal file, if "
+                         f"any). The datasets, models and checkpoints under {str(settings.data_dir)!r} are as they were.")
+    return store
+
+
 def create_server(settings: Settings, *, recover: bool = True, serving: bool = True, slot: int = 0) -> Running:
     """Build and start the gRPC server (no workers); returns it with the bound port. ``recover``
     runs start-up recovery first: in the first RPC process only, since in a later one it would
@@ -172,7 +199,7 @@ def create_server(settings: Settings, *, recover: bool = True, serving: bool = T
     (else the caller sets it)."""
     check_inference_device(settings)
     check_data_dir(settings)
-    store = Store(settings.database_path)
+    store = open_store(settings, check=recover)
     if recover:
         prepare_data_dir(settings, store)
     sessions = SessionCache(

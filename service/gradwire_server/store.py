@@ -314,6 +314,10 @@ class Store:
     def integrity_check(self) -> str:
         return self._query("PRAGMA integrity_check")[0][0]
 
+    def quick_check(self) -> str:
+        """SQLite's quick check of every table and page: "ok", or the first problems it found."""
+        return "; ".join(row[0] for row in self._query("PRAGMA quick_check(5)"))
+
     # ---- paging ---------------------------------------------------------
 
     @staticmethod
