@@ -541,6 +541,9 @@ def test_unreachable_server_is_unavailable_error():
         with pytest.raises(gw.UnavailableError) as info:
             client.get_dataset("datasets/x")
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    assert "127.0.0.1:1" in str(info.value)  # gRPC's own words name the address
+    assert str(info.value).endswith("; is a gradwire server running at that address? (`gradwire serve` starts one; "
+                                    "gw.Client's target names it)")
 
 
 def test_train_rejects_bad_dataset_argument_before_calling():

@@ -250,6 +250,8 @@ def from_rpc_error(error: grpc.RpcError) -> APIError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
     details = _rich_details(error)
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (message or "").lower():
+        message += "; is a gradwire server running at that address? (`gradwire serve` starts one; gw.Client's target names it)"
     return APIError.from_status(code or grpc.StatusCode.UNKNOWN, message or "", details=details)
 
 
