@@ -392,3 +392,89 @@ def test_a_damaged_database_stops_start_up_and_removes_nothing(tmp_path, damage)
     assert "The server does not start, and removes nothing: restore the database from a backup" in run.stderr
     assert "Traceback" not in run.stderr
     assert model.read_bytes() == b"onnx"
+
+
+def test_a_worker_that_dies_at_once_is_replaced_after_a_growing_delay_and_a_failed_requeue_is_retried(tmp_path, monkeypatch):
+    """A worker that dies right after its start (as every start does on a full disk) is replaced
+    after 1, 2, 4 ... s (up to 30), not at once in a loop; one that lived is replaced at once. A
+    requeue of the dead worker's job that fails (the database's disk full) is tried again at the
+    monitor's next look, and the worker is replaced only after it, where the exception used to end
+    the monitor thread and with it every later restart. Real processes, exiting at once."""
+    import itertools
+    import multiprocessing
+    import sqlite3
+
+    from gradwire_server import server as srv
+    from gradwire_server.config import Settings
+
+    pool = srv.WorkerPool(Settings(data_dir=tmp_path / "data", workers=1))
+    spawned: list[float] = []
+
+    def spawn(slot: int) -> None:  # a real child that exits at once, named as the pool names its workers
+        pool._generation += 1
+        name = f"host-1-w{slot}.{pool._generation}"
+        proc = multiprocessing.get_context("spawn").Process(target=sys.exit, args=(3,))
+        proc.start()
+        proc.join()
+        pool._procs[name], pool._started[name] = proc, time.monotonic()
+        spawned.append(time.monotonic())
+
+    monkeypatch.setattr(pool, "_spawn", spawn)
+    spawn(0)
+    fails = [2]  # the first two requeues fail as on a full disk
+
+    def requeue(name, attempts, how):
+        if fails[0]:
+            fails[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return []
+
+    monkeypatch.setattr(pool._store, "requeue_orphan", requeue)
+    pool._monitor.start()
+    try:
+        wait_for_spawns = time.monotonic() + 20
+        while len(spawned) < 4 and time.monotonic() < wait_for_spawns:
+            time.sleep(0.05)
+    finally:
+        pool._stopping.set()
+        pool._monitor.join(5)
+    assert len(spawned) >= 4, spawned
+    gaps = [b - a for a, b in itertools.pairwise(spawned)]
+    assert 1.0 <= gaps[0] < 2.5 and 2.0 <= gaps[1] < 3.5 and 4.0 <= gaps[2] < 5.5, gaps  # 1, 2, 4 s (+ the 0.5 s looks)
+    assert fails == [0] and pool._monitor.is_alive() is False  # both failed requeues retried; stopped as asked
+    # One that lived past RESTART_QUICK_S is replaced at once, and the delay starts over.
+    name = next(iter(pool._procs))
+    pool._started[name] -= srv.RESTART_QUICK_S
+    before = len(spawned)
+    pool._restart(name, pool._procs[name])
+    assert len(spawned) == before + 1 and pool._delay[0] == 0.0
+    pool._store.close()
+
+
+def test_a_worker_whose_claim_fails_waits_longer_each_time_and_goes_on(tmp_path, monkeypatch, caplog):
+    """The store failing to claim a job (a full disk, a locked database) used to end the worker
+    process; it now waits 1, 2, 4 ... s (up to 30, or until the store changes) and claims again."""
+    import logging
+    import sqlite3
+
+    from gradwire_server import worker as worker_module
+    from gradwire_server.config import Settings
+
+    monkeypatch.setattr(worker_module, "freeze_startup_objects", lambda: None)  # not in the test's own process
+    w = worker_module.Worker(Settings(data_dir=tmp_path / "data", device="cpu"), "host-1-w0.1", os.getppid())
+    failures, waits = [3], []
+
+    def claim(name, device):
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        w.stopping.set()
+        return None
+
+    monkeypatch.setattr(w.store, "claim_next_job", claim)
+    monkeypatch.setattr(w.store, "wait_for_change", lambda stamp, timeout, stopped=None: waits.append(timeout))
+    with caplog.at_level(logging.WARNING, logger="gradwire.worker"):
+        w.run()
+    assert waits[:3] == [1.0, 2.0, 4.0], waits
+    assert "could not claim a job (database or disk is full): trying again in 1 s; the disk is full" in caplog.text
+    w.store.close()

@@ -31,7 +31,7 @@ from gradwire.v1 import (
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import datasets, files, reflection, shm, worker
+from . import datasets, errors, files, reflection, shm, worker
 from .config import Settings
 from .inference import BatchingPolicy, SessionCache
 from .interceptors import AuthInterceptor, ErrorInterceptor
@@ -284,6 +284,7 @@ class _Children:
     def __init__(self, monitor_name: str) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: dict = {}
+        self._failing: set = set()  # children whose restart failed (said once)
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name=monitor_name, daemon=True)
 
@@ -294,7 +295,15 @@ class _Children:
         while not self._stopping.wait(0.5):
             for key, proc in list(self._procs.items()):
                 if not proc.is_alive() and not self._stopping.is_set():
-                    self._restart(key, proc)
+                    try:
+                        self._restart(key, proc)
+                    except Exception as exc:  # a full disk, say: the monitor goes on, and tries again at its next look
+                        if key not in self._failing:  # said once, not every half second
+                            self._failing.add(key)
+                            log.warning("restarting %s failed (%s: %s); trying again every 0.5 s", key,
+                                        type(exc).__name__, exc, exc_info=not errors.disk_full(exc))
+                    else:
+                        self._failing.discard(key)
 
     def terminate(self) -> None:
         """SIGTERM to each: it stops gracefully (within its grace period)."""
@@ -312,6 +321,9 @@ class _Children:
                 proc.join()
 
 
+RESTART_QUICK_S = 10.0  # a worker that dies sooner after its start is replaced after a growing delay
+
+
 class WorkerPool(_Children):
     """Training worker processes, restarted if one dies (its job is requeued or, after retries,
     failed). On SIGTERM a worker stops at the next step; its job's checkpoint stays."""
@@ -321,6 +333,9 @@ class WorkerPool(_Children):
         self.settings = settings
         self._store = Store(settings.database_path)
         self._generation = 0
+        self._started: dict[str, float] = {}  # worker name -> when it was spawned (monotonic)
+        self._dead_at: dict[str, float] = {}  # dead worker name -> when the monitor first saw it
+        self._delay: dict[int, float] = {}  # slot -> how long its next replacement waits
 
     def _spawn(self, slot: int) -> None:
         self._generation += 1
@@ -328,6 +343,7 @@ class WorkerPool(_Children):
         proc = self._ctx.Process(target=worker.main, args=(self.settings, name, os.getpid()), name=name, daemon=False)
         proc.start()
         self._procs[name] = proc
+        self._started[name] = time.monotonic()
 
     def start(self) -> None:
         for slot in range(self.settings.workers):
@@ -335,11 +351,24 @@ class WorkerPool(_Children):
         self._monitor.start()
 
     def _restart(self, name: str, proc: multiprocessing.Process) -> None:
-        log.error("worker %s exited with code %s; restarting it", name, proc.exitcode)
-        del self._procs[name]
-        _clean_leftovers(self.settings, f"worker {name}", proc.pid)
-        self._store.requeue_orphan(name, worker.MAX_ATTEMPTS, exit_description(proc.exitcode))
-        self._spawn(int(name.rsplit("-w", 1)[1].split(".")[0]))
+        """Requeues (or fails) the dead worker's job, then starts another worker in its slot. One
+        that died within RESTART_QUICK_S of its start (a full disk, say, where every start fails
+        alike) is replaced after a delay that doubles, up to 30 s. A requeue that fails is tried
+        again at the monitor's next look (`_watch`), and the worker is replaced only after it."""
+        slot, now = int(name.rsplit("-w", 1)[1].split(".")[0]), time.monotonic()
+        if name not in self._dead_at:  # the first look at this death
+            self._dead_at[name] = now
+            lived = now - self._started.get(name, now)
+            self._delay[slot] = min(2 * (self._delay.get(slot) or 0.5), 30.0) if lived < RESTART_QUICK_S else 0.0
+            log.error("worker %s exited with code %s after %.1f s; %s", name, proc.exitcode, lived,
+                      f"restarting it in {self._delay[slot]:.0f} s" if self._delay[slot] else "restarting it")
+            _clean_leftovers(self.settings, f"worker {name}", proc.pid)
+        self._store.requeue_orphan(name, worker.MAX_ATTEMPTS, exit_description(proc.exitcode))  # a no-op once done
+        if now < self._dead_at[name] + self._delay[slot]:
+            return
+        del self._procs[name], self._dead_at[name]
+        self._started.pop(name, None)
+        self._spawn(slot)
 
     def stop(self, timeout: float) -> None:
         super().stop(timeout)

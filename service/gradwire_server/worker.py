@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import time
 
 from google.rpc import status_pb2
@@ -182,9 +183,18 @@ class Worker:
 
         freeze_startup_objects()
         log.info("worker %s ready on %s (torch %s)", self.name, device, torch.__version__)
+        pause = 0.0  # after the store failed to claim (a full disk, say): a wait that doubles, up to 30 s
         while not self.stopping.is_set() and not self.parent_gone():
             stamp = self.store.change_stamp()  # before the claim's query: a job queued after it moves the stamp
-            job = self.store.claim_next_job(self.name, str(device))
+            try:
+                job = self.store.claim_next_job(self.name, str(device))
+            except sqlite3.Error as exc:
+                pause = min(2 * pause or 1.0, 30.0)
+                log.warning("worker %s could not claim a job (%s): trying again in %.0f s%s", self.name, exc, pause,
+                            "; the disk is full" if errors.disk_full(exc) else "")
+                self.store.wait_for_change(stamp, pause, self.stopping.is_set)
+                continue
+            pause = 0.0
             if job is None:  # a new job is picked up within CHANGE_POLL_S
                 self.store.wait_for_change(stamp, self.settings.poll_interval_s, self.stopping.is_set)
                 continue
