@@ -707,3 +707,25 @@ def test_a_full_disk_is_told_from_other_errors():
     assert not disk_full(sqlite3.OperationalError("database is locked"))
     assert not disk_full(RuntimeError("unexpected pos 1 vs 2"))
     assert not disk_full(None)
+
+
+def test_a_network_too_big_for_one_onnx_file_is_refused_before_it_trains(tmp_path):
+    """With GRADWIRE_MAX_PARAMETERS raised past it, a network whose float32 weights pass protobuf's
+    2 GiB (what one ONNX file holds) is refused when the job is created: it would have trained, for
+    as long as that takes, and then failed its export. Its parameters are counted from the
+    shapes; nothing is allocated."""
+    running = bare_server(tmp_path, max_parameters=10**10)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs = training_pb2_grpc.TrainingJobServiceStub(channel)
+            X = np.zeros((2, 25_000), np.float32)
+            error = refused(lambda: jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                inline_dataset=inline(X, np.array([0, 1]), ("a", "b")), network=mlp(24_000, 2), training=config(epochs=1, batch_size=2)), timeout=30))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error.details() == (
+                "network: has 600072002 trainable parameters, 2.24 GiB of float32 weights: more than one ONNX file can hold "
+                "(1.94 GiB, protobuf's limit), so its trained model could not be exported; use a smaller network")
+            assert jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(  # a big one that fits is taken
+                inline_dataset=inline(X, np.array([0, 1]), ("a", "b")), network=mlp(16_000, 2), training=config(epochs=1, batch_size=2)), timeout=30).name
+    finally:
+        running.stop(0)

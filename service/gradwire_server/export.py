@@ -53,7 +53,7 @@ from torch import nn
 from gradwire._tensors import delimited
 from gradwire.v1 import datasets_pb2, network_pb2
 
-from . import errors, files, nets
+from . import errors, files, nets, spec
 from .train import Normalization, TrainResult
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ INPUT_NAME = "features"
 # graph inputs (`_export_lean`); smaller ones keep the exporter's constant folding, which gives
 # a tidier graph (a batch norm folded into its convolution) at little cost.
 LEAN_EXPORT_BYTES = 16 << 20
-MAX_PROTO_BYTES = 2**31 - (64 << 20)  # protobuf's 2 GB limit on one message, less room for the graph
+MAX_PROTO_BYTES = spec.MAX_ONNX_WEIGHT_BYTES  # protobuf's 2 GB limit on one message, less room for the graph
 
 
 @dataclass(frozen=True)

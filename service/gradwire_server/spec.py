@@ -23,6 +23,10 @@ from gradwire.v1 import datasets_pb2, network_pb2
 
 from .errors import InvalidArgument, enum_name, field_path
 
+# protobuf's 2 GiB limit on one message, less room for the graph: the most float32 weights one ONNX
+# file holds (export.py); a network past it could train, but its model could not be exported
+MAX_ONNX_WEIGHT_BYTES = 2**31 - (64 << 20)
+
 Shape = tuple[int, ...]
 
 

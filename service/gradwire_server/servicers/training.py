@@ -122,6 +122,13 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
                     f"{self.s.settings.max_parameters} (GRADWIRE_MAX_PARAMETERS)",
                     field="network",
                 )
+            if 4 * summary.parameter_count > spec.MAX_ONNX_WEIGHT_BYTES:  # before hours of training, not after
+                raise errors.ResourceExhausted(
+                    f"has {summary.parameter_count} trainable parameters, {4 * summary.parameter_count / 2**30:.2f} GiB of "
+                    f"float32 weights: more than one ONNX file can hold ({spec.MAX_ONNX_WEIGHT_BYTES / 2**30:.2f} GiB, "
+                    "protobuf's limit), so its trained model could not be exported; use a smaller network",
+                    field="network",
+                )
             seed = request.training.seed if request.training.HasField("seed") else secrets.randbits(63)
             job = training_pb2.TrainingJob(
                 name=f"trainingJobs/{new_id()}",
