@@ -591,6 +591,8 @@ def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, targ
     import gradwire as gw
     import grpc
     from conftest import train_iris
+    from gradwire.kserve import grpc_service_pb2 as pb
+    from gradwire.kserve import grpc_service_pb2_grpc
     from gradwire.v1 import models_pb2_grpc
     from gradwire_server.inference import model_path
     from helpers import iris, mlp, raw_tensor
@@ -612,6 +614,12 @@ def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, targ
         assert details.startswith(f"model '{name}' cannot load: onnxruntime ") and "cannot read its ONNX file" in details
         assert f"({len(whole) // 2} bytes)" in details and "Train the model again, or restore the file" in details
         assert str(server.state.settings.data_dir) not in details
+        # KServe's readiness and repository index say so too, from the file's size alone.
+        kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        assert kserve.ModelReady(pb.ModelReadyRequest(name=model_id)).ready is False
+        (entry,) = [m for m in kserve.RepositoryIndex(pb.RepositoryIndexRequest()).models if m.name == model_id]
+        reason = f"its ONNX file holds {len(whole) // 2} bytes, where its export wrote {len(whole)}: it was damaged since"
+        assert (entry.state, entry.reason) == ("UNAVAILABLE", reason)
     # Its download ends DATA_LOSS too (the bytes' sha256 is not the export's), and leaves no file,
     # even to a client that asks by name and cannot check the bytes itself.
     out = tmp_path / "damaged.onnx"
@@ -623,4 +631,7 @@ def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, targ
         assert not out.exists() and not list(tmp_path.glob(".damaged.onnx.*"))
         path.write_bytes(whole)
         assert client.predict(name, X[:2]).shape == (2, 3)
+        with grpc.insecure_channel(target) as ch:
+            kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+            assert kserve.ModelReady(pb.ModelReadyRequest(name=model_id)).ready is True
         assert client.export_model(name, out).read_bytes() == whole

@@ -143,6 +143,17 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         selector = f"@{version}" if version else ""
         return store.get_model_by_name(f"registeredModels/{name}{selector}", field)
 
+    def _unready(self, model: models_pb2.Model) -> str:
+        """Why the model cannot serve ("" when it can): its ONNX file missing, or not of the size its
+        export wrote (damaged on disk since: its load would fail DATA_LOSS). One stat, no read."""
+        try:
+            size = model_path(self.s.settings.data_dir, model.name.split("/", 1)[1]).stat().st_size
+        except FileNotFoundError:
+            return "its ONNX file is missing"
+        if model.onnx_size_bytes and size != model.onnx_size_bytes:
+            return f"its ONNX file holds {size} bytes, where its export wrote {model.onnx_size_bytes}: it was damaged since"
+        return ""
+
     def _io_names(self, model: models_pb2.Model) -> tuple[str, str]:
         return self.s.sessions.io_names(model.name.split("/", 1)[1])
 
@@ -159,7 +170,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             model = self._resolve(request.name, request.version, "name")
         except errors.NotFound:
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=model_path(self.s.settings.data_dir, model.name.split("/", 1)[1]).exists())
+        return pb.ModelReadyResponse(ready=not self._unready(model))
 
     def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
         extensions = (*EXTENSIONS, SHM_EXTENSION) if self.s.shm is not None else EXTENSIONS
@@ -246,13 +257,14 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         entries: list[tuple[str, int, Index]] = []
         for model in every(self.s.store.list_models):
             model_id = model.name.split("/", 1)[1]
-            ready = model_path(self.s.settings.data_dir, model_id).exists()
+            reason = self._unready(model)
+            ready = not reason
             if request.ready and not ready:
                 continue
             name = model.registered_model.split("/", 1)[1] if model.registered_model else model_id
             entries.append((name, model.version, Index(
                 name=name, version=str(model.version) if model.registered_model else "",
-                state="READY" if ready else "UNAVAILABLE", reason="" if ready else "its ONNX file is missing")))
+                state="READY" if ready else "UNAVAILABLE", reason=reason)))
         return pb.RepositoryIndexResponse(models=[index for _, _, index in sorted(entries, key=lambda e: e[:2])])
 
     def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
