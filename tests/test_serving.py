@@ -542,6 +542,23 @@ def test_inference_device_apart_from_the_training_device(tmp_path, monkeypatch):
     assert sessions_of(device="cpu") == cpu
 
 
+def test_a_file_onnxruntime_cannot_read_is_data_loss_without_the_servers_path(tmp_path):
+    """With no sha256 to check it against (a session cache used alone), a file onnxruntime refuses
+    is DATA_LOSS in words, not INTERNAL."""
+    from gradwire_server import inference
+
+    path = inference.model_path(tmp_path, "m1")
+    _tiny_onnx(path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(errors.DataLoss) as info:
+        SessionCache(tmp_path).run("m1", np.ones((1, 4), np.float32))
+    message = info.value.message
+    assert message.startswith(f"model 'models/m1' cannot load: onnxruntime {inference.ort.__version__} cannot read its "
+                              f"ONNX file ({len(whole) // 2} bytes), which passed the parity check when it was exported")
+    assert "INVALID_PROTOBUF" in message and str(tmp_path) not in message
+
+
 def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
     """With max_bytes, the least recently used sessions go while the loaded ONNX files take more
     than that; the most recent one stays whatever its size."""
@@ -585,9 +602,13 @@ def test_loaded_sessions_are_bounded_by_their_files_bytes(tmp_path):
 
 
 def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, target, tmp_path):
-    """A model whose ONNX file was damaged on disk (here cut in half) answers DATA_LOSS, saying
-    what happened and what to do, without the server's paths; it was INTERNAL, with onnxruntime's
-    `INVALID_PROTOBUF` in the log. The file restored, the model serves again."""
+    """A model whose ONNX file was damaged on disk (cut in half, or one byte flipped) answers
+    DATA_LOSS, saying what happened and what to do, without the server's paths: its session's
+    load hashes the file against its export's sha256. Cut, it was INTERNAL (onnxruntime's
+    `INVALID_PROTOBUF` in the log); flipped, it loaded and served other answers. The file
+    restored, the model serves again."""
+    import hashlib
+
     import gradwire as gw
     import grpc
     from conftest import train_iris
@@ -611,8 +632,9 @@ def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, targ
             stub.Predict(request)
         assert err.value.code() == grpc.StatusCode.DATA_LOSS, err.value.details()
         details = err.value.details()
-        assert details.startswith(f"model '{name}' cannot load: onnxruntime ") and "cannot read its ONNX file" in details
-        assert f"({len(whole) // 2} bytes)" in details and "Train the model again, or restore the file" in details
+        assert details.startswith(f"model '{name}' cannot load: its ONNX file ({len(whole) // 2} bytes) has sha256 ")
+        assert details.endswith(f"where its export wrote {hashlib.sha256(whole).hexdigest()}: it was damaged since. "
+                                "Train the model again, or restore the file")
         assert str(server.state.settings.data_dir) not in details
         # KServe's readiness and repository index say so too, from the file's size alone.
         kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
@@ -629,6 +651,15 @@ def test_a_damaged_onnx_file_is_data_loss_and_a_restored_one_serves(server, targ
         assert info.value.code is grpc.StatusCode.DATA_LOSS
         assert f"its ONNX file was damaged on disk since its export ({len(whole) // 2} bytes with sha256" in str(info.value)
         assert not out.exists() and not list(tmp_path.glob(".damaged.onnx.*"))
+        # One byte flipped among the weights, the size unchanged: onnxruntime would load it and serve
+        # other answers than the export verified. The load's hash refuses it.
+        server.state.sessions.evict(model_id)
+        flipped = bytearray(whole)
+        flipped[-20] ^= 0x40
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(gw.GradwireError) as info:
+            client.predict(name, X[:2])
+        assert info.value.code is grpc.StatusCode.DATA_LOSS and "has sha256" in str(info.value)
         path.write_bytes(whole)
         assert client.predict(name, X[:2]).shape == (2, 3)
         with grpc.insecure_channel(target) as ch:

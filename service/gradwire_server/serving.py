@@ -59,9 +59,11 @@ class Serving:
     @classmethod
     def of(cls, model: models_pb2.Model, sessions: SessionCache) -> Serving:
         override = model.dynamic_batching if model.HasField("dynamic_batching") else None
+        model_id = model.name.split("/", 1)[1]
+        sessions.expect(model_id, model.onnx_sha256)  # its session's load checks the file against it
         return cls(
             model=model,
-            model_id=model.name.split("/", 1)[1],
+            model_id=model_id,
             input_shape=tuple(model.input_shape),
             class_names=tuple(model.class_names),
             regression=model.label_kind == datasets_pb2.LABEL_KIND_REGRESSION,
