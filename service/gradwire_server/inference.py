@@ -673,8 +673,11 @@ class SessionCache:
             file_bytes = path.stat().st_size
             expected = self._sha256.get(model_id)
             if expected:
-                with open(path, "rb") as f:
-                    found = hashlib.file_digest(f, "sha256").hexdigest()
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:  # (hashlib.file_digest is Python 3.11's; this package runs on 3.10)
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                found = digest.hexdigest()
                 if found != expected:
                     raise errors.DataLoss(
                         f"model 'models/{model_id}' cannot load: its ONNX file ({file_bytes} bytes) has sha256 {found}, "
