@@ -729,3 +729,49 @@ def test_a_network_too_big_for_one_onnx_file_is_refused_before_it_trains(tmp_pat
                 inline_dataset=inline(X, np.array([0, 1]), ("a", "b")), network=mlp(16_000, 2), training=config(epochs=1, batch_size=2)), timeout=30).name
     finally:
         running.stop(0)
+
+
+def test_display_and_class_names_are_bounded_and_name_their_field(tmp_path):
+    """Display names (1,024 characters) and class names (256) are bounded: they come back in every
+    Get and List answer, and a page of 1 MB names passed a message's size. Each refusal names the
+    field, and a class name its index, without echoing a whole list of 100,000 names."""
+    running = bare_server(tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            jobs, data = training_pb2_grpc.TrainingJobServiceStub(channel), datasets_pb2_grpc.DatasetServiceStub(channel)
+            X, y = iris(30)
+
+            def upload(**header):
+                requests = list(upload_requests(X, y, names=header.pop("names", ("a", "b", "c"))))
+                for key, value in header.items():
+                    setattr(requests[0].header, key, value)
+                return data.UploadDataset(iter(requests), timeout=30)
+
+            cases = [
+                (lambda: upload(display_name="x" * 1025), "header.display_name: at most 1024 characters, got 1025: "),
+                (lambda: upload(names=("a", "b" * 257, "c")), "header.class_names[1]: class names are at most 256 characters, got 257"),
+                (lambda: upload(names=("a", "b", "a")), "header.class_names[2]: class names must be unique, got 'a' again"),
+                (lambda: upload(names=("a", "", "c")), "header.class_names[1]: class names must be non-empty, got ''"),
+                (lambda: create(jobs, display_name="x" * 1025), "display_name: at most 1024 characters, got 1025"),
+            ]
+            inline_named = inline(X, y)
+            inline_named.display_name = "y" * 1025
+            cases.append((lambda: jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(
+                inline_dataset=inline_named, network=mlp(4, 3), training=config(epochs=1)), timeout=10),
+                "inline_dataset.display_name: at most 1024 characters, got 1025"))
+            for call, text in cases:
+                error = refused(call)
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(text), error.details()
+                assert len(error.details()) < 200
+            assert upload(display_name="x" * 1024, names=("a" * 256, "b", "c")).display_name == "x" * 1024
+            X_test, y_test = iris(6)
+            job = jobs.CreateTrainingJob(training_pb2.CreateTrainingJobRequest(  # its test set's name stays in bounds
+                display_name="z" * 1024, inline_dataset=inline(X, y), inline_test_dataset=inline(X_test, y_test),
+                network=mlp(4, 3), training=config(epochs=1)), timeout=10)
+            assert job.display_name == "z" * 1024
+        with gw.Client(f"127.0.0.1:{running.port}", timeout=30) as client:  # the SDK's derived test-set name fits too
+            sdk_job = client.train([gw.Dense(3)], (X, y), optimizer=gw.SGD(0.1), epochs=1, batch_size=8, name="s" * 1024,
+                                   test_data=(X_test, y_test))
+            assert client.get_dataset(sdk_job.proto.test_dataset).display_name == "s" * 1017 + " (test)"
+    finally:
+        running.stop(0)

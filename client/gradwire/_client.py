@@ -449,7 +449,8 @@ class Client:
         elif isinstance(test_data, str):
             request.test_dataset = test_data
         elif isinstance(test_data, tuple) and len(test_data) == 2:
-            request.inline_test_dataset.CopyFrom(_inline_dataset(*test_data, display_name=f"{name} (test)"))
+            # within the server's 1,024 characters of a display name, whatever the job's name
+            request.inline_test_dataset.CopyFrom(_inline_dataset(*test_data, display_name=f"{name[:1017]} (test)"))
         elif test_data is not None:
             raise TypeError(
                 f"test_data must be a gw.Dataset, a 'datasets/...' name, a (features, labels) tuple or None, "

@@ -41,6 +41,8 @@ NUMPY_DTYPES = {
 CLASS_LABEL_DTYPES = (DataType.DATA_TYPE_INT64, DataType.DATA_TYPE_INT32)
 CHECK_BLOCK_BYTES = 16 * 1024**2
 MAX_CLASS_COUNT = 2**31 - 1  # Dataset.class_count is an int32
+MAX_DISPLAY_NAME_CHARS = 1024  # a dataset's or job's display name (check_display_name)
+MAX_CLASS_NAME_CHARS = 256
 FEATURES_FILE = "features.bin"
 LABELS_FILE = "labels.bin"
 
@@ -132,11 +134,18 @@ class DatasetWriter:
                 raise errors.InvalidArgument(f"regression targets must be [examples] or [examples, targets], got {lshape}", field=self._f("labels_shape"))
             if h.class_names:
                 raise errors.InvalidArgument("regression datasets have no class names", field=self._f("class_names"))
+        check_display_name(h.display_name, self._f("display_name"))
         names = list(h.class_names)
-        if any(not n for n in names):
-            raise errors.InvalidArgument(f"class names must be non-empty, got {names}", field=self._f("class_names"))
-        if len(set(names)) != len(names):
-            raise errors.InvalidArgument(f"class names must be unique, got {names}", field=self._f("class_names"))
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if not name:
+                raise errors.InvalidArgument("class names must be non-empty, got ''", field=self._f(f"class_names[{i}]"))
+            if len(name) > MAX_CLASS_NAME_CHARS:
+                raise errors.InvalidArgument(f"class names are at most {MAX_CLASS_NAME_CHARS} characters, got {len(name)}: "
+                                             f"{name[:40]!r}...", field=self._f(f"class_names[{i}]"))
+            if name in seen:
+                raise errors.InvalidArgument(f"class names must be unique, got {name!r} again", field=self._f(f"class_names[{i}]"))
+            seen.add(name)
         self.expected = {
             FEATURES_FILE: math.prod(fshape) * NUMPY_DTYPES[h.features_dtype].itemsize,
             LABELS_FILE: math.prod(lshape) * NUMPY_DTYPES[h.labels_dtype].itemsize,
@@ -305,6 +314,14 @@ def save_arrays(
         return writer.finish(publish=publish)
     finally:
         writer.abort()
+
+
+def check_display_name(value: str, field: str) -> None:
+    """A human-readable name of at most MAX_DISPLAY_NAME_CHARS characters: it comes back in every
+    Get and List answer (a page of 1 MB names would pass a message's size)."""
+    if len(value) > MAX_DISPLAY_NAME_CHARS:
+        raise errors.InvalidArgument(f"at most {MAX_DISPLAY_NAME_CHARS} characters, got {len(value)}: {value[:40]!r}...",
+                                     field=field)
 
 
 def load_arrays(store: Store, data_dir: pathlib.Path, dataset_id: str,

@@ -27,6 +27,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
 
     def _store_inline(self, inline: datasets_pb2.InlineDataset, display_name: str,
                       field: str = "inline_dataset", publish: bool = True) -> datasets_pb2.Dataset:
+        datasets.check_display_name(inline.display_name, f"{field}.display_name")
         if not inline.HasField("features"):
             raise errors.InvalidArgument("required", field=f"{field}.features")
         if not inline.HasField("labels"):
@@ -55,7 +56,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
             labels,
             label_kind=inline.label_kind,
             class_names=list(inline.class_names),
-            display_name=inline.display_name or display_name,
+            display_name=(inline.display_name or display_name)[:datasets.MAX_DISPLAY_NAME_CHARS],  # " (test)" added
             max_bytes=self.s.settings.max_upload_bytes,
             field=field,
             quota_bytes=self.s.settings.data_quota_bytes,
@@ -88,6 +89,7 @@ class TrainingJobServicer(training_pb2_grpc.TrainingJobServiceServicer):
             if existing is not None:  # a retry: nothing new is stored
                 return existing
         self._check_limits(request)
+        datasets.check_display_name(request.display_name, "display_name")
         inline = source == "inline_dataset"
         publish = not request.validate_only
         made: list[datasets_pb2.Dataset] = []  # stored here; removed again unless the job is created
