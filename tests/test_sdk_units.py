@@ -899,3 +899,16 @@ def test_training_options_reach_the_config():
                            (gw.ReduceOnPlateau(patience=2, monitor="validation_loss"), "reduce_on_plateau")):
         assert training_config(optimizer=gw.Adagrad(), epochs=5, batch_size=2,
                                schedule=schedule).schedule.WhichOneof("kind") == kind
+
+
+def test_torch_tensors_are_taken_as_they_come():
+    """A tensor that requires grad (numpy refuses it: "Can't call numpy() on Tensor that requires
+    grad"), and a bfloat16 one (numpy has no such type), are read as numpy arrays, without torch
+    being imported by the SDK itself."""
+    torch = pytest.importorskip("torch")
+    from gradwire._tensors import feature_array, numeric_array
+
+    weights = torch.arange(6, dtype=torch.float32).reshape(2, 3).requires_grad_()
+    assert feature_array(weights * 2).tolist() == [[0, 2, 4], [6, 8, 10]]
+    assert numeric_array(torch.ones(2, dtype=torch.bfloat16), "labels").dtype == np.float32
+    assert numeric_array(torch.tensor([1, 2]), "labels").dtype == np.int64

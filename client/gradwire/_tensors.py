@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -59,11 +60,23 @@ _KINDS = {"c": "complex numbers", "M": "datetimes", "m": "timedeltas", "U": "str
           "O": "Python objects"}
 
 
+def _host(values: Any) -> Any:
+    """A torch tensor as numpy: detached from autograd and on the host, bfloat16 as float32 (numpy
+    refuses a tensor that requires grad, one on a GPU, and bfloat16). Anything else as it is. Duck
+    typed: the SDK does not import torch."""
+    if type(values).__module__.startswith("torch") and hasattr(values, "detach") and hasattr(values, "cpu"):
+        values = values.detach().cpu()
+        if str(values.dtype) == "torch.bfloat16":
+            values = values.float()
+        return values.numpy()
+    return values
+
+
 def rectangular_array(values: ArrayLike, what: str) -> np.ndarray:
     """``np.asarray(values)``, or a ValueError naming ``what`` where nested sequences do not make a
-    rectangle (numpy's own words name nothing)."""
+    rectangle (numpy's own words name nothing). A torch tensor is taken as `_host` gives it."""
     try:
-        return np.asarray(values)
+        return np.asarray(_host(values))
     except ValueError:
         raise ValueError(f"{what} must be an array: its rows differ in length or shape") from None
 
