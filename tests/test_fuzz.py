@@ -282,6 +282,10 @@ def test_fuzz_names_versions_and_page_tokens(channel):
         "ModelReady": lambda n, v: kserve.ModelReady(kpb.ModelReadyRequest(name=n, version=v), timeout=10),
         "ModelConfig": lambda n, v: kserve.ModelConfig(kpb.ModelConfigRequest(name=n, version=v), timeout=10),
         "ModelStatistics": lambda n, v: kserve.ModelStatistics(kpb.ModelStatisticsRequest(name=n, version=v), timeout=10),
+        "RepositoryModelLoad": lambda n, v: kserve.RepositoryModelLoad(kpb.RepositoryModelLoadRequest(
+            repository_name=v[:1], model_name=n, parameters={v: kpb.ModelRepositoryParameter(string_param=n)} if v else {}),
+            timeout=10),
+        "RepositoryModelUnload": lambda n, v: kserve.RepositoryModelUnload(kpb.RepositoryModelUnloadRequest(model_name=n), timeout=10),
         "ModelInfer": lambda n, v: kserve.ModelInfer(kpb.ModelInferRequest(
             model_name=n, model_version=v, inputs=[infer_input], raw_input_contents=[np.zeros(4, np.float32).tobytes()]), timeout=10),
     }
