@@ -449,8 +449,8 @@ class Client:
         elif isinstance(test_data, str):
             request.test_dataset = test_data
         elif isinstance(test_data, tuple) and len(test_data) == 2:
-            # within the server's 1,024 characters of a display name, whatever the job's name
-            request.inline_test_dataset.CopyFrom(_inline_dataset(*test_data, display_name=f"{name[:1017]} (test)"))
+            test_name = f"{name[:MAX_DISPLAY_NAME_CHARS - len(TEST_SET_SUFFIX)]}{TEST_SET_SUFFIX}"  # within the bound
+            request.inline_test_dataset.CopyFrom(_inline_dataset(*test_data, display_name=test_name))
         elif test_data is not None:
             raise TypeError(
                 f"test_data must be a gw.Dataset, a 'datasets/...' name, a (features, labels) tuple or None, "
@@ -771,6 +771,8 @@ class Client:
 
 
 MAX_CONNECTIONS = 256  # Client(connections=): each is a channel and a connection of its own
+MAX_DISPLAY_NAME_CHARS = 1024  # the server's bound on a display name (its datasets.MAX_DISPLAY_NAME_CHARS)
+TEST_SET_SUFFIX = " (test)"  # an inline test set's display name: the job's, then this
 
 _PRECISIONS = {
     "fp32": training_pb2.TrainingPerformance.PRECISION_FP32,

@@ -163,8 +163,7 @@ class DatasetWriter:
         if total > free:
             raise errors.ResourceExhausted(
                 f"the dataset takes {total / 2**20:.1f} MiB ({total} bytes), and the server's disk has {free / 2**20:.1f} MiB "
-                "free where it keeps its data: free "
-                "some (delete datasets, models or finished jobs) or give it a larger disk, then try again")
+                f"free where it keeps its data: {errors.FREE_DISK_ADVICE}")
 
     def _check_quota(self, quota_bytes: int) -> None:
         """Refuse, before a byte is written, a dataset that would push the data directory past its quota

@@ -118,14 +118,17 @@ def disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+# What to do about a data directory short of space (`disk_full_error`, an upload refused beforehand)
+FREE_DISK_ADVICE = "free some (delete datasets, models or finished jobs) or give it a larger disk, then try again"
+
+
 def disk_full_error(data_dir: str | os.PathLike[str]) -> ResourceExhausted:
     """What a client hears when the data directory's file system is full (`disk_full`)."""
     try:
         free = f"{shutil.disk_usage(data_dir).free / 2**20:.1f} MiB free"
     except OSError:
         free = "its free space unknown"
-    return ResourceExhausted(f"the server's disk is full ({free} where it keeps its data): free some (delete datasets, "
-                             "models or finished jobs) or give it a larger disk, then try again")
+    return ResourceExhausted(f"the server's disk is full ({free} where it keeps its data): {FREE_DISK_ADVICE}")
 
 
 def enum_name(enum_type, value: int) -> str:
