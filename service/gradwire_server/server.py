@@ -322,6 +322,7 @@ class _Children:
 
 
 RESTART_QUICK_S = 10.0  # a worker that dies sooner after its start is replaced after a growing delay
+MAX_RESTART_DELAY_S = 30.0  # the longest a dead child (worker or RPC process) waits for its replacement
 
 
 class WorkerPool(_Children):
@@ -353,13 +354,13 @@ class WorkerPool(_Children):
     def _restart(self, name: str, proc: multiprocessing.Process) -> None:
         """Requeues (or fails) the dead worker's job, then starts another worker in its slot. One
         that died within RESTART_QUICK_S of its start (a full disk, say, where every start fails
-        alike) is replaced after a delay that doubles, up to 30 s. A requeue that fails is tried
+        alike) is replaced after a delay that doubles, up to MAX_RESTART_DELAY_S. A requeue that fails is tried
         again at the monitor's next look (`_watch`), and the worker is replaced only after it."""
         slot, now = int(name.rsplit("-w", 1)[1].split(".")[0]), time.monotonic()
         if name not in self._dead_at:  # the first look at this death
             self._dead_at[name] = now
             lived = now - self._started.get(name, now)
-            self._delay[slot] = min(2 * (self._delay.get(slot) or 0.5), 30.0) if lived < RESTART_QUICK_S else 0.0
+            self._delay[slot] = min(2 * (self._delay.get(slot) or 0.5), MAX_RESTART_DELAY_S) if lived < RESTART_QUICK_S else 0.0
             log.error("worker %s exited with code %s after %.1f s; %s", name, proc.exitcode, lived,
                       f"restarting it in {self._delay[slot]:.0f} s" if self._delay[slot] else "restarting it")
             _clean_leftovers(self.settings, f"worker {name}", proc.pid)
@@ -504,7 +505,7 @@ class RpcPool(_Children):
             _clean_leftovers(self.settings, f"RPC process {slot}", proc.pid)
         if time.monotonic() < self._next_try[slot]:
             return
-        self._delay[slot] = 0.5 if self._is_listening(slot) else min(2 * self._delay[slot], 30.0)
+        self._delay[slot] = 0.5 if self._is_listening(slot) else min(2 * self._delay[slot], MAX_RESTART_DELAY_S)
         self._next_try[slot] = time.monotonic() + self._delay[slot]
         log.error("RPC process %d exited with code %s; restarting it", slot, proc.exitcode)
         self._spawn(slot)
